@@ -1,0 +1,374 @@
+"""Hessian spectrum of a model on a probe: extreme eigenvalues, trace, density, per-layer table.
+
+All of them use exact Hessian-vector products from :class:`~ignite_landscape.probe.ProbeSession`
+and the matrix-free routines of :mod:`ignite_landscape.linalg`.
+
+Example:
+    >>> import torch
+    >>> from ignite_landscape import Probe
+    >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+    <torch._C.Generator object at ...>
+    >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+    >>> probe = Probe((torch.randn(32, 4), torch.randint(0, 3, (32,))), torch.nn.functional.cross_entropy)
+    >>> res = hessian_eigenvalues(model, probe, k=2)
+    >>> res.eigenvalues.shape, bool(res.eigenvalues[0] >= res.eigenvalues[1])
+    (torch.Size([2]), True)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ignite_landscape.linalg import (
+    TRACE_METHODS,
+    Quadrature,
+    gaussian_density,
+    hutchinson,
+    hutchpp,
+    lanczos,
+    stochastic_lanczos_quadrature,
+)
+from ignite_landscape.params import ParamsArg, ParamSpace
+from ignite_landscape.probe import Probe
+
+__all__ = [
+    "HessianEigenvalues",
+    "HessianTrace",
+    "HessianDensity",
+    "LayerCurvature",
+    "hessian_eigenvalues",
+    "hessian_trace",
+    "hessian_density",
+    "layerwise_curvature",
+]
+
+
+@dataclass
+class HessianEigenvalues:
+    """Extreme Hessian eigenvalues found by Lanczos.
+
+    Attributes:
+        eigenvalues: float64; descending for ``"largest"`` and ``"both"`` (k largest, then k smallest
+            descending), ascending for ``"smallest"``.
+        residuals: Ritz residual ``‖Hy − θy‖`` of each.
+        converged: whether each residual met ``tol·|θ|``.
+        num_hvps: Hessian-vector products used.
+        which: the end(s) asked for.
+        space: the parameters spanning the operator.
+        eigenvectors: ``(len(eigenvalues), P)`` unit Ritz vectors when requested.
+        tol: tolerance used.
+    """
+
+    eigenvalues: torch.Tensor
+    residuals: torch.Tensor
+    converged: torch.Tensor
+    num_hvps: int
+    which: str
+    space: ParamSpace
+    eigenvectors: torch.Tensor | None = None
+    tol: float = 1e-4
+
+    @property
+    def lambda_max(self) -> float:
+        """The largest eigenvalue found (NaN for ``which="smallest"``)."""
+        if self.which == "smallest":
+            return float("nan")
+        return float(self.eigenvalues[0])
+
+    @property
+    def lambda_min(self) -> float:
+        """The smallest eigenvalue found (NaN for ``which="largest"``)."""
+        if self.which == "largest":
+            return float("nan")
+        return float(self.eigenvalues.min()) if self.which == "both" else float(self.eigenvalues[0])
+
+    def eigenvector(self, i: int) -> dict[str, torch.Tensor]:
+        """Eigenvector ``i`` as ``{parameter name: tensor}``."""
+        if self.eigenvectors is None:
+            raise ValueError("eigenvectors were not computed: pass return_eigenvectors=True")
+        return self.space.unflatten(self.eigenvectors[i])
+
+    def scalars(self) -> dict[str, float]:
+        """Named scalars (``lambda_max``, ``lambda_1`` … ``lambda_k``, ``lambda_min``, ``num_hvps``)."""
+        out: dict[str, float] = {}
+        if self.which == "smallest":
+            for i, v in enumerate(self.eigenvalues.tolist(), 1):
+                out[f"lambda_min_{i}"] = v
+            out["lambda_min"] = self.lambda_min
+        else:
+            k = len(self.eigenvalues) // 2 if self.which == "both" else len(self.eigenvalues)
+            out["lambda_max"] = self.lambda_max
+            for i, v in enumerate(self.eigenvalues[:k].tolist(), 1):
+                out[f"lambda_{i}"] = v
+            if self.which == "both":
+                out["lambda_min"] = self.lambda_min
+        out["num_hvps"] = float(self.num_hvps)
+        out["max_relative_residual"] = float((self.residuals / self.eigenvalues.abs().clamp_min(1e-30)).max())
+        return out
+
+
+def hessian_eigenvalues(
+    model: nn.Module,
+    probe: Probe,
+    k: int = 5,
+    which: str = "largest",
+    tol: float = 1e-4,
+    *,
+    max_iter: int | None = None,
+    params: ParamsArg = None,
+    seed: int = 0,
+    v0: torch.Tensor | None = None,
+    return_eigenvectors: bool = False,
+) -> HessianEigenvalues:
+    """Extreme eigenvalues of the probe-loss Hessian by Lanczos with full reorthogonalization.
+
+    Args:
+        model: the model; left exactly as it was.
+        probe: the fixed samples and loss.
+        k: eigenvalues per wanted end (``1 ≤ k <`` number of parameters).
+        which: ``"largest"``, ``"smallest"`` (finds negative eigenvalues: no shift) or ``"both"``.
+        tol: stop when each wanted Ritz residual is ``≤ tol·|λ|``.
+        max_iter: cap on Hessian-vector products.
+        params: restrict to a subset of parameters (e.g. ``"conv1"``), see :class:`ParamSpace`.
+        seed: seed of the random start vector.
+        v0: start vector (flat, in the order of the selected parameters), e.g. for warm starts.
+        return_eigenvectors: also return the Ritz vectors.
+    """
+    with probe.session(model, params) as s:
+        res = lanczos(
+            s.hvp,
+            s.space.numel,
+            k=k,
+            which=which,
+            tol=tol,
+            max_iter=max_iter,
+            v0=v0,
+            seed=seed,
+            dtype=s.dtype,
+            device=s.base[0].device,
+            return_eigenvectors=return_eigenvectors,
+        )
+        return HessianEigenvalues(
+            eigenvalues=res.eigenvalues,
+            residuals=res.residuals,
+            converged=res.converged,
+            num_hvps=s.num_hvps,
+            which=which,
+            space=s.space,
+            eigenvectors=res.eigenvectors,
+            tol=tol,
+        )
+
+
+@dataclass
+class HessianTrace:
+    """A stochastic estimate of the Hessian trace.
+
+    Attributes:
+        value: the estimate of ``tr(H)``.
+        stderr: its standard error.
+        num_hvps: Hessian-vector products used.
+        method: ``"hutchinson"`` or ``"hutch++"``.
+        num_params: dimension of the Hessian (``value / num_params`` is the mean eigenvalue).
+    """
+
+    value: float
+    stderr: float
+    num_hvps: int
+    method: str
+    num_params: int
+
+    def scalars(self) -> dict[str, float]:
+        """Named scalars for logging."""
+        return {
+            "value": self.value,
+            "stderr": self.stderr,
+            "mean_eigenvalue": self.value / self.num_params,
+            "num_hvps": float(self.num_hvps),
+        }
+
+
+def hessian_trace(
+    model: nn.Module,
+    probe: Probe,
+    *,
+    method: str = "hutch++",
+    num_hvps: int = 60,
+    params: ParamsArg = None,
+    seed: int = 0,
+) -> HessianTrace:
+    """Estimate ``tr(H)`` with Hutchinson or Hutch++ and Rademacher vectors.
+
+    Args:
+        model: the model; left exactly as it was.
+        probe: the fixed samples and loss.
+        method: ``"hutch++"`` (default; lower variance when a few eigenvalues dominate) or ``"hutchinson"``.
+        num_hvps: budget of Hessian-vector products.
+        params: restrict to a subset of parameters.
+        seed: seed of the random vectors (the same seed gives the same vectors every time).
+    """
+    if method not in TRACE_METHODS:
+        raise ValueError(f"method must be one of {TRACE_METHODS}, got {method!r}")
+    if isinstance(num_hvps, bool) or not isinstance(num_hvps, int):
+        raise TypeError(f"num_hvps must be an int, got {type(num_hvps).__name__}")
+    estimator = hutchpp if method == "hutch++" else hutchinson
+    with probe.session(model, params) as s:
+        est = estimator(s.hvp, s.space.numel, num_matvecs=num_hvps, seed=seed, dtype=s.dtype, device=s.base[0].device)
+        return HessianTrace(est.value, est.stderr, s.num_hvps, method, s.space.numel)
+
+
+@dataclass
+class HessianDensity:
+    """Eigenvalue density of the Hessian by stochastic Lanczos quadrature.
+
+    Attributes:
+        nodes: ``(runs, m)`` quadrature nodes (Ritz values).
+        weights: ``(runs, m)`` quadrature weights (each row sums to 1).
+        grid: points where the smoothed density is evaluated.
+        density: Gaussian-smoothed density on ``grid``, averaged over runs (integrates to ≈1).
+        sigma: smoothing width.
+        negative_mass: estimated fraction of eigenvalues below zero.
+        trace: SLQ's estimate of ``tr(H)`` (``P · Σ τ θ``).
+        num_hvps: Hessian-vector products used.
+        num_params: dimension of the Hessian.
+    """
+
+    nodes: torch.Tensor
+    weights: torch.Tensor
+    grid: torch.Tensor
+    density: torch.Tensor
+    sigma: float
+    negative_mass: float
+    trace: float
+    num_hvps: int
+    num_params: int
+
+    @property
+    def lambda_max(self) -> float:
+        """Largest node: a lower bound on λ_max that converges fast."""
+        return float(self.nodes.max())
+
+    @property
+    def lambda_min(self) -> float:
+        """Smallest node."""
+        return float(self.nodes.min())
+
+    def scalars(self) -> dict[str, float]:
+        """Named scalars for logging."""
+        return {
+            "negative_mass": self.negative_mass,
+            "trace": self.trace,
+            "lambda_max": self.lambda_max,
+            "lambda_min": self.lambda_min,
+            "num_hvps": float(self.num_hvps),
+        }
+
+
+def hessian_density(
+    model: nn.Module,
+    probe: Probe,
+    *,
+    num_steps: int = 30,
+    num_runs: int = 4,
+    grid_size: int = 512,
+    sigma: float | None = None,
+    params: ParamsArg = None,
+    seed: int = 0,
+) -> HessianDensity:
+    """Eigenvalue density by stochastic Lanczos quadrature, averaged over ``num_runs`` vectors.
+
+    Args:
+        model: the model; left exactly as it was.
+        probe: the fixed samples and loss.
+        num_steps: Lanczos steps per run (quadrature exact for polynomials of degree ``2·num_steps − 1``).
+        num_runs: random start vectors averaged.
+        grid_size: points of the density grid.
+        sigma: Gaussian smoothing width; default 1% of the node range.
+        params: restrict to a subset of parameters.
+        seed: seed of the start vectors.
+    """
+    if grid_size < 2:
+        raise ValueError(f"grid_size must be at least 2, got {grid_size}")
+    with probe.session(model, params) as s:
+        q: Quadrature = stochastic_lanczos_quadrature(
+            s.hvp, s.space.numel, num_steps=num_steps, num_runs=num_runs, seed=seed, dtype=s.dtype, device=s.base[0].device
+        )
+        used, n = s.num_hvps, s.space.numel
+    finite = torch.isfinite(q.nodes).all()
+    lo, hi = (float(q.nodes.min()), float(q.nodes.max())) if finite else (0.0, 1.0)
+    width = hi - lo if hi > lo else max(abs(hi), 1.0)
+    if sigma is None:
+        sigma = 0.01 * width
+    elif not sigma > 0:
+        raise ValueError(f"sigma must be positive, got {sigma}")
+    grid = torch.linspace(lo - 5 * sigma, hi + 5 * sigma, grid_size, dtype=torch.float64)
+    density = gaussian_density(q, grid, sigma) if finite else torch.full_like(grid, float("nan"))
+    return HessianDensity(
+        nodes=q.nodes,
+        weights=q.weights,
+        grid=grid,
+        density=density,
+        sigma=sigma,
+        negative_mass=q.negative_mass if finite else float("nan"),
+        trace=n * q.moment(1) if finite else float("nan"),
+        num_hvps=used,
+        num_params=n,
+    )
+
+
+@dataclass
+class LayerCurvature:
+    """Curvature of the Hessian block of one layer (its parameters only, the rest held fixed).
+
+    Attributes:
+        name: the module name (``""`` for parameters of the root module).
+        num_params: parameters in the block.
+        lambda_max: top eigenvalue of the block.
+        trace: trace of the block (exact for blocks of at most ``exact_below`` parameters, else Hutch++).
+        trace_stderr: standard error of ``trace`` (0 when exact).
+        num_hvps: Hessian-vector products used for this layer.
+    """
+
+    name: str
+    num_params: int
+    lambda_max: float
+    trace: float
+    trace_stderr: float
+    num_hvps: int
+    parameters: list[str] = field(default_factory=list)
+
+
+def layerwise_curvature(
+    model: nn.Module,
+    probe: Probe,
+    *,
+    tol: float = 1e-4,
+    trace_hvps: int = 30,
+    exact_below: int = 64,
+    seed: int = 0,
+) -> list[LayerCurvature]:
+    """Top eigenvalue and trace of the Hessian block of each layer that owns trainable parameters.
+
+    Blocks with at most ``exact_below`` parameters are formed densely from HVPs against unit vectors
+    (exact); larger ones use Lanczos (λ_max) and Hutch++ (trace).
+    """
+    rows = []
+    for owner, names in ParamSpace.from_model(model).module_groups().items():
+        with probe.session(model, names) as s:
+            n = s.space.numel
+            if n <= exact_below:
+                eye = torch.eye(n, dtype=s.dtype, device=s.base[0].device)
+                H = torch.stack([s.hvp(eye[i]) for i in range(n)]).double().cpu()
+                H = 0.5 * (H + H.T)
+                lam = float(torch.linalg.eigvalsh(H)[-1])
+                tr, err = float(H.trace()), 0.0
+            else:
+                lres = lanczos(s.hvp, n, k=1, tol=tol, seed=seed, dtype=s.dtype, device=s.base[0].device)
+                lam = float(lres.eigenvalues[0])
+                est = hutchpp(s.hvp, n, num_matvecs=max(trace_hvps, 6), seed=seed, dtype=s.dtype, device=s.base[0].device)
+                tr, err = est.value, est.stderr
+            rows.append(LayerCurvature(owner, n, lam, tr, err, s.num_hvps, list(names)))
+    return rows

@@ -1,0 +1,156 @@
+"""Parameter selection and flat <-> named vector conversion.
+
+Every algorithm in :mod:`ignite_landscape.linalg` works on one flat vector; models hold many named
+tensors. This module is the single place that converts between the two, so the order of the
+entries of a flat vector is always the order of :class:`ParamSpace.names`.
+
+Example:
+    >>> import torch
+    >>> model = torch.nn.Linear(3, 2)
+    >>> space = ParamSpace.from_model(model)
+    >>> space.numel
+    8
+    >>> vec = space.flatten(dict(model.named_parameters()))
+    >>> space.unflatten(vec)["weight"].shape
+    torch.Size([2, 3])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+__all__ = ["ParamSpace", "unwrap_model"]
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """Return the module that holds the weights of ``model``.
+
+    ``DistributedDataParallel`` and ``DataParallel`` wrappers are looked through, so probes run on
+    the plain module and never trigger the wrapper's gradient hooks or buffer broadcasts.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    while isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        model = model.module
+    return model
+
+
+ParamsArg = None | str | nn.Module | Iterable[str] | Iterable[nn.Parameter]
+
+
+@dataclass(frozen=True)
+class ParamSpace:
+    """An ordered set of named parameters of one model: the coordinates a flat vector refers to.
+
+    Attributes:
+        names: parameter names, in the order used by flat vectors.
+        shapes: shape of each parameter.
+        numels: number of entries of each parameter.
+    """
+
+    names: tuple[str, ...]
+    shapes: tuple[torch.Size, ...]
+    numels: tuple[int, ...]
+
+    @classmethod
+    def from_model(cls, model: nn.Module, params: ParamsArg = None) -> ParamSpace:
+        """Select trainable parameters of ``model``.
+
+        Args:
+            model: the model (DDP/DataParallel wrappers are unwrapped).
+            params: which parameters. ``None``: every parameter with ``requires_grad``. A string:
+                the parameters whose name equals it or starts with ``"<string>."`` (a submodule
+                name such as ``"conv1"``). A submodule of ``model``: its parameters. An iterable of
+                names or of ``nn.Parameter`` objects: exactly those.
+
+        Raises:
+            ValueError: if the selection is empty or names something ``model`` does not have.
+            TypeError: if ``params`` is of an unsupported type.
+        """
+        model = unwrap_model(model)
+        named = dict(model.named_parameters())
+        if params is None:
+            names = [n for n, p in named.items() if p.requires_grad]
+            if not names:
+                raise ValueError("model has no trainable parameters (none with requires_grad=True)")
+        elif isinstance(params, str):
+            names = [n for n in named if n == params or n.startswith(params + ".")]
+            if not names:
+                raise ValueError(f"params={params!r} matches no parameter of the model")
+        elif isinstance(params, nn.Module):
+            ids = {id(p) for p in params.parameters()}
+            names = [n for n, p in named.items() if id(p) in ids]
+            if not names:
+                raise ValueError("params: the given module holds no parameter of the model")
+        elif isinstance(params, Iterable):
+            items = list(params)
+            if not items:
+                raise ValueError("params is empty")
+            if all(isinstance(i, str) for i in items):
+                missing = [i for i in items if i not in named]
+                if missing:
+                    raise ValueError(f"params names unknown parameters: {missing}")
+                wanted = set(items)
+            elif all(isinstance(i, torch.Tensor) for i in items):
+                by_id = {id(p): n for n, p in named.items()}
+                if any(id(i) not in by_id for i in items):
+                    raise ValueError("params holds a tensor that is not a parameter of the model")
+                wanted = {by_id[id(i)] for i in items}
+            else:
+                raise TypeError("params must be names or parameters, not a mix of other objects")
+            names = [n for n in named if n in wanted]
+        else:
+            raise TypeError(f"params must be None, a name, a module or an iterable, got {type(params).__name__}")
+        return cls(
+            names=tuple(names),
+            shapes=tuple(named[n].shape for n in names),
+            numels=tuple(named[n].numel() for n in names),
+        )
+
+    @property
+    def numel(self) -> int:
+        """Total number of scalar coordinates."""
+        return sum(self.numels)
+
+    def tensors(self, model: nn.Module) -> list[torch.Tensor]:
+        """The model's own parameter tensors, in this space's order."""
+        named = dict(unwrap_model(model).named_parameters())
+        return [named[n] for n in self.names]
+
+    def flatten(self, tensors: Mapping[str, torch.Tensor] | Iterable[torch.Tensor]) -> torch.Tensor:
+        """Concatenate tensors (a name mapping or a sequence in this order) into one flat vector."""
+        if isinstance(tensors, Mapping):
+            missing = [n for n in self.names if n not in tensors]
+            if missing:
+                raise ValueError(f"tensors lacks parameters {missing}")
+            seq = [tensors[n] for n in self.names]
+        else:
+            seq = list(tensors)
+        if len(seq) != len(self.names):
+            raise ValueError(f"expected {len(self.names)} tensors, got {len(seq)}")
+        for name, shape, t in zip(self.names, self.shapes, seq):
+            if t.shape != shape:
+                raise ValueError(f"tensor for {name!r} has shape {tuple(t.shape)}, expected {tuple(shape)}")
+        return torch.cat([t.reshape(-1) for t in seq])
+
+    def split(self, vec: torch.Tensor) -> list[torch.Tensor]:
+        """Views of a flat vector, one per parameter, with the parameter shapes."""
+        if vec.dim() != 1 or vec.numel() != self.numel:
+            raise ValueError(f"expected a flat vector of {self.numel} entries, got shape {tuple(vec.shape)}")
+        return [chunk.view(shape) for chunk, shape in zip(vec.split(self.numels), self.shapes)]
+
+    def unflatten(self, vec: torch.Tensor) -> dict[str, torch.Tensor]:
+        """A flat vector as a ``{name: tensor}`` dict (views into ``vec``)."""
+        return dict(zip(self.names, self.split(vec)))
+
+    def module_groups(self) -> dict[str, list[str]]:
+        """Parameter names grouped by the submodule that owns them (``"conv1.weight"`` -> ``"conv1"``)."""
+        groups: dict[str, list[str]] = {}
+        for name in self.names:
+            owner = name.rsplit(".", 1)[0] if "." in name else ""
+            groups.setdefault(owner, []).append(name)
+        return groups

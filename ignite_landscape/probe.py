@@ -1,0 +1,537 @@
+"""The Probe: a fixed set of samples and exact loss, gradient and Hessian-vector products on it.
+
+A :class:`Probe` takes the first ``num_samples`` samples of some data once and keeps exactly those,
+so a quantity measured at epoch 3 and at epoch 30 is measured on the same samples. Every loss,
+gradient and Hessian-vector product (HVP) over the probe is the exact sample-weighted mean over
+its samples, whatever the batch split (for a mean-reduced ``loss_fn``; in ``model_mode="train"``
+BatchNorm's batch statistics make the loss itself depend on the split).
+
+Computations run inside a :class:`ProbeSession`, opened with :meth:`Probe.session`. The session
+evaluates the model *functionally* (``torch.func.functional_call`` with tensors it owns), so the
+model's parameters, ``.grad`` and flags are never written, and it sits inside
+:func:`~ignite_landscape.restore.preserved_state`, which restores everything bit-for-bit anyway.
+
+Example:
+    >>> import torch
+    >>> model = torch.nn.Linear(4, 3)
+    >>> x, y = torch.randn(10, 4), torch.randint(0, 3, (10,))
+    >>> probe = Probe((x, y), torch.nn.functional.cross_entropy, batch_size=3)
+    >>> with probe.session(model) as s:
+    ...     loss, grad = s.loss_and_grad()
+    ...     hv = s.hvp(torch.ones_like(grad))
+    >>> grad.shape == hv.shape == (15,)
+    True
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from ignite_landscape import distributed
+from ignite_landscape.params import ParamsArg, ParamSpace, unwrap_model
+from ignite_landscape.restore import RNGState, preserved_state
+
+__all__ = ["Probe", "ProbeSession", "ProbeEvaluation", "MODEL_MODES"]
+
+logger = logging.getLogger(__name__)
+
+MODEL_MODES = ("eval", "train")
+LossFn = Callable[[Any, Any], torch.Tensor]
+
+
+def _tree_map(fn: Callable[[torch.Tensor], Any], obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return fn(obj)
+    if isinstance(obj, Mapping):
+        return {k: _tree_map(fn, v) for k, v in obj.items()}
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_tree_map(fn, v) for v in obj)
+    return obj
+
+
+def _tree_leaves(obj: Any) -> list[torch.Tensor]:
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, Mapping):
+        return [t for v in obj.values() for t in _tree_leaves(v)]
+    if isinstance(obj, (tuple, list)):
+        return [t for v in obj for t in _tree_leaves(v)]
+    return []
+
+
+def _tree_cat(items: Sequence[Any]) -> Any:
+    first = items[0]
+    if isinstance(first, torch.Tensor):
+        return torch.cat(list(items))
+    if isinstance(first, Mapping):
+        return {k: _tree_cat([i[k] for i in items]) for k in first}
+    if isinstance(first, (tuple, list)):
+        return type(first)(_tree_cat([i[j] for i in items]) for j in range(len(first)))
+    raise TypeError(f"cannot concatenate batch elements of type {type(first).__name__}")
+
+
+def _num_rows(obj: Any) -> int:
+    leaves = _tree_leaves(obj)
+    if not leaves:
+        raise TypeError("a batch must hold tensors")
+    return leaves[0].shape[0]
+
+
+def default_prepare_batch(batch: Any, device: torch.device | str | None = None, non_blocking: bool = False) -> tuple:
+    """Split a batch ``(x, y, ...)`` into inputs and targets on ``device`` (Ignite's convention)."""
+    if isinstance(batch, Mapping):
+        raise TypeError("batches are dicts: pass prepare_batch=... that returns (x, y)")
+    if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+        raise TypeError(f"a batch must be a sequence (x, y, ...), got {type(batch).__name__}")
+
+    def move(t: torch.Tensor) -> torch.Tensor:
+        return t.to(device=device, non_blocking=non_blocking) if device is not None else t
+
+    return _tree_map(move, batch[0]), _tree_map(move, batch[1])
+
+
+def _is_single_batch(data: Any) -> bool:
+    return (
+        isinstance(data, (tuple, list))
+        and len(data) == 2
+        and all(isinstance(t, torch.Tensor) for t in data)
+        and data[0].dim() >= 1
+        and data[1].dim() >= 1
+        and data[0].shape[0] == data[1].shape[0]
+    )
+
+
+@dataclass(frozen=True)
+class ProbeEvaluation:
+    """Loss (and top-1 accuracy for classification targets) of a model on the probe.
+
+    Attributes:
+        loss: exact sample-weighted mean loss.
+        accuracy: top-1 accuracy in [0, 1], or ``None`` when the targets are not class labels.
+        num_samples: how many samples the numbers average over.
+    """
+
+    loss: float
+    accuracy: float | None
+    num_samples: int
+
+    @property
+    def error(self) -> float | None:
+        """Top-1 error, ``1 - accuracy``."""
+        return None if self.accuracy is None else 1.0 - self.accuracy
+
+
+class Probe:
+    """A fixed set of samples on which landscape quantities are computed.
+
+    Args:
+        data: a DataLoader, any iterable of ``(x, y)`` batches, or one ``(x, y)`` batch. It is read
+            once, at construction, through a fresh iterator (and with the global RNG restored
+            afterwards, so a shuffled loader used by training is left exactly as it was).
+        loss_fn: ``loss_fn(y_pred, y)`` returning a mean-reduced scalar.
+        num_samples: how many samples to keep (fewer if the data holds fewer).
+        batch_size: how many samples per forward pass; defaults to the size of the data's first batch.
+        device: where the samples live and models are evaluated; defaults to where the data is.
+        prepare_batch: ``prepare_batch(batch, device, non_blocking) -> (x, y)`` as in Ignite.
+        model_mode: ``"eval"`` (BatchNorm running statistics, dropout off) or ``"train"`` (batch
+            statistics; dropout masks are drawn from a fixed seed so every evaluation is the same
+            function). Running statistics are left exactly as they were in both modes.
+        max_graph_bytes: keep the probe's gradient graph alive between Hessian-vector products while
+            its saved tensors take at most this many bytes (an HVP then costs one double backward
+            instead of a forward, a backward and a double backward); ``0`` never keeps it.
+        seed: seed of the dropout masks in ``model_mode="train"``.
+
+    Raises:
+        TypeError: if ``data``, ``loss_fn`` or ``prepare_batch`` are of the wrong kind.
+        ValueError: if ``num_samples``/``batch_size`` are not positive, ``model_mode`` is unknown or
+            ``data`` yields no samples.
+    """
+
+    def __init__(
+        self,
+        data: Any,
+        loss_fn: LossFn,
+        *,
+        num_samples: int = 1024,
+        batch_size: int | None = None,
+        device: torch.device | str | None = None,
+        prepare_batch: Callable[..., tuple] | None = None,
+        model_mode: str = "eval",
+        max_graph_bytes: int = 1 << 30,
+        seed: int = 0,
+    ) -> None:
+        if not callable(loss_fn):
+            raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
+        if isinstance(num_samples, bool) or not isinstance(num_samples, int):
+            raise TypeError(f"num_samples must be an int, got {type(num_samples).__name__}")
+        if num_samples <= 0:
+            raise ValueError(f"num_samples must be positive, got {num_samples}")
+        if batch_size is not None:
+            if isinstance(batch_size, bool) or not isinstance(batch_size, int):
+                raise TypeError(f"batch_size must be an int or None, got {type(batch_size).__name__}")
+            if batch_size <= 0:
+                raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if model_mode not in MODEL_MODES:
+            raise ValueError(f"model_mode must be one of {MODEL_MODES}, got {model_mode!r}")
+        if prepare_batch is not None and not callable(prepare_batch):
+            raise TypeError("prepare_batch must be callable")
+        if not isinstance(max_graph_bytes, int) or max_graph_bytes < 0:
+            raise ValueError(f"max_graph_bytes must be a non-negative int, got {max_graph_bytes!r}")
+        if data is None or isinstance(data, (str, bytes)) or not (_is_single_batch(data) or isinstance(data, Iterable)):
+            raise TypeError(f"data must be a DataLoader, an iterable of batches or one (x, y) batch, got {type(data).__name__}")
+
+        self.loss_fn = loss_fn
+        self.model_mode = model_mode
+        self.max_graph_bytes = max_graph_bytes
+        self.seed = int(seed)
+        self.device = torch.device(device) if device is not None else None
+        self._prepare = prepare_batch or default_prepare_batch
+        self._loss_checked = False
+
+        inputs, targets, first_batch = self._take(data, num_samples)
+        self.inputs = inputs
+        self.targets = targets
+        self.global_num_samples = _num_rows(targets)
+        # Under ignite.distributed each rank keeps a disjoint, contiguous shard of the same global set.
+        self._shard = distributed.shard_bounds(self.global_num_samples)
+        self.batch_size = min(batch_size or first_batch, self.global_num_samples)
+        if self.device is None:
+            self.device = _tree_leaves(inputs)[0].device
+
+    def _take(self, data: Any, num_samples: int) -> tuple[Any, Any, int]:
+        if _is_single_batch(data):
+            batches: Iterable[Any] = [tuple(data)]
+        else:
+            batches = data
+            if iter(data) is data:
+                warnings.warn(
+                    "Probe: data is an iterator, reading the probe samples consumes it; "
+                    "pass a DataLoader or a re-iterable to leave training's data untouched",
+                    stacklevel=3,
+                )
+        xs: list[Any] = []
+        ys: list[Any] = []
+        count = 0
+        first = 0
+        rng = RNGState()
+        try:
+            iterator: Iterator[Any] = iter(batches)
+            for batch in iterator:
+                x, y = self._prepare(batch, self.device, False)
+                n = _num_rows(y)
+                if n == 0:
+                    continue
+                first = first or n
+                xs.append(_tree_map(lambda t: t.detach(), x))
+                ys.append(_tree_map(lambda t: t.detach(), y))
+                count += n
+                if count >= num_samples:
+                    break
+            del iterator  # shut down DataLoader workers now, not at garbage collection
+        finally:
+            rng.restore()
+        if count == 0:
+            raise ValueError("data yielded no samples")
+        if count < num_samples:
+            logger.info("Probe: data holds %d samples, fewer than num_samples=%d; using all of them", count, num_samples)
+        keep = min(count, num_samples)
+        x = _tree_map(lambda t: t[:keep].clone(), _tree_cat(xs))
+        y = _tree_map(lambda t: t[:keep].clone(), _tree_cat(ys))
+        return x, y, first
+
+    @property
+    def num_samples(self) -> int:
+        """Number of samples in the probe (over all ranks)."""
+        return self.global_num_samples
+
+    def batches(self) -> list[tuple[Any, Any, int]]:
+        """This rank's samples as ``(x, y, n)`` chunks of at most ``batch_size`` rows."""
+        start, stop = self._shard
+        out = []
+        for lo in range(start, stop, self.batch_size):
+            hi = min(lo + self.batch_size, stop)
+            out.append((_tree_map(lambda t: t[lo:hi], self.inputs), _tree_map(lambda t: t[lo:hi], self.targets), hi - lo))
+        return out
+
+    def session(self, model: nn.Module, params: ParamsArg = None) -> ProbeSession:
+        """Open a session that computes on ``model`` and restores it completely on exit.
+
+        Args:
+            model: the model (DDP/DataParallel wrappers are looked through).
+            params: which parameters span the space (see :meth:`ParamSpace.from_model`).
+        """
+        return ProbeSession(self, model, params)
+
+    def evaluate(self, model: nn.Module) -> ProbeEvaluation:
+        """Loss and accuracy of ``model`` on the probe."""
+        with self.session(model) as s:
+            return s.evaluate()
+
+    def check_loss(self, loss: torch.Tensor) -> None:
+        """Raise a clear error once if ``loss_fn`` does not return a scalar tensor."""
+        if self._loss_checked:
+            return
+        if not isinstance(loss, torch.Tensor):
+            raise TypeError(f"loss_fn must return a torch.Tensor, got {type(loss).__name__}")
+        if loss.dim() != 0:
+            raise ValueError(
+                f"loss_fn must return a scalar (mean-reduced) loss, got a tensor of shape {tuple(loss.shape)}"
+            )
+        self._loss_checked = True
+
+    def __repr__(self) -> str:
+        return (
+            f"Probe(num_samples={self.num_samples}, batch_size={self.batch_size}, "
+            f"device={self.device}, model_mode={self.model_mode!r})"
+        )
+
+
+def _correct(y_pred: Any, y: Any) -> int | None:
+    if not (isinstance(y_pred, torch.Tensor) and isinstance(y, torch.Tensor)):
+        return None
+    if y.dtype in (torch.int64, torch.int32, torch.int16, torch.uint8) and y.dim() == 1:
+        if y_pred.dim() == 2 and y_pred.shape[0] == y.shape[0]:
+            return int((y_pred.argmax(dim=1) == y).sum())
+    return None
+
+
+class ProbeSession:
+    """Exact computations of one model on one probe, with the model restored on exit.
+
+    Flat vectors (gradients, HVP inputs and outputs, points) use the order of :attr:`space`.
+    Counters ``num_hvps``, ``num_grads`` and ``num_forwards`` count full passes over the probe.
+    """
+
+    def __init__(self, probe: Probe, model: nn.Module, params: ParamsArg = None) -> None:
+        self.probe = probe
+        self.model = unwrap_model(model)
+        self.space = ParamSpace.from_model(self.model, params)
+        _check_device(self.model, probe)
+        self.num_hvps = 0
+        self.num_grads = 0
+        self.num_forwards = 0
+        self._stack = ExitStack()
+        self._graph: tuple[list[torch.Tensor], torch.Tensor] | None = None
+        self._graph_failed = False
+
+    def __enter__(self) -> ProbeSession:
+        self._stack.enter_context(preserved_state(self.model))
+        self.model.train(self.probe.model_mode == "train")
+        named = dict(self.model.named_parameters())
+        self.base = [named[n].detach() for n in self.space.names]
+        self.dtype = self.base[0].dtype
+        self.fixed = {n: p.detach() for n, p in named.items() if n not in set(self.space.names)}
+        # In train mode BatchNorm writes running statistics in place: give it throwaway copies.
+        self.buffers = (
+            {n: b.detach().clone() for n, b in self.model.named_buffers()} if self.probe.model_mode == "train" else {}
+        )
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._graph = None
+        self._stack.close()
+
+    # -- points ---------------------------------------------------------------------------------
+    @property
+    def theta(self) -> torch.Tensor:
+        """The current weights of the selected parameters as one flat vector (a copy)."""
+        return self.space.flatten(self.base)
+
+    def _params_at(self, point: torch.Tensor | Sequence[torch.Tensor] | None) -> list[torch.Tensor]:
+        if point is None:
+            return self.base
+        if isinstance(point, torch.Tensor):
+            return self.space.split(point)
+        return list(point)
+
+    def forward(self, x: Any, params: Sequence[torch.Tensor], batch_index: int = 0) -> Any:
+        """Model output on ``x`` with the selected parameters set to ``params`` (functionally)."""
+        if self.probe.model_mode == "train":
+            torch.manual_seed(self.probe.seed + batch_index)
+        tensors = dict(self.fixed)
+        tensors.update(zip(self.space.names, params))
+        tensors.update(self.buffers)
+        args = x if isinstance(x, tuple) else (x,)
+        return functional_call(self.model, tensors, args, strict=False)
+
+    def _batch_loss(self, params: Sequence[torch.Tensor], x: Any, y: Any, i: int) -> tuple[torch.Tensor, Any]:
+        y_pred = self.forward(x, params, i)
+        loss = self.probe.loss_fn(y_pred, y)
+        self.probe.check_loss(loss)
+        return loss, y_pred
+
+    def _weights(self) -> tuple[list[tuple[Any, Any, int]], float]:
+        return self.probe.batches(), float(self.probe.global_num_samples)
+
+    # -- exact quantities ----------------------------------------------------------------------
+    def evaluate(self, point: torch.Tensor | Sequence[torch.Tensor] | None = None) -> ProbeEvaluation:
+        """Loss and accuracy at ``point`` (flat vector or per-parameter tensors; default: current weights)."""
+        params = self._params_at(point)
+        batches, total = self._weights()
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.probe.device)
+        correct = torch.zeros((), dtype=torch.float64, device=self.probe.device)
+        classify = True
+        with torch.no_grad():
+            for i, (x, y, n) in enumerate(batches):
+                loss, y_pred = self._batch_loss(params, x, y, i)
+                loss_sum += loss.double() * n
+                c = _correct(y_pred, y)
+                classify = classify and c is not None
+                correct += c or 0
+        self.num_forwards += 1
+        stats = distributed.all_reduce(torch.stack([loss_sum, correct]))
+        loss_value = float(stats[0]) / total
+        _warn_if_nonfinite(loss_value)
+        classify = distributed.all_agree(classify)
+        return ProbeEvaluation(
+            loss=loss_value,
+            accuracy=float(stats[1]) / total if classify else None,
+            num_samples=self.probe.global_num_samples,
+        )
+
+    def loss(self, point: torch.Tensor | Sequence[torch.Tensor] | None = None) -> float:
+        """Exact mean loss at ``point`` (default: current weights)."""
+        return self.evaluate(point).loss
+
+    def loss_and_grad(self, point: torch.Tensor | Sequence[torch.Tensor] | None = None) -> tuple[float, torch.Tensor]:
+        """Exact mean loss and its gradient (flat) at ``point`` (default: current weights)."""
+        leaves = [t.detach().requires_grad_(True) for t in self._params_at(point)]
+        batches, total = self._weights()
+        grad = torch.zeros(self.space.numel, dtype=self.dtype, device=leaves[0].device)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=leaves[0].device)
+        with torch.enable_grad():
+            for i, (x, y, n) in enumerate(batches):
+                loss, _ = self._batch_loss(leaves, x, y, i)
+                g = torch.autograd.grad(loss, leaves, allow_unused=True)
+                grad += _flat(g, leaves) * (n / total)
+                loss_sum += loss.detach().double() * n
+        self.num_grads += 1
+        grad = distributed.all_reduce(grad)
+        loss_value = float(distributed.all_reduce(loss_sum)) / total
+        _warn_if_nonfinite(loss_value)
+        return loss_value, grad
+
+    def grad(self, point: torch.Tensor | Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+        """Exact gradient (flat) of the mean loss at ``point``."""
+        return self.loss_and_grad(point)[1]
+
+    def hvp(self, v: torch.Tensor) -> torch.Tensor:
+        """Exact Hessian-vector product ``H v`` at the current weights (double backward)."""
+        if v.shape != (self.space.numel,):
+            raise ValueError(f"v must be a flat vector of {self.space.numel} entries, got shape {tuple(v.shape)}")
+        v = v.to(dtype=self.dtype)
+        graph = self._cached_graph()
+        if graph is not None:
+            leaves, weighted_grad = graph
+            pairs = [(w, vi) for w, vi in zip(weighted_grad, self.space.split(v)) if w.requires_grad]
+            out = torch.autograd.grad(
+                [w for w, _ in pairs], leaves, grad_outputs=[vi for _, vi in pairs], retain_graph=True, allow_unused=True
+            )
+            hv = _flat(out, leaves)
+        else:
+            hv = self._hvp_recompute(v)
+        self.num_hvps += 1
+        return distributed.all_reduce(hv)
+
+    def _hvp_recompute(self, v: torch.Tensor) -> torch.Tensor:
+        leaves = [t.detach().requires_grad_(True) for t in self.base]
+        vs = self.space.split(v)
+        batches, total = self._weights()
+        hv = torch.zeros_like(v)
+        with torch.enable_grad():
+            for i, (x, y, n) in enumerate(batches):
+                loss, _ = self._batch_loss(leaves, x, y, i)
+                g = torch.autograd.grad(loss, leaves, create_graph=True, allow_unused=True)
+                used = [(gi, vi, li) for gi, vi, li in zip(g, vs, leaves) if gi is not None]
+                if not used:
+                    continue
+                dot = sum((gi * vi).sum() for gi, vi, _ in used)
+                if not dot.requires_grad:
+                    continue  # the gradient is constant in the weights: this batch adds nothing
+                out = torch.autograd.grad(dot, leaves, allow_unused=True)
+                hv += _flat(out, leaves) * (n / total)
+        return hv
+
+    def _cached_graph(self) -> tuple[list[torch.Tensor], list[torch.Tensor]] | None:
+        if self._graph is not None:
+            return self._graph
+        if self._graph_failed or self.probe.max_graph_bytes == 0:
+            return None
+        counter = _SavedBytes(self.probe.max_graph_bytes)
+        leaves = [t.detach().requires_grad_(True) for t in self.base]
+        batches, total = self._weights()
+        weighted: list[torch.Tensor] | None = None
+        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(counter.pack, counter.unpack):
+            for i, (x, y, n) in enumerate(batches):
+                loss, _ = self._batch_loss(leaves, x, y, i)
+                g = torch.autograd.grad(loss, leaves, create_graph=True, allow_unused=True)
+                g = [torch.zeros_like(li) if gi is None else gi for gi, li in zip(g, leaves)]
+                scaled = [gi * (n / total) for gi in g]
+                weighted = scaled if weighted is None else [a + b for a, b in zip(weighted, scaled)]
+                if counter.exceeded:
+                    break
+        if counter.exceeded or weighted is None or not any(w.requires_grad for w in weighted):
+            self._graph_failed = True
+            logger.debug("Probe: gradient graph needs more than %d bytes; recomputing per HVP", counter.limit)
+            return None
+        self._graph = (leaves, weighted)
+        self.saved_graph_bytes = counter.bytes
+        return self._graph
+
+
+class _SavedBytes:
+    """Counts the distinct storage bytes the autograd graph saves, to stay within a memory budget."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.bytes = 0
+        self._seen: set[int] = set()
+
+    @property
+    def exceeded(self) -> bool:
+        return self.bytes > self.limit
+
+    def pack(self, t: torch.Tensor) -> torch.Tensor:
+        try:
+            storage = t.untyped_storage()
+            key = storage.data_ptr()
+            if key not in self._seen:
+                self._seen.add(key)
+                self.bytes += storage.nbytes()
+        except (RuntimeError, NotImplementedError):
+            self.bytes += t.numel() * t.element_size()
+        return t
+
+    @staticmethod
+    def unpack(t: torch.Tensor) -> torch.Tensor:
+        return t
+
+
+def _flat(grads: Sequence[torch.Tensor | None], like: Sequence[torch.Tensor]) -> torch.Tensor:
+    return torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1) for g, p in zip(grads, like)])
+
+
+def _warn_if_nonfinite(loss: float) -> None:
+    if not math.isfinite(loss):
+        warnings.warn(f"Probe: the loss is not finite ({loss}); results computed from it are NaN", RuntimeWarning, stacklevel=3)
+
+
+def _check_device(model: nn.Module, probe: Probe) -> None:
+    param = next(model.parameters(), None)
+    if param is None:
+        raise ValueError("model has no parameters")
+    if probe.device is not None and param.device.type != probe.device.type:
+        raise ValueError(
+            f"the probe's samples are on {probe.device} but the model is on {param.device}: "
+            "build the Probe with device= matching the model"
+        )
