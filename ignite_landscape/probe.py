@@ -80,6 +80,10 @@ def _tree_cat(items: Sequence[Any]) -> Any:
     raise TypeError(f"cannot concatenate batch elements of type {type(first).__name__}")
 
 
+def _rows(obj: Any, lo: int, hi: int) -> Any:
+    return _tree_map(lambda t: t[lo:hi], obj)
+
+
 def _num_rows(obj: Any) -> int:
     leaves = _tree_leaves(obj)
     if not leaves:
@@ -188,7 +192,9 @@ class Probe:
         if not isinstance(max_graph_bytes, int) or max_graph_bytes < 0:
             raise ValueError(f"max_graph_bytes must be a non-negative int, got {max_graph_bytes!r}")
         if data is None or isinstance(data, (str, bytes)) or not (_is_single_batch(data) or isinstance(data, Iterable)):
-            raise TypeError(f"data must be a DataLoader, an iterable of batches or one (x, y) batch, got {type(data).__name__}")
+            raise TypeError(
+                f"data must be a DataLoader, an iterable of batches or one (x, y) batch, got {type(data).__name__}"
+            )
 
         self.loss_fn = loss_fn
         self.model_mode = model_mode
@@ -213,7 +219,7 @@ class Probe:
             batches: Iterable[Any] = [tuple(data)]
         else:
             batches = data
-            if iter(data) is data:
+            if isinstance(data, Iterator):
                 warnings.warn(
                     "Probe: data is an iterator, reading the probe samples consumes it; "
                     "pass a DataLoader or a re-iterable to leave training's data untouched",
@@ -243,7 +249,9 @@ class Probe:
         if count == 0:
             raise ValueError("data yielded no samples")
         if count < num_samples:
-            logger.info("Probe: data holds %d samples, fewer than num_samples=%d; using all of them", count, num_samples)
+            logger.info(
+                "Probe: data holds %d samples, fewer than num_samples=%d; using all of them", count, num_samples
+            )
         keep = min(count, num_samples)
         x = _tree_map(lambda t: t[:keep].clone(), _tree_cat(xs))
         y = _tree_map(lambda t: t[:keep].clone(), _tree_cat(ys))
@@ -260,7 +268,7 @@ class Probe:
         out = []
         for lo in range(start, stop, self.batch_size):
             hi = min(lo + self.batch_size, stop)
-            out.append((_tree_map(lambda t: t[lo:hi], self.inputs), _tree_map(lambda t: t[lo:hi], self.targets), hi - lo))
+            out.append((_rows(self.inputs, lo, hi), _rows(self.targets, lo, hi), hi - lo))
         return out
 
     def session(self, model: nn.Module, params: ParamsArg = None) -> ProbeSession:
@@ -435,7 +443,11 @@ class ProbeSession:
             leaves, weighted_grad = graph
             pairs = [(w, vi) for w, vi in zip(weighted_grad, self.space.split(v)) if w.requires_grad]
             out = torch.autograd.grad(
-                [w for w, _ in pairs], leaves, grad_outputs=[vi for _, vi in pairs], retain_graph=True, allow_unused=True
+                [w for w, _ in pairs],
+                leaves,
+                grad_outputs=[vi for _, vi in pairs],
+                retain_graph=True,
+                allow_unused=True,
             )
             hv = _flat(out, leaves)
         else:
@@ -523,7 +535,9 @@ def _flat(grads: Sequence[torch.Tensor | None], like: Sequence[torch.Tensor]) ->
 
 def _warn_if_nonfinite(loss: float) -> None:
     if not math.isfinite(loss):
-        warnings.warn(f"Probe: the loss is not finite ({loss}); results computed from it are NaN", RuntimeWarning, stacklevel=3)
+        warnings.warn(
+            f"Probe: the loss is not finite ({loss}); results computed from it are NaN", RuntimeWarning, stacklevel=3
+        )
 
 
 def _check_device(model: nn.Module, probe: Probe) -> None:

@@ -23,8 +23,8 @@ Example:
 from __future__ import annotations
 
 import random
-from contextlib import contextmanager
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch

@@ -70,7 +70,9 @@ def test_density_moments_and_negative_mass(case):
     res = hessian_density(model, probe, num_steps=m, num_runs=runs, seed=4)
     assert res.num_hvps == m * runs
     # The same seed on the dense Hessian gives the same quadrature (same start vectors).
-    dense = stochastic_lanczos_quadrature(lambda v: H @ v, H.shape[0], num_steps=m, num_runs=runs, seed=4, dtype=H.dtype)
+    dense = stochastic_lanczos_quadrature(
+        lambda v: H @ v, H.shape[0], num_steps=m, num_runs=runs, seed=4, dtype=H.dtype
+    )
     torch.testing.assert_close(res.nodes, dense.nodes, rtol=1e-8, atol=1e-10)
     # Gauss quadrature is exact for moments up to 2m - 1: sum_j w_j theta_j^r = v^T H^r v / |v|^2.
     for run in range(runs):

@@ -226,7 +226,9 @@ def lanczos(
     alphas, betas, basis = lanczos_tridiagonal(matvec, v0, max_iter, restart_seed=seed + 1, stop=converged_now)
     m = len(alphas)
     if not all(math.isfinite(a) for a in alphas) or not all(math.isfinite(b) for b in betas):
-        warnings.warn("lanczos: the operator returned non-finite values; eigenvalues are NaN", RuntimeWarning, stacklevel=2)
+        warnings.warn(
+            "lanczos: the operator returned non-finite values; eigenvalues are NaN", RuntimeWarning, stacklevel=2
+        )
         count = 2 * k if which == "both" else k
         nan = torch.full((count,), float("nan"), dtype=torch.float64)
         return LanczosResult(nan, nan.clone(), torch.zeros(count, dtype=torch.bool), m)

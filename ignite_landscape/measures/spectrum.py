@@ -294,7 +294,13 @@ def hessian_density(
         raise ValueError(f"grid_size must be at least 2, got {grid_size}")
     with probe.session(model, params) as s:
         q: Quadrature = stochastic_lanczos_quadrature(
-            s.hvp, s.space.numel, num_steps=num_steps, num_runs=num_runs, seed=seed, dtype=s.dtype, device=s.base[0].device
+            s.hvp,
+            s.space.numel,
+            num_steps=num_steps,
+            num_runs=num_runs,
+            seed=seed,
+            dtype=s.dtype,
+            device=s.base[0].device,
         )
         used, n = s.num_hvps, s.space.numel
     finite = torch.isfinite(q.nodes).all()
@@ -368,7 +374,9 @@ def layerwise_curvature(
             else:
                 lres = lanczos(s.hvp, n, k=1, tol=tol, seed=seed, dtype=s.dtype, device=s.base[0].device)
                 lam = float(lres.eigenvalues[0])
-                est = hutchpp(s.hvp, n, num_matvecs=max(trace_hvps, 6), seed=seed, dtype=s.dtype, device=s.base[0].device)
+                est = hutchpp(
+                    s.hvp, n, num_matvecs=max(trace_hvps, 6), seed=seed, dtype=s.dtype, device=s.base[0].device
+                )
                 tr, err = est.value, est.stderr
             rows.append(LayerCurvature(owner, n, lam, tr, err, s.num_hvps, list(names)))
     return rows
