@@ -4,21 +4,65 @@ The functional core (:class:`Probe` and the measures) works on any model without
 Ignite handlers call it on events and stream the results to TensorBoard.
 """
 
-from ignite_landscape.measures import (
+from ignite_landscape.handlers import (
+    Firing,
+    GradientNoiseScale,
     HessianDensity,
-    HessianEigenvalues,
+    HessianSpectrum,
     HessianTrace,
+    LandscapeHandler,
+    LossSlice,
+    ModeConnectivity,
+    Sharpness,
+)
+from ignite_landscape.measures import (
+    HessianDensityResult,
+    HessianEigenvalues,
+    HessianTraceResult,
+    Interpolation,
     LayerCurvature,
+    LossSliceResult,
+    NoiseScale,
+    SharpnessResult,
+    check_directions,
+    eigenvector_directions,
+    gradient_noise_scale,
     hessian_density,
     hessian_eigenvalues,
     hessian_trace,
+    interpolate,
     layerwise_curvature,
+    loss_slice,
+    pca_directions,
+    random_directions,
+    sharpness,
 )
 from ignite_landscape.params import ParamSpace
 from ignite_landscape.probe import Probe, ProbeEvaluation, ProbeSession
 from ignite_landscape.restore import preserved_state
+from ignite_landscape.tensorboard import LandscapeLogHandler
 
 __all__ = [
+    "Firing",
+    "LandscapeHandler",
+    "HessianSpectrum",
+    "Sharpness",
+    "LossSlice",
+    "ModeConnectivity",
+    "GradientNoiseScale",
+    "LandscapeLogHandler",
+    "Interpolation",
+    "LossSliceResult",
+    "NoiseScale",
+    "SharpnessResult",
+    "check_directions",
+    "eigenvector_directions",
+    "gradient_noise_scale",
+    "interpolate",
+    "loss_slice",
+    "pca_directions",
+    "random_directions",
+    "sharpness",
     "Probe",
     "ProbeEvaluation",
     "ProbeSession",
@@ -27,6 +71,8 @@ __all__ = [
     "HessianDensity",
     "HessianEigenvalues",
     "HessianTrace",
+    "HessianTraceResult",
+    "HessianDensityResult",
     "LayerCurvature",
     "hessian_density",
     "hessian_eigenvalues",

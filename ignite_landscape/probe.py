@@ -208,8 +208,10 @@ class Probe:
         self.inputs = inputs
         self.targets = targets
         self.global_num_samples = _num_rows(targets)
-        # Under ignite.distributed each rank keeps a disjoint, contiguous shard of the same global set.
-        self._shard = distributed.shard_bounds(self.global_num_samples)
+        # Under ignite.distributed each rank evaluates a disjoint, contiguous shard of the global set,
+        # decided on first use: the process group may not exist yet when the probe is built.
+        self._layout_key: tuple[int, int] | None = None
+        self._layout_value = (0, self.global_num_samples, self.global_num_samples, 0)
         self.batch_size = min(batch_size or first_batch, self.global_num_samples)
         if self.device is None:
             self.device = _tree_leaves(inputs)[0].device
@@ -259,12 +261,44 @@ class Probe:
 
     @property
     def num_samples(self) -> int:
-        """Number of samples in the probe (over all ranks)."""
+        """Number of samples in the probe (over all ranks, once a session has run under a process group)."""
         return self.global_num_samples
+
+    def layout(self) -> tuple[int, int, int, int]:
+        """``(start, stop, total, first_batch)``: the rows of :attr:`inputs` this rank evaluates, the
+        number of samples over all ranks, and the global index of this rank's first batch.
+
+        In one process: ``(0, n, n, 0)``. Under a process group the first call is collective (every rank
+        must make it; :meth:`session` does): if all ranks hold the same samples, each evaluates its own
+        contiguous shard of them; if they hold different ones (a loader with a ``DistributedSampler``),
+        each evaluates its share of its own, and the probe is their union. In ``model_mode="train"`` the
+        shards are whole batches, so every rank evaluates exactly the batches (and dropout masks) that a
+        single process would.
+        """
+        key = (distributed.world_size(), distributed.rank())
+        if key != self._layout_key:
+            n = _num_rows(self.targets)
+            self._layout_value = (0, n, n, 0) if key[0] == 1 else self._distributed_layout()
+            self._layout_key = key
+            self.global_num_samples = self._layout_value[2]
+        return self._layout_value
+
+    def _distributed_layout(self) -> tuple[int, int, int, int]:
+        local = _fingerprint(_num_rows(self.targets), self.inputs, self.targets)
+        both = distributed.all_reduce(torch.cat([local, -local]), op="MAX")
+        high, low = both[: local.numel()], -both[local.numel() :]
+        total = int(low[0])  # the fewest samples any rank holds
+        block = min(self.batch_size, total) if self.model_mode == "train" else 1
+        start, stop = distributed.shard_bounds(total, block=block)
+        first_batch = start // block if self.model_mode == "train" else 0
+        if not torch.equal(high, low):
+            logger.info("Probe: the ranks hold different samples; each evaluates its share of its own")
+            start, stop = 0, stop - start
+        return start, stop, total, first_batch
 
     def batches(self) -> list[tuple[Any, Any, int]]:
         """This rank's samples as ``(x, y, n)`` chunks of at most ``batch_size`` rows."""
-        start, stop = self._shard
+        start, stop = self.layout()[:2]
         out = []
         for lo in range(start, stop, self.batch_size):
             hi = min(lo + self.batch_size, stop)
@@ -304,6 +338,17 @@ class Probe:
         )
 
 
+def _fingerprint(count: int, *trees: Any) -> torch.Tensor:
+    # Order-sensitive float64 sums of every tensor: equal on two ranks exactly when they hold the same
+    # samples (barring a collision of these sums), computed identically everywhere.
+    values = [torch.tensor(float(count), dtype=torch.float64)]
+    for t in (leaf for tree in trees for leaf in _tree_leaves(tree)):
+        rows = t.detach().reshape(t.shape[0], -1).double().nan_to_num().sum(dim=1)
+        weights = torch.arange(1, rows.numel() + 1, dtype=torch.float64, device=rows.device)
+        values += [rows.sum().cpu(), (rows * weights).sum().cpu()]
+    return torch.stack(values)
+
+
 def _correct(y_pred: Any, y: Any) -> int | None:
     if not (isinstance(y_pred, torch.Tensor) and isinstance(y, torch.Tensor)):
         return None
@@ -318,6 +363,9 @@ class ProbeSession:
 
     Flat vectors (gradients, HVP inputs and outputs, points) use the order of :attr:`space`.
     Counters ``num_hvps``, ``num_grads`` and ``num_forwards`` count full passes over the probe.
+    ``batch_offset`` is the global index of this rank's first probe batch (0 in one process): in
+    ``model_mode="train"`` batch ``i`` of :meth:`Probe.batches` draws its dropout masks from the seed
+    ``probe.seed + batch_offset + i``, as in a single process.
     """
 
     def __init__(self, probe: Probe, model: nn.Module, params: ParamsArg = None) -> None:
@@ -333,6 +381,14 @@ class ProbeSession:
         self._graph_failed = False
 
     def __enter__(self) -> ProbeSession:
+        if self.probe.model_mode == "train" and distributed.world_size() > 1:
+            if any(isinstance(m, nn.SyncBatchNorm) for m in self.model.modules()):
+                raise ValueError(
+                    "model_mode='train' with SyncBatchNorm under a process group would synchronise batch "
+                    "statistics across ranks: use model_mode='eval'"
+                )
+        # Collective on first use: every rank opens the session at the same point.
+        self.batch_offset = self.probe.layout()[3]
         self._stack.enter_context(preserved_state(self.model))
         self.model.train(self.probe.model_mode == "train")
         named = dict(self.model.named_parameters())
@@ -365,7 +421,7 @@ class ProbeSession:
     def forward(self, x: Any, params: Sequence[torch.Tensor], batch_index: int = 0) -> Any:
         """Model output on ``x`` with the selected parameters set to ``params`` (functionally)."""
         if self.probe.model_mode == "train":
-            torch.manual_seed(self.probe.seed + batch_index)
+            torch.manual_seed(self.probe.seed + self.batch_offset + batch_index)
         tensors = dict(self.fixed)
         tensors.update(zip(self.space.names, params))
         tensors.update(self.buffers)
@@ -379,7 +435,7 @@ class ProbeSession:
         return loss, y_pred
 
     def _weights(self) -> tuple[list[tuple[Any, Any, int]], float]:
-        return self.probe.batches(), float(self.probe.global_num_samples)
+        return self.probe.batches(), float(self.probe.num_samples)
 
     # -- exact quantities ----------------------------------------------------------------------
     def evaluate(self, point: torch.Tensor | Sequence[torch.Tensor] | None = None) -> ProbeEvaluation:
@@ -389,7 +445,7 @@ class ProbeSession:
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.probe.device)
         correct = torch.zeros((), dtype=torch.float64, device=self.probe.device)
         classify = True
-        with torch.no_grad():
+        with distributed.Lockstep() as step, torch.no_grad():
             for i, (x, y, n) in enumerate(batches):
                 loss, y_pred = self._batch_loss(params, x, y, i)
                 loss_sum += loss.double() * n
@@ -397,14 +453,14 @@ class ProbeSession:
                 classify = classify and c is not None
                 correct += c or 0
         self.num_forwards += 1
-        stats = distributed.all_reduce(torch.stack([loss_sum, correct]))
+        not_classify = torch.zeros((), dtype=torch.float64, device=self.probe.device) + (0.0 if classify else 1.0)
+        (stats,) = step.all_reduce(torch.stack([loss_sum, correct, not_classify]))
         loss_value = float(stats[0]) / total
         _warn_if_nonfinite(loss_value)
-        classify = distributed.all_agree(classify)
         return ProbeEvaluation(
             loss=loss_value,
-            accuracy=float(stats[1]) / total if classify else None,
-            num_samples=self.probe.global_num_samples,
+            accuracy=float(stats[1]) / total if float(stats[2]) == 0 else None,
+            num_samples=self.probe.num_samples,
         )
 
     def loss(self, point: torch.Tensor | Sequence[torch.Tensor] | None = None) -> float:
@@ -417,15 +473,15 @@ class ProbeSession:
         batches, total = self._weights()
         grad = torch.zeros(self.space.numel, dtype=self.dtype, device=leaves[0].device)
         loss_sum = torch.zeros((), dtype=torch.float64, device=leaves[0].device)
-        with torch.enable_grad():
+        with distributed.Lockstep() as step, torch.enable_grad():
             for i, (x, y, n) in enumerate(batches):
                 loss, _ = self._batch_loss(leaves, x, y, i)
                 g = torch.autograd.grad(loss, leaves, allow_unused=True)
                 grad += _flat(g, leaves) * (n / total)
                 loss_sum += loss.detach().double() * n
         self.num_grads += 1
-        grad = distributed.all_reduce(grad)
-        loss_value = float(distributed.all_reduce(loss_sum)) / total
+        grad, loss_sum = step.all_reduce(grad, loss_sum)
+        loss_value = float(loss_sum) / total
         _warn_if_nonfinite(loss_value)
         return loss_value, grad
 
@@ -438,22 +494,25 @@ class ProbeSession:
         if v.shape != (self.space.numel,):
             raise ValueError(f"v must be a flat vector of {self.space.numel} entries, got shape {tuple(v.shape)}")
         v = v.to(dtype=self.dtype)
-        graph = self._cached_graph()
-        if graph is not None:
-            leaves, weighted_grad = graph
-            pairs = [(w, vi) for w, vi in zip(weighted_grad, self.space.split(v)) if w.requires_grad]
-            out = torch.autograd.grad(
-                [w for w, _ in pairs],
-                leaves,
-                grad_outputs=[vi for _, vi in pairs],
-                retain_graph=True,
-                allow_unused=True,
-            )
-            hv = _flat(out, leaves)
-        else:
-            hv = self._hvp_recompute(v)
+        hv = v  # only a placeholder of the right shape should this rank's part fail
+        with distributed.Lockstep() as step:
+            graph = self._cached_graph()
+            if graph is not None:
+                leaves, weighted_grad = graph
+                pairs = [(w, vi) for w, vi in zip(weighted_grad, self.space.split(v)) if w.requires_grad]
+                out = torch.autograd.grad(
+                    [w for w, _ in pairs],
+                    leaves,
+                    grad_outputs=[vi for _, vi in pairs],
+                    retain_graph=True,
+                    allow_unused=True,
+                )
+                hv = _flat(out, leaves)
+            else:
+                hv = self._hvp_recompute(v)
         self.num_hvps += 1
-        return distributed.all_reduce(hv)
+        (hv,) = step.all_reduce(hv)
+        return hv
 
     def _hvp_recompute(self, v: torch.Tensor) -> torch.Tensor:
         leaves = [t.detach().requires_grad_(True) for t in self.base]

@@ -84,8 +84,17 @@ def test_density_moments_and_negative_mass(case):
             assert quad == pytest.approx(exact, rel=1e-7, abs=1e-12), (run, r)
     grid_step = float(res.grid[1] - res.grid[0])
     assert abs(float(res.density.sum()) * grid_step - 1) < 1e-3
-    expected_negative = float((res.weights * (res.nodes < 0)).sum(1).mean())
-    assert res.negative_mass == pytest.approx(expected_negative) and 0 < res.negative_mass < 1
+    # With m = P steps each run's quadrature is the exact spectral measure of its start vector, so the
+    # magnitude-weighted negative mass equals the dense Hessian's sum |λ<0| / sum |λ| weighted by v's components.
+    full = hessian_density(model, probe, num_steps=H.shape[0], num_runs=1, seed=4)
+    v = rademacher(H.shape[0], 4, dtype=H.dtype)
+    w = (torch.linalg.eigh(H).eigenvectors.T @ v) ** 2
+    expected = float((w * evals.abs() * (evals < 0)).sum() / (w * evals.abs()).sum())
+    assert full.negative_mass == pytest.approx(expected, rel=1e-6)
+    assert 0 < res.negative_mass < 1
+    cut = -0.01 * float(evals.abs().max())
+    expected_fraction = float((w * (evals < cut)).sum() / w.sum())
+    assert full.negative_fraction == pytest.approx(expected_fraction, abs=1e-6)
 
 
 def test_layerwise_curvature_matches_dense_blocks():

@@ -51,8 +51,22 @@ class Quadrature:
 
     @property
     def negative_mass(self) -> float:
-        """Estimated fraction of eigenvalues below zero."""
-        return float((self.weights * (self.nodes < 0)).sum(dim=1).mean())
+        """Share of the spectrum's absolute mass at negative eigenvalues: ``Σ_{λ<0} |λ| / Σ |λ|``.
+
+        Weighting by ``|λ|`` keeps the many eigenvalues at about zero — whose Ritz nodes land on either
+        side of 0 from one run to the next — from deciding the number.
+        """
+        mass = self.weights * self.nodes.abs()
+        total = float(mass.sum())
+        return float((mass * (self.nodes < 0)).sum()) / total if total > 0 else 0.0
+
+    def negative_fraction(self, tol: float = 1e-2) -> float:
+        """Estimated fraction of eigenvalues below ``-tol · max|θ|`` (the count, not the mass).
+
+        The tolerance matters: a quadrature node for the cluster at zero may sit just below it.
+        """
+        cut = -tol * float(self.nodes.abs().max())
+        return float((self.weights * (self.nodes < cut)).sum(dim=1).mean())
 
 
 def stochastic_lanczos_quadrature(

@@ -1,9 +1,19 @@
 """Plain functions that turn a model and a probe into small result dataclasses."""
 
+from ignite_landscape.measures.connectivity import Interpolation, interpolate
+from ignite_landscape.measures.directions import (
+    check_directions,
+    eigenvector_directions,
+    pca_directions,
+    random_directions,
+)
+from ignite_landscape.measures.noise import NoiseScale, gradient_noise_scale
+from ignite_landscape.measures.sharpness import SharpnessResult, sharpness
+from ignite_landscape.measures.slices import LossSliceResult, loss_slice
 from ignite_landscape.measures.spectrum import (
-    HessianDensity,
+    HessianDensityResult,
     HessianEigenvalues,
-    HessianTrace,
+    HessianTraceResult,
     LayerCurvature,
     hessian_density,
     hessian_eigenvalues,
@@ -12,9 +22,21 @@ from ignite_landscape.measures.spectrum import (
 )
 
 __all__ = [
-    "HessianDensity",
+    "Interpolation",
+    "interpolate",
+    "check_directions",
+    "eigenvector_directions",
+    "pca_directions",
+    "random_directions",
+    "NoiseScale",
+    "gradient_noise_scale",
+    "SharpnessResult",
+    "sharpness",
+    "LossSliceResult",
+    "loss_slice",
+    "HessianDensityResult",
     "HessianEigenvalues",
-    "HessianTrace",
+    "HessianTraceResult",
     "LayerCurvature",
     "hessian_density",
     "hessian_eigenvalues",

@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -36,13 +37,14 @@ from ignite_landscape.probe import Probe
 
 __all__ = [
     "HessianEigenvalues",
-    "HessianTrace",
-    "HessianDensity",
+    "HessianTraceResult",
+    "HessianDensityResult",
     "LayerCurvature",
     "hessian_eigenvalues",
     "hessian_trace",
     "hessian_density",
     "layerwise_curvature",
+    "preconditioned_eigenvalues",
 ]
 
 
@@ -164,7 +166,7 @@ def hessian_eigenvalues(
 
 
 @dataclass
-class HessianTrace:
+class HessianTraceResult:
     """A stochastic estimate of the Hessian trace.
 
     Attributes:
@@ -199,7 +201,7 @@ def hessian_trace(
     num_hvps: int = 60,
     params: ParamsArg = None,
     seed: int = 0,
-) -> HessianTrace:
+) -> HessianTraceResult:
     """Estimate ``tr(H)`` with Hutchinson or Hutch++ and Rademacher vectors.
 
     Args:
@@ -217,11 +219,11 @@ def hessian_trace(
     estimator = hutchpp if method == "hutch++" else hutchinson
     with probe.session(model, params) as s:
         est = estimator(s.hvp, s.space.numel, num_matvecs=num_hvps, seed=seed, dtype=s.dtype, device=s.base[0].device)
-        return HessianTrace(est.value, est.stderr, s.num_hvps, method, s.space.numel)
+        return HessianTraceResult(est.value, est.stderr, s.num_hvps, method, s.space.numel)
 
 
 @dataclass
-class HessianDensity:
+class HessianDensityResult:
     """Eigenvalue density of the Hessian by stochastic Lanczos quadrature.
 
     Attributes:
@@ -230,7 +232,9 @@ class HessianDensity:
         grid: points where the smoothed density is evaluated.
         density: Gaussian-smoothed density on ``grid``, averaged over runs (integrates to ≈1).
         sigma: smoothing width.
-        negative_mass: estimated fraction of eigenvalues below zero.
+        negative_mass: share of the absolute spectral mass at negative eigenvalues, ``Σ_{λ<0}|λ| / Σ|λ|``
+            (robust to the cluster of eigenvalues at zero).
+        negative_fraction: estimated fraction of eigenvalues below ``-0.01·max|λ|``.
         trace: SLQ's estimate of ``tr(H)`` (``P · Σ τ θ``).
         num_hvps: Hessian-vector products used.
         num_params: dimension of the Hessian.
@@ -242,6 +246,7 @@ class HessianDensity:
     density: torch.Tensor
     sigma: float
     negative_mass: float
+    negative_fraction: float
     trace: float
     num_hvps: int
     num_params: int
@@ -260,6 +265,7 @@ class HessianDensity:
         """Named scalars for logging."""
         return {
             "negative_mass": self.negative_mass,
+            "negative_fraction": self.negative_fraction,
             "trace": self.trace,
             "lambda_max": self.lambda_max,
             "lambda_min": self.lambda_min,
@@ -277,7 +283,7 @@ def hessian_density(
     sigma: float | None = None,
     params: ParamsArg = None,
     seed: int = 0,
-) -> HessianDensity:
+) -> HessianDensityResult:
     """Eigenvalue density by stochastic Lanczos quadrature, averaged over ``num_runs`` vectors.
 
     Args:
@@ -312,13 +318,14 @@ def hessian_density(
         raise ValueError(f"sigma must be positive, got {sigma}")
     grid = torch.linspace(lo - 5 * sigma, hi + 5 * sigma, grid_size, dtype=torch.float64)
     density = gaussian_density(q, grid, sigma) if finite else torch.full_like(grid, float("nan"))
-    return HessianDensity(
+    return HessianDensityResult(
         nodes=q.nodes,
         weights=q.weights,
         grid=grid,
         density=density,
         sigma=sigma,
         negative_mass=q.negative_mass if finite else float("nan"),
+        negative_fraction=q.negative_fraction() if finite else float("nan"),
         trace=n * q.moment(1) if finite else float("nan"),
         num_hvps=used,
         num_params=n,
@@ -380,3 +387,86 @@ def layerwise_curvature(
                 tr, err = est.value, est.stderr
             rows.append(LayerCurvature(owner, n, lam, tr, err, s.num_hvps, list(names)))
     return rows
+
+
+def preconditioned_eigenvalues(
+    model: nn.Module,
+    probe: Probe,
+    preconditioner: torch.Tensor | Mapping[str, torch.Tensor],
+    k: int = 1,
+    which: str = "largest",
+    tol: float = 1e-4,
+    *,
+    max_iter: int | None = None,
+    params: ParamsArg = None,
+    seed: int = 0,
+    v0: torch.Tensor | None = None,
+    return_eigenvectors: bool = False,
+) -> HessianEigenvalues:
+    """Extreme eigenvalues of ``P⁻¹H`` for a diagonal positive preconditioner ``P``.
+
+    ``P⁻¹H`` is not symmetric, but it is similar to ``P^{-1/2} H P^{-1/2}`` (same eigenvalues), which
+    is, so Lanczos runs on ``v ↦ d ⊙ H(d ⊙ v)`` with ``d = P^{-1/2}``. With ``P = diag(√v̂ + ε)`` from
+    Adam's state this is the preconditioned sharpness whose edge of stability is
+    ``(2 + 2β₁)/((1 − β₁)η)`` (Cohen et al. 2022, "Adaptive gradient methods at the edge of stability").
+
+    Args:
+        model: the model; left exactly as it was.
+        probe: the fixed samples and loss.
+        preconditioner: the diagonal of ``P``, flat (order of the selected parameters) or ``{name: tensor}``;
+            every entry must be finite and positive.
+        k, which, tol, max_iter, params, seed: as in :func:`hessian_eigenvalues`.
+        v0: start vector for the symmetric operator (e.g. last time's eigenvector).
+        return_eigenvectors: also return the eigenvectors ``y`` of the symmetric operator (those of
+            ``P⁻¹H`` are ``P^{-1/2} y``).
+
+    Raises:
+        ValueError: if the preconditioner has the wrong size or a non-positive or non-finite entry.
+
+    Example:
+        >>> import torch
+        >>> from ignite_landscape import Probe
+        >>> model = torch.nn.Linear(3, 1).double()
+        >>> x = torch.randn(16, 3, dtype=torch.float64)
+        >>> probe = Probe((x, torch.zeros(16, 1, dtype=torch.float64)), torch.nn.functional.mse_loss)
+        >>> res = preconditioned_eigenvalues(model, probe, torch.full((4,), 2.0, dtype=torch.float64), k=1)
+        >>> plain = hessian_eigenvalues(model, probe, k=1)
+        >>> abs(res.lambda_max - plain.lambda_max / 2) < 1e-6 * plain.lambda_max
+        True
+    """
+    with probe.session(model, params) as s:
+        if isinstance(preconditioner, Mapping):
+            flat = s.space.flatten(preconditioner)
+        elif isinstance(preconditioner, torch.Tensor):
+            flat = preconditioner.reshape(-1)
+        else:
+            kind = type(preconditioner).__name__
+            raise TypeError(f"preconditioner must be a tensor or a name->tensor mapping, got {kind}")
+        if flat.numel() != s.space.numel:
+            raise ValueError(f"preconditioner must have {s.space.numel} entries, got {flat.numel()}")
+        if not bool(torch.isfinite(flat).all()) or not bool((flat > 0).all()):
+            raise ValueError("preconditioner entries must be finite and positive")
+        d = flat.detach().to(dtype=s.dtype, device=s.base[0].device).rsqrt()
+        res = lanczos(
+            lambda v: d * s.hvp(d * v),
+            s.space.numel,
+            k=k,
+            which=which,
+            tol=tol,
+            max_iter=max_iter,
+            v0=v0,
+            seed=seed,
+            dtype=s.dtype,
+            device=s.base[0].device,
+            return_eigenvectors=return_eigenvectors,
+        )
+        return HessianEigenvalues(
+            eigenvalues=res.eigenvalues,
+            residuals=res.residuals,
+            converged=res.converged,
+            num_hvps=s.num_hvps,
+            which=which,
+            space=s.space,
+            eigenvectors=res.eigenvectors,
+            tol=tol,
+        )

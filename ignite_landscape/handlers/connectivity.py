@@ -1,0 +1,168 @@
+"""Handler for linear mode connectivity between the current weights and a reference.
+
+The reference is the weights at attach time (``"init"``, the default), the weights at the previous
+firing (``"previous"``: how far apart, in loss, consecutive snapshots are), or fixed weights given
+as a state dict or a checkpoint file. It is part of :meth:`~ModeConnectivity.state_dict`, so a
+resumed run compares against the same weights.
+
+Example:
+    >>> import torch
+    >>> from ignite.engine import Engine
+    >>> from ignite_landscape import Probe
+    >>> model = torch.nn.Linear(4, 3)
+    >>> probe = Probe((torch.randn(16, 4), torch.randint(0, 3, (16,))), torch.nn.functional.cross_entropy)
+    >>> trainer = Engine(lambda engine, batch: None)
+    >>> _ = ModeConnectivity(model, probe, steps=5).attach(trainer)
+    >>> _ = trainer.run([0], max_epochs=1)
+    >>> trainer.state.metrics["landscape/connectivity/loss_barrier"]  # the weights did not move
+    0.0
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from ignite.engine import Engine
+from torch import nn
+
+from ignite_landscape.handlers.base import LandscapeHandler, _check_int
+from ignite_landscape.measures.connectivity import interpolate
+from ignite_landscape.params import unwrap_model
+from ignite_landscape.probe import Probe
+
+__all__ = ["ModeConnectivity", "REFERENCES"]
+
+REFERENCES = ("init", "previous")
+
+
+def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in unwrap_model(model).state_dict().items()}
+
+
+class ModeConnectivity(LandscapeHandler):
+    """Loss and error along the straight line from a reference to the current weights.
+
+    Scalars: ``loss_barrier``, ``loss_a`` (reference), ``loss_b`` (current), ``max_loss`` (and
+    ``error_barrier``, ``error_a``, ``error_b`` for classification).
+
+    Args:
+        model: the trained model.
+        probe: the fixed samples.
+        reference: ``"init"`` (weights at attach), ``"previous"`` (weights at the previous firing; the
+            weights at attach for the first), a state dict of the model, or the path of a file saved with
+            ``torch.save`` holding one (or an Ignite checkpoint: see ``reference_key``).
+        steps: points on the line (both ends included).
+        bn_loader: batches to recalibrate BatchNorm statistics at every interpolated point.
+        bn_batches: how many of them.
+        reference_key: the entry of a checkpoint file that holds the model (default ``"model"`` when the
+            file is not a plain state dict).
+        **kwargs: ``name``, ``params``, ``seed``, ``on_error``, ``progress`` (see :class:`LandscapeHandler`).
+
+    Raises:
+        ValueError: for an unknown reference kind or reference weights that do not fit the model.
+    """
+
+    default_name = "connectivity"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        probe: Probe,
+        reference: str | os.PathLike | Mapping[str, torch.Tensor] = "init",
+        steps: int = 11,
+        *,
+        bn_loader: Iterable[Any] | None = None,
+        bn_batches: int | None = None,
+        reference_key: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(model, probe, **kwargs)
+        self.steps = _check_int("steps", steps, 2)
+        if bn_batches is not None:
+            _check_int("bn_batches", bn_batches, 1)
+        if bn_loader is not None and not isinstance(bn_loader, Iterable):
+            raise TypeError(f"bn_loader must be an iterable of batches, got {type(bn_loader).__name__}")
+        self.bn_loader = bn_loader
+        self.bn_batches = bn_batches
+        self.reference: dict[str, torch.Tensor] | None = None
+        if isinstance(reference, str) and reference in REFERENCES:
+            self.reference_kind = reference
+        elif isinstance(reference, Mapping):
+            self.reference_kind = "given"
+            self.reference = self._checked(reference, "reference")
+        elif isinstance(reference, (str, os.PathLike)):
+            path = Path(reference)
+            if not path.is_file():
+                raise ValueError(
+                    f"reference must be 'init', 'previous', a state dict or an existing file, got {reference!r}"
+                )
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
+            self.reference_kind = "given"
+            self.reference = self._checked(self._extract(loaded, reference_key, path), f"reference file {path}")
+        else:
+            raise TypeError(
+                f"reference must be 'init', 'previous', a state dict or a path, got {type(reference).__name__}"
+            )
+
+    def _extract(self, loaded: Any, key: str | None, path: Path) -> Mapping[str, torch.Tensor]:
+        if not isinstance(loaded, Mapping):
+            raise ValueError(f"reference file {path} does not hold a dict")
+        if key is not None:
+            if key not in loaded:
+                raise ValueError(f"reference_key={key!r} is not in {path} (keys: {sorted(loaded)[:10]})")
+            return loaded[key]
+        own = unwrap_model(self.model).state_dict()
+        if all(k in loaded for k in own):
+            return loaded
+        if "model" in loaded and isinstance(loaded["model"], Mapping):
+            return loaded["model"]
+        raise ValueError(f"{path} holds neither the model's state dict nor a 'model' entry; pass reference_key=")
+
+    def _checked(self, state: Mapping[str, torch.Tensor], what: str) -> dict[str, torch.Tensor]:
+        own = unwrap_model(self.model).state_dict()
+        missing = [k for k in own if k not in state]
+        extra = [k for k in state if k not in own]
+        if missing or extra:
+            raise ValueError(f"{what} does not match the model: missing {missing[:5]}, unexpected {extra[:5]}")
+        out = {}
+        for k, ref in own.items():
+            t = state[k]
+            if not isinstance(t, torch.Tensor) or t.shape != ref.shape:
+                shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+                raise ValueError(f"{what}[{k!r}] is {shape}, the model's is {tuple(ref.shape)}")
+            out[k] = t.detach().to(device=ref.device, dtype=ref.dtype).clone()
+        return out
+
+    def expected_keys(self) -> list[str]:
+        return ["loss_barrier"]
+
+    def _on_attach(self, engine: Engine) -> None:
+        if self.reference is None:
+            self.reference = _snapshot(self.model)
+
+    def compute(self, engine: Engine) -> Any:
+        if self.reference is None:  # fired without attach: the reference is now
+            self.reference = _snapshot(self.model)
+        result = interpolate(
+            self.model,
+            self.reference,
+            self.model,
+            self.probe,
+            steps=self.steps,
+            bn_loader=self.bn_loader,
+            bn_batches=self.bn_batches,
+        )
+        if self.reference_kind == "previous":
+            self.reference = _snapshot(self.model)
+        return result
+
+    def _extra_state(self) -> dict[str, Any]:
+        return {"reference": self.reference, "reference_kind": self.reference_kind}
+
+    def _load_extra_state(self, state: Mapping[str, Any]) -> None:
+        ref = state.get("reference")
+        self.reference = None if ref is None else self._checked(ref, "saved reference")

@@ -1,0 +1,167 @@
+"""Handler for 1D and 2D loss slices through the current weights along fixed directions.
+
+The directions are drawn once (at the first firing, filter-normalized to the weights of that
+moment) and kept, so slices at different epochs are taken along the same line or plane and can be
+overlaid; they are part of :meth:`~LossSlice.state_dict`, so a resumed run keeps them too.
+
+Example:
+    >>> import torch
+    >>> from ignite.engine import Engine
+    >>> from ignite_landscape import Probe
+    >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    >>> probe = Probe((torch.randn(16, 4), torch.randint(0, 3, (16,))), torch.nn.functional.cross_entropy)
+    >>> trainer = Engine(lambda engine, batch: None)
+    >>> handler = LossSlice(model, probe, dims=2, steps=5)
+    >>> _ = handler.attach(trainer)
+    >>> _ = trainer.run([0], max_epochs=1)
+    >>> handler.name, tuple(trainer.state.landscape["slice2d"].loss.shape)
+    ('slice2d', (5, 5))
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from ignite.engine import Engine
+from torch import nn
+
+from ignite_landscape.handlers.base import LandscapeHandler, _check_choice, _check_int
+from ignite_landscape.measures.directions import (
+    NORMALIZATIONS,
+    check_directions,
+    eigenvector_directions,
+    random_directions,
+)
+from ignite_landscape.measures.slices import loss_slice
+from ignite_landscape.params import unwrap_model
+from ignite_landscape.probe import Probe
+
+__all__ = ["LossSlice", "DIRECTION_KINDS"]
+
+DIRECTION_KINDS = ("random", "eigenvector")
+
+
+class LossSlice(LandscapeHandler):
+    """Loss (and accuracy) on a line (``dims=1``) or plane (``dims=2``) centred on the current weights.
+
+    Default names ``"slice1d"`` / ``"slice2d"``. Scalars: ``center_loss``, ``min_loss``, ``max_loss``
+    (and ``center_accuracy``). The result (``coords``, ``loss``, ``accuracy``) is in
+    ``engine.state.landscape[name]``.
+
+    Args:
+        model: the trained model.
+        probe: the fixed samples.
+        dims: 1 or 2.
+        steps: grid points per direction (default 21 for 1D, 11 for 2D; odd puts the centre on the grid).
+        span: coordinate range along each direction.
+        directions: ``"random"`` (Gaussian, normalized to the weights), ``"eigenvector"`` (top Hessian
+            eigenvectors) or ``dims`` explicit directions ``{parameter name: tensor}``.
+        normalization: ``"filter"``, ``"layer"`` or ``"none"``; default ``"filter"`` for random directions
+            and ``"none"`` (unit eigenvectors, coordinates are distances in weight space) for eigenvectors.
+        ignore_bias_bn: zero biases and BatchNorm parameters in random directions.
+        batch_points: evaluate this many grid points per vectorised forward pass.
+        **kwargs: ``name``, ``params``, ``seed``, ``on_error``, ``progress`` (see :class:`LandscapeHandler`).
+
+    Raises:
+        ValueError: for ``dims`` other than 1 or 2, bad ``steps``/``span``, an unknown direction kind
+            or explicit directions that do not fit the model.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        probe: Probe,
+        dims: int = 1,
+        steps: int | None = None,
+        span: tuple[float, float] = (-1.0, 1.0),
+        *,
+        directions: str | Sequence[Mapping[str, torch.Tensor]] = "random",
+        normalization: str | None = None,
+        ignore_bias_bn: bool = True,
+        batch_points: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if isinstance(dims, bool) or not isinstance(dims, int):
+            raise TypeError(f"dims must be an int (1 or 2), got {type(dims).__name__}")
+        if dims not in (1, 2):
+            raise ValueError(f"dims must be 1 or 2, got {dims}")
+        self.default_name = f"slice{dims}d"
+        super().__init__(model, probe, **kwargs)
+        self.dims = dims
+        self.steps = _check_int("steps", (21 if dims == 1 else 11) if steps is None else steps, 2)
+        if not (isinstance(span, (tuple, list)) and len(span) == 2):
+            raise ValueError(f"span must be a pair (low, high), got {span!r}")
+        lo, hi = (float(s) for s in span)
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+            raise ValueError(f"span must hold finite low < high, got {span!r}")
+        self.span = (lo, hi)
+        if normalization is None:
+            normalization = "none" if directions == "eigenvector" else "filter"
+        self.normalization = _check_choice("normalization", normalization, NORMALIZATIONS)
+        if not isinstance(ignore_bias_bn, bool):
+            raise TypeError(f"ignore_bias_bn must be a bool, got {type(ignore_bias_bn).__name__}")
+        self.ignore_bias_bn = ignore_bias_bn
+        if batch_points is not None:
+            _check_int("batch_points", batch_points, 1)
+        self.batch_points = batch_points
+        self.directions: list[dict[str, torch.Tensor]] | None = None
+        if isinstance(directions, str):
+            self.direction_kind = _check_choice("directions", directions, DIRECTION_KINDS)
+        elif isinstance(directions, Sequence):
+            dirs = list(directions)
+            if len(dirs) != dims:
+                raise ValueError(f"directions: dims={dims} needs {dims} directions, got {len(dirs)}")
+            check_directions(model, dirs)
+            self.direction_kind = "given"
+            self.directions = [{k: v.detach().clone() for k, v in d.items()} for d in dirs]
+        else:
+            raise TypeError(f"directions must be 'random', 'eigenvector' or a list of directions, got {directions!r}")
+
+    def expected_keys(self) -> list[str]:
+        return ["center_loss", "min_loss", "max_loss"]
+
+    def _draw(self) -> list[dict[str, torch.Tensor]]:
+        if self.direction_kind == "eigenvector":
+            return eigenvector_directions(
+                self.model,
+                self.probe,
+                count=self.dims,
+                seed=self.seed,
+                params=self.params,
+                normalization=self.normalization,
+            )
+        return random_directions(
+            self.model,
+            self.dims,
+            normalization=self.normalization,
+            ignore_bias_bn=self.ignore_bias_bn,
+            seed=self.seed,
+            params=self.params,
+        )
+
+    def compute(self, engine: Engine) -> Any:
+        if self.directions is None:
+            self.directions = [{k: v.detach().clone() for k, v in d.items()} for d in self._draw()]
+        return loss_slice(
+            self.model, self.probe, self.directions, steps=self.steps, span=self.span, batch_points=self.batch_points
+        )
+
+    def _extra_state(self) -> dict[str, Any]:
+        return {"directions": self.directions, "direction_kind": self.direction_kind}
+
+    def _load_extra_state(self, state: Mapping[str, Any]) -> None:
+        dirs = state.get("directions")
+        if dirs is None:
+            self.directions = None
+            return
+        if len(dirs) != self.dims:
+            raise ValueError(f"the saved state holds {len(dirs)} directions, this handler slices {self.dims}")
+        named = dict(unwrap_model(self.model).named_parameters())
+        check_directions(self.model, dirs)
+        self.directions = [
+            {k: v.to(device=named[k].device, dtype=named[k].dtype) if k in named else v for k, v in d.items()}
+            for d in dirs
+        ]

@@ -1,0 +1,414 @@
+"""Handlers for the Hessian spectrum: top eigenvalues (with the edge-of-stability view), trace, density.
+
+:class:`HessianSpectrum` warm-starts Lanczos from the previous firing's eigenvectors and, given
+the optimizer, relates the top eigenvalue to the step size:
+
+* SGD (heavy-ball momentum β, dampening d): gradient descent on a quadratic is stable while
+  ``λ_max < (2 + 2β)/(η(1 − d))`` (``2/η`` without momentum); with Nesterov momentum the bound is
+  ``(2 + 2β)/(η(1 + 2β))`` (Cohen et al. 2021, "Gradient descent on neural networks typically occurs
+  at the edge of stability"). Logged: ``lr``, ``stability_threshold``, ``lambda_max_lr_over_2``
+  (``λ_max·η/2``, which reaches 1 at the edge for plain GD) and ``stability_ratio``
+  (``λ_max / threshold``).
+* Adam/AdamW: the relevant quantity is the preconditioned sharpness ``λ_max(P⁻¹H)`` with
+  ``P = diag(√v̂ + ε)`` read from the optimizer's own state (``v̂ = exp_avg_sq/(1 − β₂ᵗ)``;
+  ``max_exp_avg_sq`` with AMSGrad), against ``(2 + 2β₁)/((1 − β₁)η)`` (Cohen et al. 2022, "Adaptive
+  gradient methods at the edge of stability"). Logged: ``preconditioned_lambda_max``,
+  ``preconditioned_threshold``, ``preconditioned_ratio``.
+
+Example:
+    >>> import torch
+    >>> from ignite.engine import Engine, Events
+    >>> from ignite_landscape import Probe
+    >>> model = torch.nn.Linear(4, 3)
+    >>> opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    >>> probe = Probe((torch.randn(16, 4), torch.randint(0, 3, (16,))), torch.nn.functional.cross_entropy)
+    >>> trainer = Engine(lambda engine, batch: None)
+    >>> _ = HessianSpectrum(model, probe, k=2, optimizer=opt).attach(trainer)
+    >>> _ = trainer.run([0], max_epochs=1)
+    >>> round(trainer.state.metrics["landscape/hessian/stability_threshold"], 6)
+    38.0
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from ignite.engine import Engine
+from torch import nn
+
+from ignite_landscape.handlers.base import LandscapeHandler, _check_choice, _check_int, _check_positive
+from ignite_landscape.linalg.random import gaussian
+from ignite_landscape.measures.spectrum import (
+    HessianEigenvalues,
+    hessian_density,
+    hessian_eigenvalues,
+    hessian_trace,
+    preconditioned_eigenvalues,
+)
+from ignite_landscape.params import ParamSpace, unwrap_model
+from ignite_landscape.probe import Probe
+
+__all__ = ["HessianSpectrum", "HessianTrace", "HessianDensity", "adam_preconditioner", "stability_threshold"]
+
+logger = logging.getLogger(__name__)
+
+_WHICH = ("largest", "smallest", "both")
+_TRACE_METHODS = ("hutch++", "hutchinson")
+
+
+def _is_adam(optimizer: torch.optim.Optimizer) -> bool:
+    return isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW))
+
+
+def _groups(optimizer: torch.optim.Optimizer, model: nn.Module, space: ParamSpace) -> list[dict[str, Any]]:
+    """The param group of each selected parameter, in the space's order."""
+    named = dict(unwrap_model(model).named_parameters())
+    group_of = {id(p): g for g in optimizer.param_groups for p in g["params"]}
+    missing = [n for n in space.names if id(named[n]) not in group_of]
+    if missing:
+        raise ValueError(f"optimizer does not optimize the parameters {missing[:5]} of the model")
+    return [group_of[id(named[n])] for n in space.names]
+
+
+def stability_threshold(optimizer: torch.optim.Optimizer, group: Mapping[str, Any]) -> float:
+    """The largest curvature at which the optimizer is stable on a quadratic (NaN if unknown).
+
+    SGD: ``(2 + 2β)/(η(1 − d))`` with momentum β and dampening d (``2/η`` plain), Nesterov
+    ``(2 + 2β)/(η(1 + 2β))``; Adam/AdamW: ``(2 + 2β₁)/((1 − β₁)η)``, to be compared with the
+    preconditioned sharpness.
+    """
+    lr = float(group["lr"])
+    if lr <= 0:
+        return math.nan
+    if isinstance(optimizer, torch.optim.SGD):
+        beta = float(group.get("momentum", 0.0))
+        if group.get("nesterov", False):
+            return (2 + 2 * beta) / (lr * (1 + 2 * beta))
+        damp = float(group.get("dampening", 0.0)) if beta > 0 else 0.0
+        return (2 + 2 * beta) / (lr * (1 - damp))
+    if _is_adam(optimizer):
+        beta1 = float(group["betas"][0])
+        return (2 + 2 * beta1) / ((1 - beta1) * lr)
+    return math.nan
+
+
+def adam_preconditioner(
+    optimizer: torch.optim.Optimizer, model: nn.Module, space: ParamSpace
+) -> dict[str, torch.Tensor] | None:
+    """``P = √v̂ + ε`` per selected parameter from Adam's state, or ``None`` before the first step.
+
+    This is exactly the denominator of PyTorch's Adam/AdamW update (``max_exp_avg_sq`` with AMSGrad).
+    """
+    named = dict(unwrap_model(model).named_parameters())
+    groups = _groups(optimizer, model, space)
+    out: dict[str, torch.Tensor] = {}
+    for name, group in zip(space.names, groups):
+        st = optimizer.state.get(named[name], {})
+        key = "max_exp_avg_sq" if group.get("amsgrad", False) else "exp_avg_sq"
+        if key not in st or "step" not in st:
+            return None
+        step = float(st["step"])
+        if step < 1:
+            return None
+        beta2 = float(group["betas"][1])
+        v_hat = st[key].detach().double() / (1 - beta2**step)
+        out[name] = v_hat.sqrt() + float(group["eps"])
+    return out
+
+
+class HessianSpectrum(LandscapeHandler):
+    """Top (or bottom) Hessian eigenvalues by Lanczos, warm-started across firings.
+
+    Scalars (``landscape/<name>/...``): ``lambda_max``, ``lambda_1`` … ``lambda_k``, ``num_hvps``,
+    ``max_relative_residual`` (``lambda_min`` for ``which="both"``), and with ``optimizer=``:
+    ``lr``, ``stability_threshold``, ``lambda_max_lr_over_2``, ``stability_ratio``; for Adam/AdamW
+    also ``preconditioned_lambda_max``, ``preconditioned_threshold``, ``preconditioned_ratio``.
+
+    Args:
+        model: the trained model.
+        probe: the fixed samples.
+        k: eigenvalues per wanted end.
+        which: ``"largest"``, ``"smallest"`` or ``"both"``.
+        tol: relative residual tolerance of Lanczos.
+        max_iter: cap on Hessian-vector products per firing.
+        warm_start: start Lanczos from the sum of the previous firing's eigenvectors plus a little
+            noise (``warm_start_noise`` of its norm, drawn from a seeded private generator) instead of a
+            random vector. The converged values are the same up to ``tol``; it usually takes fewer HVPs.
+        warm_start_noise: relative size of the random part of the warm start.
+        optimizer: the training optimizer, for the stability threshold (SGD, Adam, AdamW).
+        preconditioned: also compute the preconditioned sharpness (default: for Adam/AdamW).
+        **kwargs: ``name``, ``params``, ``seed``, ``on_error``, ``progress`` (see :class:`LandscapeHandler`).
+
+    Example:
+        >>> import torch
+        >>> from ignite.engine import Engine
+        >>> from ignite_landscape import Probe
+        >>> model = torch.nn.Linear(4, 3)
+        >>> probe = Probe((torch.randn(16, 4), torch.randint(0, 3, (16,))), torch.nn.functional.cross_entropy)
+        >>> trainer = Engine(lambda engine, batch: None)
+        >>> handler = HessianSpectrum(model, probe, k=2)
+        >>> _ = handler.attach(trainer)
+        >>> _ = trainer.run([0], max_epochs=2)
+        >>> len(handler.history), trainer.state.landscape["hessian"].eigenvalues.shape
+        (2, torch.Size([2]))
+    """
+
+    default_name = "hessian"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        probe: Probe,
+        k: int = 5,
+        which: str = "largest",
+        tol: float = 1e-3,
+        *,
+        max_iter: int | None = None,
+        warm_start: bool = True,
+        warm_start_noise: float = 0.1,
+        optimizer: torch.optim.Optimizer | None = None,
+        preconditioned: bool | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(model, probe, **kwargs)
+        _check_int("k", k, 1)
+        _check_choice("which", which, _WHICH)
+        _check_positive("tol", tol)
+        if max_iter is not None:
+            _check_int("max_iter", max_iter, 1)
+        n = self.space.numel
+        if k >= n or (which == "both" and 2 * k > n):
+            raise ValueError(f"k must be smaller than the number of parameters ({n}), got k={k}")
+        if not isinstance(warm_start, bool):
+            raise TypeError(f"warm_start must be a bool, got {type(warm_start).__name__}")
+        if isinstance(warm_start_noise, bool) or not isinstance(warm_start_noise, (int, float)) or warm_start_noise < 0:
+            raise ValueError(f"warm_start_noise must be a non-negative number, got {warm_start_noise!r}")
+        if optimizer is not None:
+            if not isinstance(optimizer, torch.optim.Optimizer):
+                raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+            _groups(optimizer, model, self.space)  # raises if it does not hold the selected parameters
+            if not (isinstance(optimizer, torch.optim.SGD) or _is_adam(optimizer)):
+                logger.warning(
+                    "HessianSpectrum: no stability threshold is known for %s; only lr is logged",
+                    type(optimizer).__name__,
+                )
+        if preconditioned is None:
+            preconditioned = optimizer is not None and _is_adam(optimizer)
+        if preconditioned and (optimizer is None or not _is_adam(optimizer)):
+            raise ValueError("preconditioned=True needs an Adam or AdamW optimizer=")
+        self.k = k
+        self.which = which
+        self.tol = float(tol)
+        self.max_iter = max_iter
+        self.warm_start = warm_start
+        self.warm_start_noise = float(warm_start_noise)
+        self.optimizer = optimizer
+        self.preconditioned = bool(preconditioned)
+        self.eigenvectors: torch.Tensor | None = None
+        self.preconditioned_eigenvector: torch.Tensor | None = None
+        self.preconditioned_result: HessianEigenvalues | None = None
+        self._warned_lrs = False
+
+    def expected_keys(self) -> list[str]:
+        keys = ["lambda_max"] if self.which != "smallest" else ["lambda_min"]
+        keys += [f"lambda_{i}" for i in range(1, self.k + 1)] if self.which != "smallest" else []
+        return keys
+
+    def _v0(self, previous: torch.Tensor | None, salt: int) -> torch.Tensor | None:
+        if not self.warm_start or previous is None or previous.shape[-1] != self.space.numel:
+            return None
+        v = previous.reshape(-1, self.space.numel).sum(0)
+        norm = torch.linalg.vector_norm(v)
+        if not torch.isfinite(norm) or norm == 0:
+            return None
+        # The random part keeps directions the old eigenvectors miss (an eigenvalue that overtakes
+        # the old top k) inside the Krylov space; it is seeded so a resumed run draws the same.
+        noise = gaussian(v.numel(), self.seed + 7919 * (len(self.history) + 1) + salt, dtype=v.dtype, device=v.device)
+        return v / norm + self.warm_start_noise * noise / torch.linalg.vector_norm(noise)
+
+    def compute(self, engine: Engine) -> HessianEigenvalues:
+        result = hessian_eigenvalues(
+            self.model,
+            self.probe,
+            k=self.k,
+            which=self.which,
+            tol=self.tol,
+            max_iter=self.max_iter,
+            params=self.params,
+            seed=self.seed,
+            v0=self._v0(self.eigenvectors, 0),
+            return_eigenvectors=self.warm_start,
+        )
+        ok = bool(torch.isfinite(result.eigenvalues).all()) and result.eigenvectors is not None
+        self.eigenvectors = result.eigenvectors.detach().clone() if ok else None
+        self.preconditioned_result = None
+        if self.preconditioned:
+            assert self.optimizer is not None
+            p = adam_preconditioner(self.optimizer, self.model, self.space)
+            if p is not None:
+                pre = preconditioned_eigenvalues(
+                    self.model,
+                    self.probe,
+                    p,
+                    k=1,
+                    tol=self.tol,
+                    max_iter=self.max_iter,
+                    params=self.params,
+                    seed=self.seed,
+                    v0=self._v0(self.preconditioned_eigenvector, 1),
+                    return_eigenvectors=self.warm_start,
+                )
+                ok = bool(torch.isfinite(pre.eigenvalues).all()) and pre.eigenvectors is not None
+                self.preconditioned_eigenvector = pre.eigenvectors.detach().clone() if ok else None
+                self.preconditioned_result = pre
+        return result
+
+    def scalars_of(self, engine: Engine, result: HessianEigenvalues) -> dict[str, float]:
+        out = super().scalars_of(engine, result)
+        if self.optimizer is None:
+            return out
+        groups = _groups(self.optimizer, self.model, self.space)
+        lrs = sorted({float(g["lr"]) for g in groups})
+        if len(lrs) > 1 and not self._warned_lrs:
+            logger.warning(
+                "HessianSpectrum: the selected parameters have several learning rates %s; using %s", lrs, lrs[0]
+            )
+            self._warned_lrs = True
+        group = groups[0]
+        lr = float(group["lr"])
+        out["lr"] = lr
+        threshold = stability_threshold(self.optimizer, group)
+        lam = result.lambda_max
+        if isinstance(self.optimizer, torch.optim.SGD):
+            out["stability_threshold"] = threshold
+            out["lambda_max_lr_over_2"] = lam * lr / 2
+            out["stability_ratio"] = lam / threshold if threshold > 0 else math.nan
+        if self.preconditioned:
+            pre = self.preconditioned_result
+            value = pre.lambda_max if pre is not None else math.nan
+            out["preconditioned_lambda_max"] = value
+            out["preconditioned_threshold"] = threshold
+            out["preconditioned_ratio"] = value / threshold if threshold > 0 else math.nan
+            out["preconditioned_num_hvps"] = float(pre.num_hvps) if pre is not None else 0.0
+        return out
+
+    def _history_copy(self, result: HessianEigenvalues) -> HessianEigenvalues:
+        # Eigenvectors are P floats each: keep the latest (for the warm start), not one set per firing.
+        return HessianEigenvalues(
+            eigenvalues=result.eigenvalues,
+            residuals=result.residuals,
+            converged=result.converged,
+            num_hvps=result.num_hvps,
+            which=result.which,
+            space=result.space,
+            eigenvectors=None,
+            tol=result.tol,
+        )
+
+    def _extra_state(self) -> dict[str, Any]:
+        return {"eigenvectors": self.eigenvectors, "preconditioned_eigenvector": self.preconditioned_eigenvector}
+
+    def _load_extra_state(self, state: Mapping[str, Any]) -> None:
+        device = next(unwrap_model(self.model).parameters()).device
+        for key in ("eigenvectors", "preconditioned_eigenvector"):
+            value = state.get(key)
+            setattr(self, key, value.to(device) if isinstance(value, torch.Tensor) else None)
+
+
+class HessianTrace(LandscapeHandler):
+    """Hessian trace by Hutch++ (or Hutchinson) with the same random vectors at every firing.
+
+    Scalars: ``value``, ``stderr``, ``mean_eigenvalue``, ``num_hvps``.
+
+    Args:
+        model: the trained model.
+        probe: the fixed samples.
+        method: ``"hutch++"`` or ``"hutchinson"``.
+        num_hvps: budget of Hessian-vector products per firing.
+        **kwargs: ``name``, ``params``, ``seed``, ``on_error``, ``progress``.
+
+    Example:
+        >>> import torch
+        >>> from ignite_landscape import Probe
+        >>> probe = Probe((torch.randn(8, 2), torch.randint(0, 2, (8,))), torch.nn.functional.cross_entropy)
+        >>> HessianTrace(torch.nn.Linear(2, 2), probe).name
+        'trace'
+    """
+
+    default_name = "trace"
+
+    def __init__(
+        self, model: nn.Module, probe: Probe, *, method: str = "hutch++", num_hvps: int = 60, **kwargs: Any
+    ) -> None:
+        super().__init__(model, probe, **kwargs)
+        self.method = _check_choice("method", method, _TRACE_METHODS)
+        self.num_hvps = _check_int("num_hvps", num_hvps, 3 if method == "hutch++" else 1)
+
+    def expected_keys(self) -> list[str]:
+        return ["value", "stderr"]
+
+    def compute(self, engine: Engine) -> Any:
+        return hessian_trace(
+            self.model, self.probe, method=self.method, num_hvps=self.num_hvps, params=self.params, seed=self.seed
+        )
+
+
+class HessianDensity(LandscapeHandler):
+    """Hessian eigenvalue density by stochastic Lanczos quadrature.
+
+    Scalars: ``negative_mass``, ``negative_fraction``, ``trace``, ``lambda_max``, ``lambda_min``, ``num_hvps``.
+
+    Args:
+        model: the trained model.
+        probe: the fixed samples.
+        num_steps: Lanczos steps per run.
+        num_runs: random start vectors.
+        grid_size: points of the smoothed density.
+        sigma: Gaussian smoothing width (default 1% of the spectrum's range).
+        **kwargs: ``name``, ``params``, ``seed``, ``on_error``, ``progress``.
+
+    Example:
+        >>> import torch
+        >>> from ignite_landscape import Probe
+        >>> probe = Probe((torch.randn(8, 2), torch.randint(0, 2, (8,))), torch.nn.functional.cross_entropy)
+        >>> HessianDensity(torch.nn.Linear(2, 2), probe, num_steps=4).name
+        'density'
+    """
+
+    default_name = "density"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        probe: Probe,
+        *,
+        num_steps: int = 30,
+        num_runs: int = 4,
+        grid_size: int = 512,
+        sigma: float | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(model, probe, **kwargs)
+        self.num_steps = _check_int("num_steps", num_steps, 1)
+        self.num_runs = _check_int("num_runs", num_runs, 1)
+        self.grid_size = _check_int("grid_size", grid_size, 2)
+        self.sigma = None if sigma is None else _check_positive("sigma", sigma)
+
+    def expected_keys(self) -> list[str]:
+        return ["negative_mass", "negative_fraction", "trace", "lambda_max", "lambda_min"]
+
+    def compute(self, engine: Engine) -> Any:
+        return hessian_density(
+            self.model,
+            self.probe,
+            num_steps=self.num_steps,
+            num_runs=self.num_runs,
+            grid_size=self.grid_size,
+            sigma=self.sigma,
+            params=self.params,
+            seed=self.seed,
+        )

@@ -1,0 +1,340 @@
+"""1-D and 2-D slices of the loss landscape around the current weights.
+
+The loss is evaluated at ``θ + a·d₀`` (1-D) or ``θ + a·d₀ + b·d₁`` (2-D) on a grid of coordinates
+that always contains both ends of ``span`` and the centre ``0`` exactly, so the centre value is the
+loss of the model itself. Points are evaluated functionally (``torch.func.functional_call`` on
+tensors the session owns): the model is never copied nor written, and it is bit-identical afterwards.
+
+With ``batch_points=N``, ``N`` grid points are evaluated in one call with ``torch.func.vmap`` over
+the stacked weights, which keeps an accelerator busy with small models; where vmap cannot run the
+model (dropout or batch statistics in ``model_mode="train"``, unsupported ops) it falls back to one
+point at a time.
+
+Example:
+    >>> import torch
+    >>> from ignite_landscape import Probe
+    >>> from ignite_landscape.measures.directions import random_directions
+    >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    >>> probe = Probe((torch.randn(32, 4), torch.randint(0, 3, (32,))), torch.nn.functional.cross_entropy)
+    >>> res = loss_slice(model, probe, random_directions(model, 2, seed=0), steps=5)
+    >>> res.loss.shape, res.coords[0].tolist()
+    (torch.Size([5, 5]), [-1.0, -0.5, 0.0, 0.5, 1.0])
+    >>> res.center_loss == probe.evaluate(model).loss
+    True
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.func import functional_call, vmap
+
+from ignite_landscape import distributed
+from ignite_landscape.measures.directions import check_directions
+from ignite_landscape.probe import Probe, ProbeSession, _correct
+
+__all__ = ["LossSliceResult", "loss_slice", "grid_coordinates"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class LossSliceResult:
+    """Loss (and accuracy) on a line or a plane through the current weights.
+
+    Attributes:
+        coords: one float64 1-D tensor of coordinates per direction; each holds ``0.0`` exactly.
+        loss: float64, shape ``(steps,)`` or ``(steps, steps)``; ``loss[i, j]`` is at
+            ``θ + coords[0][i]·d₀ + coords[1][j]·d₁``.
+        accuracy: same shape, top-1 accuracy, or ``None`` when the targets are not class labels.
+        center_loss: the loss at the centre (the model's own weights).
+        dims: 1 or 2.
+        center_accuracy: accuracy at the centre, or ``None``.
+        num_points: grid points evaluated.
+        batched: whether the points were evaluated with vmap.
+    """
+
+    coords: list[torch.Tensor]
+    loss: torch.Tensor
+    accuracy: torch.Tensor | None
+    center_loss: float
+    dims: int
+    center_accuracy: float | None = None
+    num_points: int = 0
+    batched: bool = False
+
+    @property
+    def center_index(self) -> tuple[int, ...]:
+        """Index of the centre point in :attr:`loss`."""
+        return tuple(int((c == 0).nonzero()[0]) for c in self.coords)
+
+    def scalars(self) -> dict[str, float]:
+        """Named scalars: ``center_loss``, ``min_loss``, ``max_loss`` (and ``center_accuracy``)."""
+        finite = self.loss[torch.isfinite(self.loss)]
+        out = {
+            "center_loss": self.center_loss,
+            "min_loss": float(finite.min()) if finite.numel() else float("nan"),
+            "max_loss": float(finite.max()) if finite.numel() else float("nan"),
+        }
+        if self.center_accuracy is not None:
+            out["center_accuracy"] = self.center_accuracy
+        return out
+
+
+def grid_coordinates(steps: int, span: tuple[float, float] = (-1.0, 1.0)) -> torch.Tensor:
+    """``steps`` evenly spaced float64 coordinates over ``span``, both ends and ``0`` exact.
+
+    Args:
+        steps: number of coordinates (``≥ 2``).
+        span: ``(low, high)`` with ``low ≤ 0 ≤ high``; ``0`` must fall on the grid (a symmetric span
+            needs an odd ``steps``).
+
+    Raises:
+        ValueError: if ``steps < 2``, the span is empty or does not put 0 on the grid.
+
+    Example:
+        >>> grid_coordinates(5, (-0.5, 1.5)).tolist()
+        [-0.5, 0.0, 0.5, 1.0, 1.5]
+    """
+    if isinstance(steps, bool) or not isinstance(steps, int):
+        raise TypeError(f"steps must be an int, got {type(steps).__name__}")
+    if steps < 2:
+        raise ValueError(f"steps must be at least 2, got {steps}")
+    if not isinstance(span, (tuple, list)) or len(span) != 2:
+        raise TypeError(f"span must be a pair (low, high), got {span!r}")
+    lo, hi = float(span[0]), float(span[1])
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise ValueError(f"span must be finite with low < high, got {span!r}")
+    if not lo <= 0.0 <= hi:
+        raise ValueError(f"span must contain 0 (the current weights), got {span!r}")
+    spacing = (hi - lo) / (steps - 1)
+    k = round(-lo / spacing)
+    if abs(lo + k * spacing) > 1e-9 * spacing:
+        raise ValueError(
+            f"span={span!r} with steps={steps} does not put 0 on the grid; use an odd steps for a symmetric span"
+        )
+    # Built from the centre outwards so 0 is exact and both ends equal the span exactly.
+    coords = torch.tensor([(i - k) * spacing for i in range(steps)], dtype=torch.float64)
+    coords[k] = 0.0
+    coords[0], coords[-1] = lo, hi
+    return coords
+
+
+def _as_direction_list(directions: object) -> list[Mapping[str, torch.Tensor]]:
+    if isinstance(directions, Mapping):
+        return [directions]
+    if isinstance(directions, (list, tuple)):
+        return list(directions)
+    raise TypeError(
+        f"directions must be a {{name: tensor}} dict or a list of one or two, got {type(directions).__name__}"
+    )
+
+
+def loss_slice(
+    model: nn.Module,
+    probe: Probe,
+    directions: Mapping[str, torch.Tensor] | Sequence[Mapping[str, torch.Tensor]],
+    steps: int = 21,
+    span: tuple[float, float] = (-1.0, 1.0),
+    *,
+    batch_points: int | None = None,
+) -> LossSliceResult:
+    """Loss and accuracy on a 1-D line or 2-D plane through the current weights.
+
+    Args:
+        model: the model; evaluated functionally, never copied or written.
+        probe: the fixed samples and loss.
+        directions: one direction or a list of one or two (``{name: tensor}``, e.g. from
+            :func:`random_directions`); they may span a subset of the parameters, the others stay put.
+        steps: grid points per direction (odd for a symmetric span, so the centre is on the grid).
+        span: coordinate range ``(low, high)`` along every direction.
+        batch_points: evaluate this many grid points per vmap call (``None`` or 1: one at a time).
+
+    Returns:
+        A :class:`LossSliceResult`.
+
+    Raises:
+        ValueError: for more than two directions, directions of another model, bad ``steps``/``span``
+            or ``batch_points < 1``.
+    """
+    dirs = _as_direction_list(directions)
+    if not 1 <= len(dirs) <= 2:
+        raise ValueError(f"directions must hold one or two directions, got {len(dirs)}")
+    if batch_points is not None:
+        if isinstance(batch_points, bool) or not isinstance(batch_points, int):
+            raise TypeError(f"batch_points must be an int or None, got {type(batch_points).__name__}")
+        if batch_points < 1:
+            raise ValueError(f"batch_points must be at least 1, got {batch_points}")
+    coords = grid_coordinates(steps, span)
+    names = check_directions(model, dirs)
+    dims = len(dirs)
+    grid = [coords.clone() for _ in range(dims)]
+
+    with probe.session(model, names) as s:
+        flat_dirs = [
+            s.space.flatten({n: d[n].detach().to(s.dtype) for n in s.space.names}).to(s.theta.device) for d in dirs
+        ]
+        theta = s.theta
+        # Row-major grid of coefficient tuples; i runs along direction 0.
+        if dims == 1:
+            points = [(float(a),) for a in coords]
+        else:
+            points = [(float(a), float(b)) for a in coords for b in coords]
+
+        def point(c: tuple[float, ...]) -> torch.Tensor:
+            p = theta
+            for ci, d in zip(c, flat_dirs):
+                if ci != 0.0:
+                    p = p + ci * d
+            return p
+
+        losses = torch.empty(len(points), dtype=torch.float64)
+        accs = torch.empty(len(points), dtype=torch.float64)
+        classify = True
+        batched = False
+        done = 0
+        if batch_points is not None and batch_points > 1:
+            try:
+                while done < len(points):
+                    chunk = points[done : done + batch_points]
+                    lc, ac = _evaluate_batched(s, torch.stack([point(c) for c in chunk]))
+                    losses[done : done + len(chunk)] = lc
+                    if ac is None:
+                        classify = False
+                    else:
+                        accs[done : done + len(chunk)] = ac
+                    done += len(chunk)
+                batched = True
+            except (RuntimeError, NotImplementedError, ValueError, TypeError) as e:
+                logger.info("loss_slice: batched evaluation unavailable (%s); evaluating one point at a time", e)
+                done = 0
+                classify = True
+        if done < len(points):
+            rest = _evaluate_sequential(s, theta, flat_dirs, points[done:])
+            losses[done:] = rest[0]
+            if rest[1] is None:
+                classify = False
+            else:
+                accs[done:] = rest[1]
+
+    shape = (steps,) * dims
+    loss = losses.view(shape)
+    accuracy = accs.view(shape) if classify else None
+    center = tuple(int((c == 0).nonzero()[0]) for c in grid)
+    return LossSliceResult(
+        coords=grid,
+        loss=loss,
+        accuracy=accuracy,
+        center_loss=float(loss[center]),
+        dims=dims,
+        center_accuracy=float(accuracy[center]) if accuracy is not None else None,
+        num_points=len(points),
+        batched=batched,
+    )
+
+
+class _Sweep(nn.Module):
+    """Runs a callback on the wrapped model, so one ``functional_call`` covers a whole sweep of points."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, fn: Callable[[nn.Module], object]) -> object:
+        return fn(self.model)
+
+
+def _evaluate_sequential(
+    s: ProbeSession, theta: torch.Tensor, flat_dirs: list[torch.Tensor], points: list[tuple[float, ...]]
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Loss and accuracy at each point, one point at a time, as :meth:`ProbeSession.evaluate` computes them.
+
+    A grid point costs one forward pass over the probe, so per-point overhead matters for small models.
+    Rather than one ``functional_call`` per point and batch, the model is reparametrized once, with
+    tensors that are views of a work buffer owned here; each point is written into that buffer in place
+    and the model runs directly. The model's own parameters are never written.
+    """
+    probe = s.probe
+    batches = probe.batches()
+    total = float(probe.global_num_samples)
+    train_mode = probe.model_mode == "train"
+    work = torch.empty_like(theta)
+    tensors = {f"model.{n}": t for n, t in zip(s.space.names, s.space.split(work))}
+    tensors.update({f"model.{n}": t for n, t in s.buffers.items()})
+    stats = torch.zeros(len(points), 2, dtype=torch.float64, device=theta.device)
+    flags = []
+
+    def sweep(model: nn.Module) -> None:
+        for k, c in enumerate(points):
+            # θ + a·d₀ (+ b·d₁) in the reused buffer; exactly θ at the centre.
+            work.copy_(theta)
+            for ci, d in zip(c, flat_dirs):
+                if ci != 0.0:
+                    work.add_(d, alpha=ci)
+            classify = True
+            for i, (x, y, n) in enumerate(batches):
+                if train_mode:
+                    torch.manual_seed(probe.seed + s.batch_offset + i)  # the dropout masks of ProbeSession.forward
+                out = model(*(x if isinstance(x, tuple) else (x,)))
+                loss = probe.loss_fn(out, y)
+                probe.check_loss(loss)
+                stats[k, 0] += loss.double() * n
+                correct = _correct(out, y)
+                classify = classify and correct is not None
+                stats[k, 1] += correct or 0
+            flags.append(classify)
+
+    # A rank that fails mid-sweep still joins the reduction, so the others never wait forever.
+    with distributed.Lockstep() as step, torch.no_grad():
+        functional_call(_Sweep(s.model), tensors, (sweep,), strict=False)
+    s.num_forwards += len(points)
+    not_classify = torch.full((1,), 0.0 if flags and all(flags) else 1.0, dtype=torch.float64, device=theta.device)
+    stats, not_classify = step.all_reduce(stats, not_classify)
+    stats = stats.cpu()
+    return stats[:, 0] / total, (stats[:, 1] / total if float(not_classify) == 0 else None)
+
+
+def _evaluate_batched(s: ProbeSession, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Mean loss and accuracy at each row of ``points`` (a ``(B, P)`` stack), with one vmap per probe batch."""
+    loss_fn = s.probe.loss_fn
+    batches = s.probe.batches()
+    total = float(s.probe.global_num_samples)
+    per_param = [
+        t.reshape(points.shape[0], *shape) for t, shape in zip(points.split(s.space.numels, dim=1), s.space.shapes)
+    ]
+    loss_sum = torch.zeros(points.shape[0], dtype=torch.float64, device=points.device)
+    correct = torch.zeros(points.shape[0], dtype=torch.float64, device=points.device)
+    classify = True
+    with distributed.Lockstep() as step, torch.no_grad():
+        for i, (x, y, n) in enumerate(batches):
+
+            def f(*ps: torch.Tensor, x=x, y=y, i=i) -> tuple[torch.Tensor, torch.Tensor]:
+                out = s.forward(x, ps, i)
+                return loss_fn(out, y), out
+
+            losses, outs = vmap(f)(*per_param)
+            if losses.shape != (points.shape[0],):
+                raise ValueError(f"loss_fn must return a scalar, got shape {tuple(losses.shape[1:])}")
+            loss_sum += losses.double() * n
+            if classify:
+                c = _correct_batched(outs, y)
+                if c is None:
+                    classify = False
+                else:
+                    correct += c
+    s.num_forwards += points.shape[0]
+    not_classify = torch.full_like(loss_sum, 0.0 if classify else 1.0)
+    stats, flags = step.all_reduce(torch.stack([loss_sum, correct]), not_classify)
+    return (stats[0] / total).cpu(), ((stats[1] / total).cpu() if bool((flags == 0).all()) else None)
+
+
+def _correct_batched(outs: object, y: object) -> torch.Tensor | None:
+    """Correct top-1 predictions per point for stacked outputs ``(B, n, C)``; ``None`` if not classification."""
+    if not isinstance(outs, torch.Tensor) or outs.dim() != 3 or _correct(outs[0], y) is None:
+        return None
+    return (outs.argmax(dim=2) == y).sum(dim=1).double()

@@ -1,0 +1,247 @@
+"""The report command: honest statistics, event-file reading, every figure, summary.md, exit codes."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib.image
+import numpy as np
+import pytest
+import scipy.stats
+
+from ignite_landscape import report
+from ignite_landscape.report import bootstrap_ci, correlate, kendall_tau, pearson
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# ---------------------------------------------------------------------------------------- statistics
+
+
+@pytest.mark.parametrize("n", [3, 7, 40])
+def test_pearson_and_kendall_match_scipy(n: int) -> None:
+    rng = np.random.default_rng(n)
+    x = rng.normal(size=n)
+    y = 0.5 * x + rng.normal(size=n)
+    assert pearson(x, y) == pytest.approx(scipy.stats.pearsonr(x, y).statistic, abs=1e-12)
+    assert kendall_tau(x, y) == pytest.approx(scipy.stats.kendalltau(x, y).statistic, abs=1e-12)
+
+
+def test_kendall_tau_b_with_ties_matches_scipy() -> None:
+    x = np.array([1, 1, 2, 3, 3, 3, 4, 5, 5, 6], dtype=float)
+    y = np.array([2, 1, 1, 4, 3, 3, 5, 5, 7, 6], dtype=float)
+    assert kendall_tau(x, y) == pytest.approx(scipy.stats.kendalltau(x, y, variant="b").statistic, abs=1e-12)
+
+
+def test_constant_variable_gives_nan_not_a_number() -> None:
+    assert math.isnan(pearson([1, 1, 1], [1, 2, 3]))
+    assert math.isnan(kendall_tau([1, 2, 3], [5, 5, 5]))
+    c = correlate([1, 1, 1, 1], [1, 2, 3, 4], metric="m", scope="s")
+    assert not c.estimable and "constant" in c.note
+
+
+def test_two_points_cannot_be_estimated() -> None:
+    c = correlate([0.1, 0.3], [0.9, 0.2], metric="λ_max", scope="across runs (final values)", unit="runs")
+    assert not c.estimable and c.n == 2
+    assert math.isnan(c.pearson) and math.isnan(c.kendall)
+    assert "cannot be estimated" in c.describe() and "±1" in c.describe()
+    # Non-finite points are dropped before counting.
+    c = correlate([0.1, 0.3, float("nan")], [0.9, 0.2, 0.5], metric="m", scope="s")
+    assert c.n == 2 and not c.estimable
+
+
+def test_bootstrap_is_seeded_and_covers_the_truth() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=60)
+    y = 0.6 * x + 0.8 * rng.normal(size=60)  # population correlation 0.6
+    a = bootstrap_ci(x, y, pearson, num_resamples=500, seed=3)
+    b = bootstrap_ci(x, y, pearson, num_resamples=500, seed=3)
+    c = bootstrap_ci(x, y, pearson, num_resamples=500, seed=4)
+    assert a == b and a != c
+    assert a[0] < pearson(x, y) < a[1]
+    assert a[0] < 0.6 < a[1]
+    # The vectorised path (pearson, kendall_tau) equals the generic one (any callable), ties included.
+    xt, yt = np.round(x, 0), np.round(y, 0)
+    for stat in (pearson, kendall_tau):
+        fast = bootstrap_ci(xt, yt, stat, num_resamples=300, seed=5)
+        slow = bootstrap_ci(xt, yt, lambda u, v, f=stat: f(u, v), num_resamples=300, seed=5)
+        assert fast == pytest.approx(slow, abs=1e-12)
+    # The global numpy stream is not touched.
+    state = np.random.get_state()[1].copy()
+    bootstrap_ci(x, y, kendall_tau, num_resamples=50, seed=0)
+    assert np.array_equal(np.random.get_state()[1], state)
+
+
+def test_bootstrap_interval_coverage_is_near_nominal() -> None:
+    """Over 200 independent data sets, the 90% interval of r covers the true ρ = 0.5 about 90% of the time."""
+    rng = np.random.default_rng(1)
+    rho, covered, trials = 0.5, 0, 200
+    for t in range(trials):
+        x = rng.normal(size=50)
+        y = rho * x + math.sqrt(1 - rho**2) * rng.normal(size=50)
+        lo, hi = bootstrap_ci(x, y, pearson, num_resamples=300, level=0.9, seed=t)
+        covered += lo <= rho <= hi
+    assert 0.8 <= covered / trials <= 0.97
+
+
+def test_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="x and y"):
+        pearson([1, 2, 3], [1, 2])
+    with pytest.raises(ValueError, match="level"):
+        bootstrap_ci([1, 2, 3], [1, 2, 3], pearson, level=1.5)
+
+
+# ------------------------------------------------------------------------------------------ bad input
+
+
+def test_directory_without_event_files_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    (tmp_path / "empty" / "notes.txt").write_text("no events here")
+    code = report.main(["report", str(tmp_path / "empty"), "--out", str(tmp_path / "out")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "no TensorBoard event files" in err and str(tmp_path / "empty") in err
+    assert report.main(["report", str(tmp_path / "missing"), "--out", str(tmp_path / "out")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_module_command_line_exit_code(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "ignite_landscape", "report", str(tmp_path), "--out", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "no TensorBoard event files" in proc.stderr
+
+
+# ------------------------------------------------------------------------------------- on real runs
+
+ALL_FIGURES = {
+    "training_curves",
+    "spectrum",
+    "metric_comparison",
+    "connectivity",
+    "slice1d",
+    "contour",
+    "surface",
+    "correlation",
+    "summary_table",
+    "overview",
+}
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two short real digits runs (different step sizes) with every handler attached."""
+    from examples import digits
+
+    root = tmp_path_factory.mktemp("runs")
+    for lr in ("0.05", "0.2"):
+        argv = ["--epochs", "3", "--probe-samples", "32", "--slice-steps", "5", "--top-k", "2", "--trace-hvps", "6"]
+        argv += ["--density-steps", "4", "--lr", lr, "--every", "1", "--output-dir", str(root), "--run-name", f"lr{lr}"]
+        digits.main(argv)
+    return root
+
+
+def _scalars_direct(run_dir: Path, tag: str) -> dict[int, float]:
+    """Read one scalar tag with TensorBoard's own accumulator (independent of report.load_run)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {e.step: e.value for e in acc.Scalars(tag)}
+
+
+@pytest.fixture(scope="module")
+def two_run_report(two_runs: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``python -m ignite_landscape report <folder of the two runs> --out DIR`` (through ``main``)."""
+    out = tmp_path_factory.mktemp("report")
+    assert report.main(["report", str(two_runs), "--out", str(out), "--bootstrap", "300", "--seed", "0"]) == 0
+    return out
+
+
+def test_report_on_two_runs_writes_every_figure(two_run_report: Path) -> None:
+    written = {p.stem for p in two_run_report.glob("*.png")}
+    assert written == ALL_FIGURES
+    for png in two_run_report.glob("*.png"):
+        data = png.read_bytes()
+        assert data[:8] == PNG_SIGNATURE, png
+        assert len(data) > 5000, png
+        image = matplotlib.image.imread(png)
+        assert image.shape[0] > 200 and image.shape[1] > 300, png
+    summary = (two_run_report / "summary.md").read_text()
+    assert "lr0.05" in summary and "lr0.2" in summary
+    # Two runs: no correlation across runs, said in words rather than r = ±1.
+    across = [line for line in summary.splitlines() if "across runs (final values)" in line]
+    assert across and all("cannot be estimated" in line for line in across)
+    assert any(line.startswith("| λ_max |") and "cannot be estimated: 2 runs" in line for line in across)
+    assert "With 2 runs, no correlation *across runs* can be estimated" in summary
+    # The definitions the run logged are stated.
+    assert "probe: 32 fixed training samples" in summary and "ρ = 0.05" in summary
+
+
+def test_report_numbers_match_the_event_files(two_runs: Path, two_run_report: Path) -> None:
+    runs_dirs = report.find_runs([two_runs])
+    assert runs_dirs == [two_runs / "lr0.05", two_runs / "lr0.2"]
+    runs = [report.load_run(p) for p in runs_dirs]
+    lam = [_scalars_direct(r, "landscape/hessian/lambda_max") for r in runs_dirs]
+    acc = [_scalars_direct(r, "test/accuracy") for r in runs_dirs]
+    # Summary table: the last logged values.
+    for row, lam_r, acc_r in zip(report.summary_rows(runs), lam, acc):
+        assert row["lambda_max"] == pytest.approx(lam_r[max(lam_r)], rel=1e-6)
+        assert row["test_accuracy"] == pytest.approx(acc_r[max(acc_r)], rel=1e-6)
+        assert row["threshold"] == pytest.approx(2.0 / float(row["run"].removeprefix("lr")), rel=1e-6)
+    # Pooled correlation over every (epoch, run) pair = scipy on the same 6 pairs.
+    x = [lam_r[s] for lam_r, acc_r in zip(lam, acc) for s in sorted(lam_r) if s in acc_r]
+    y = [acc_r[s] for lam_r, acc_r in zip(lam, acc) for s in sorted(lam_r) if s in acc_r]
+    corrs = report.correlations(runs, num_resamples=300, seed=0)
+    pooled = next(c for c in corrs if c.metric == "λ_max" and c.scope.startswith("pooled"))
+    assert pooled.n == len(x) == 6
+    assert pooled.pearson == pytest.approx(scipy.stats.pearsonr(x, y).statistic, abs=1e-9)
+    assert pooled.kendall == pytest.approx(scipy.stats.kendalltau(x, y).statistic, abs=1e-9)
+    assert pooled.pearson_ci[0] <= pooled.pearson <= pooled.pearson_ci[1]
+    row = (
+        f"| λ_max | pooled (epoch, run) pairs | 6 | {report._fmt(pooled.pearson, 3)} | "
+        f"[{report._fmt(pooled.pearson_ci[0], 3)}, {report._fmt(pooled.pearson_ci[1], 3)}] |"
+    )
+    assert row in (two_run_report / "summary.md").read_text()
+    across = next(c for c in corrs if c.metric == "λ_max" and c.scope.startswith("across"))
+    assert across.n == 2 and not across.estimable
+
+
+def _synthetic_run(name: str, steps: list[int], lam: list[float], acc: list[float]) -> report.RunData:
+    s = np.array(steps)
+    return report.RunData(
+        name=name,
+        path=Path(name),
+        scalars={
+            "landscape/hessian/lambda_max": report.Series(s, np.array(lam, dtype=float)),
+            "test/accuracy": report.Series(s, np.array(acc, dtype=float)),
+        },
+    )
+
+
+def test_correlation_across_three_runs_uses_final_values() -> None:
+    runs = [
+        _synthetic_run("a", [1, 2, 3], [1.0, 2.0, 3.0], [0.5, 0.6, 0.7]),
+        _synthetic_run("b", [1, 2, 3], [1.5, 2.5, 5.0], [0.5, 0.55, 0.6]),
+        _synthetic_run("c", [2, 4], [0.5, 1.0], [0.7, 0.9]),
+    ]
+    corrs = report.correlations(runs, num_resamples=100)
+    across = next(c for c in corrs if c.scope.startswith("across"))
+    assert across.n == 3 and across.estimable
+    assert across.pearson == pytest.approx(scipy.stats.pearsonr([3.0, 5.0, 1.0], [0.7, 0.6, 0.9]).statistic)
+    within_c = next(c for c in corrs if c.scope == "within c")
+    assert within_c.n == 2 and not within_c.estimable  # two epochs: refused, not r = 1
+    pooled = next(c for c in corrs if c.scope.startswith("pooled"))
+    assert pooled.n == 8
+    # Only two of them: across-run correlation refused.
+    two = report.correlations(runs[:2], num_resamples=100)
+    assert not next(c for c in two if c.scope.startswith("across")).estimable
