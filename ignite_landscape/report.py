@@ -517,7 +517,7 @@ METRICS: tuple[_Metric, ...] = (
     _Metric(
         "negative_mass",
         "negative mass",
-        "fraction of the spectral mass below 0 (stochastic Lanczos quadrature)",
+        "share of the absolute spectral mass at negative eigenvalues, Σ_{λ<0}|λ| / Σ|λ| (Lanczos quadrature)",
         _tag("landscape/density/negative_mass"),
     ),
     _Metric(

@@ -17,7 +17,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -33,7 +33,7 @@ from ignite_landscape.linalg import (
     stochastic_lanczos_quadrature,
 )
 from ignite_landscape.params import ParamsArg, ParamSpace
-from ignite_landscape.probe import Probe
+from ignite_landscape.probe import Probe, ProbeSession
 
 __all__ = [
     "HessianEigenvalues",
@@ -140,29 +140,43 @@ def hessian_eigenvalues(
         return_eigenvectors: also return the Ritz vectors.
     """
     with probe.session(model, params) as s:
-        res = lanczos(
-            s.hvp,
-            s.space.numel,
-            k=k,
-            which=which,
-            tol=tol,
-            max_iter=max_iter,
-            v0=v0,
-            seed=seed,
-            dtype=s.dtype,
-            device=s.base[0].device,
-            return_eigenvectors=return_eigenvectors,
-        )
-        return HessianEigenvalues(
-            eigenvalues=res.eigenvalues,
-            residuals=res.residuals,
-            converged=res.converged,
-            num_hvps=s.num_hvps,
-            which=which,
-            space=s.space,
-            eigenvectors=res.eigenvectors,
-            tol=tol,
-        )
+        return _session_eigenvalues(s, s.hvp, k, which, tol, max_iter, v0, seed, return_eigenvectors)
+
+
+def _session_eigenvalues(
+    s: ProbeSession,
+    matvec: Callable[[torch.Tensor], torch.Tensor],
+    k: int,
+    which: str,
+    tol: float,
+    max_iter: int | None,
+    v0: torch.Tensor | None,
+    seed: int,
+    return_eigenvectors: bool,
+) -> HessianEigenvalues:
+    res = lanczos(
+        matvec,
+        s.space.numel,
+        k=k,
+        which=which,
+        tol=tol,
+        max_iter=max_iter,
+        v0=v0,
+        seed=seed,
+        dtype=s.dtype,
+        device=s.base[0].device,
+        return_eigenvectors=return_eigenvectors,
+    )
+    return HessianEigenvalues(
+        eigenvalues=res.eigenvalues,
+        residuals=res.residuals,
+        converged=res.converged,
+        num_hvps=s.num_hvps,
+        which=which,
+        space=s.space,
+        eigenvectors=res.eigenvectors,
+        tol=tol,
+    )
 
 
 @dataclass
@@ -447,26 +461,6 @@ def preconditioned_eigenvalues(
         if not bool(torch.isfinite(flat).all()) or not bool((flat > 0).all()):
             raise ValueError("preconditioner entries must be finite and positive")
         d = flat.detach().to(dtype=s.dtype, device=s.base[0].device).rsqrt()
-        res = lanczos(
-            lambda v: d * s.hvp(d * v),
-            s.space.numel,
-            k=k,
-            which=which,
-            tol=tol,
-            max_iter=max_iter,
-            v0=v0,
-            seed=seed,
-            dtype=s.dtype,
-            device=s.base[0].device,
-            return_eigenvectors=return_eigenvectors,
-        )
-        return HessianEigenvalues(
-            eigenvalues=res.eigenvalues,
-            residuals=res.residuals,
-            converged=res.converged,
-            num_hvps=s.num_hvps,
-            which=which,
-            space=s.space,
-            eigenvectors=res.eigenvectors,
-            tol=tol,
+        return _session_eigenvalues(
+            s, lambda v: d * s.hvp(d * v), k, which, tol, max_iter, v0, seed, return_eigenvectors
         )
