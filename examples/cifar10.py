@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -368,7 +370,9 @@ def training(local_rank: int, config: dict[str, Any]) -> dict[str, float]:
     tb_logger = None
     if rank == 0:
         ProgressBar(persist=False).attach(trainer, output_transform=lambda loss: {"loss": loss})
-        tb_logger = TensorboardLogger(log_dir=str(run_dir))
+        # tensorboardX names event files by the second and host only: a resumed run started within the
+        # same second would overwrite the first file without a unique suffix.
+        tb_logger = TensorboardLogger(log_dir=str(run_dir), filename_suffix=f".{os.getpid()}.{time.time_ns()}")
         tb_logger.writer.add_text("landscape/definitions", definitions_markdown(config, probe.num_samples), 0)
         tb_logger.attach_output_handler(
             trainer,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -159,7 +160,9 @@ def run(args: argparse.Namespace) -> Path:
             evaluator.state.metrics["accuracy"],
         )
 
-    tb_logger = TensorboardLogger(log_dir=str(run_dir))
+    # tensorboardX names event files by the second and host only: a resumed run started within the
+    # same second would overwrite the first file without a unique suffix.
+    tb_logger = TensorboardLogger(log_dir=str(run_dir), filename_suffix=f".{os.getpid()}.{time.time_ns()}")
     tb_logger.writer.add_text("landscape/definitions", definitions_markdown(args, probe.num_samples), 0)
     tb_logger.attach_output_handler(trainer, Events.EPOCH_COMPLETED, tag="train", metric_names=["loss"])
     tb_logger.attach_output_handler(
