@@ -49,6 +49,7 @@ from ignite.engine import Engine, Events, EventsList
 from ignite.engine.events import CallableEventWithFilter, RemovableEventHandle
 from torch import nn
 
+from ignite_landscape import distributed
 from ignite_landscape.params import ParamsArg, ParamSpace, unwrap_model
 from ignite_landscape.probe import Probe
 from ignite_landscape.restore import preserved_state
@@ -186,6 +187,9 @@ def _progress(enabled: bool, desc: str, after: float) -> Iterator[None]:
 
 
 def _interactive() -> bool:
+    # One bar per job: under ignite.distributed only rank 0 draws it.
+    if distributed.rank() != 0:
+        return False
     try:
         return sys.stderr.isatty()
     except (AttributeError, ValueError):
@@ -230,7 +234,7 @@ class LandscapeHandler:
             at different epochs use the same random vectors).
         on_error: ``"warn"`` (log, record NaN, continue training) or ``"raise"``.
         progress: show an elapsed-time bar for computations longer than ``progress_after`` seconds;
-            ``None`` shows it only when stderr is a terminal.
+            ``None`` shows it only when stderr is a terminal, and only on rank 0.
         progress_after: seconds before the bar appears.
         guard: also wrap each firing in :func:`~ignite_landscape.restore.preserved_state` (the probe
             sessions of the measures restore the model already; this covers everything else at the

@@ -165,7 +165,7 @@ class HessianSpectrum(LandscapeHandler):
         probe: Probe,
         k: int = 5,
         which: str = "largest",
-        tol: float = 1e-3,
+        tol: float = 1e-4,
         *,
         max_iter: int | None = None,
         warm_start: bool = True,

@@ -143,18 +143,23 @@ def _per_sample(s: ProbeSession) -> NoiseScale:
     # Chan et al.'s pairwise update: per-batch means and centred sums of squares, combined exactly,
     # so tr(Σ) does not suffer the cancellation of Σ‖g_i‖² − N‖ḡ‖².
     means, counts, m2 = [], [], 0.0
-    for x, y, n in s.probe.batches():
-        gs = per_sample_grad(params, x, y)
-        flat = torch.cat([g.reshape(n, -1) for g in gs], dim=1).double()
-        mean = flat.mean(dim=0)
-        m2 += float(((flat - mean) ** 2).sum())
-        means.append(mean)
-        counts.append(n)
+    device = s.base[0].device
+    weighted = torch.zeros(s.space.numel, dtype=torch.float64, device=device)
+    # A rank whose share fails (or that holds no samples) still joins the reduction: no rank waits forever.
+    with distributed.Lockstep() as step:
+        for x, y, n in s.probe.batches():
+            gs = per_sample_grad(params, x, y)
+            flat = torch.cat([g.reshape(n, -1) for g in gs], dim=1).double()
+            mean = flat.mean(dim=0)
+            m2 += float(((flat - mean) ** 2).sum())
+            means.append(mean)
+            counts.append(n)
+            weighted += mean * n
     s.num_grads += 1
-    weighted = sum(m * c for m, c in zip(means, counts))
-    g_bar = distributed.all_reduce(weighted) / n_total
+    (weighted,) = step.all_reduce(weighted)
+    g_bar = weighted / n_total
     between = sum(c * float(((m - g_bar) ** 2).sum()) for m, c in zip(means, counts))
-    m2_total = float(distributed.all_reduce(torch.tensor([m2 + between], dtype=torch.float64, device=g_bar.device)))
+    m2_total = float(distributed.all_reduce(torch.tensor([m2 + between], dtype=torch.float64, device=device)))
     trace_sigma = m2_total / (n_total - 1)
     probe_sq = float(g_bar @ g_bar)
     grad_sq = probe_sq - trace_sigma / n_total
