@@ -414,7 +414,8 @@ class LandscapeHandler:
         seconds = time.perf_counter() - start
         if error is None:
             bad = [k for k, v in scalars.items() if not math.isfinite(v)]
-            if bad:
+            # Every rank holds the same scalars: one warning per job. (Failures above differ by rank: all log.)
+            if bad and distributed.rank() == 0:
                 logger.warning(
                     "landscape handler %r: non-finite %s at epoch %d, iteration %d",
                     self.name,
