@@ -40,6 +40,8 @@ from typing import Any
 
 import numpy as np
 
+from ignite_landscape.plots import finite_grid
+
 __all__ = [
     "ReportError",
     "Series",
@@ -880,15 +882,6 @@ def _slice2d(run: RunData) -> tuple[int, np.ndarray, np.ndarray, np.ndarray] | N
     return None
 
 
-def _finite(z: np.ndarray) -> np.ndarray:
-    z = np.array(z, dtype=np.float64)
-    ok = np.isfinite(z)
-    if not ok.any():
-        return np.zeros_like(z)
-    z[~ok] = z[ok].max()
-    return z
-
-
 def figure_slice1d(runs: Sequence[RunData], path: Path) -> Path | None:
     """Per run: the 1D loss slices along the fixed direction, the last firing drawn over the earlier ones."""
     shown = [(r, _raw_curves(r, "slice1d")) for r in runs]
@@ -905,7 +898,7 @@ def figure_slice1d(runs: Sequence[RunData], path: Path) -> Path | None:
             last = i == n - 1
             ax.plot(
                 np.asarray(d["coords"], dtype=np.float64).reshape(-1),
-                _finite(np.asarray(d["loss"])),
+                finite_grid(np.asarray(d["loss"])),
                 color="C3" if last else "C0",
                 alpha=1.0 if last else 0.2 + 0.5 * i / max(n - 1, 1),
                 lw=2 if last else 1,
@@ -931,7 +924,7 @@ def figure_contour(runs: Sequence[RunData], path: Path) -> Path | None:
     fig = _new_figure(rows, cols, width=4.4, height=3.8, footer_lines=2)
     for k, (run, (step, x, y, z)) in enumerate(shown):
         ax = fig.add_subplot(rows, cols, k + 1)
-        z = _finite(z)
+        z = finite_grid(z)
         use_log = bool((z > 0).all())
         zz = np.log10(z) if use_log else z
         cs = ax.contourf(x, y, zz.T, levels=25, cmap="viridis")
@@ -957,7 +950,7 @@ def figure_surface(runs: Sequence[RunData], path: Path) -> Path | None:
     fig = _new_figure(rows, cols, width=4.6, height=4.0, footer_lines=2)
     for k, (run, (step, x, y, z)) in enumerate(shown):
         ax = fig.add_subplot(rows, cols, k + 1, projection="3d")
-        z = _finite(z)
+        z = finite_grid(z)
         use_log = bool((z > 0).all())
         X, Y = np.meshgrid(x, y, indexing="ij")
         ax.plot_surface(X, Y, np.log10(z) if use_log else z, cmap="viridis", linewidth=0, antialiased=True)
@@ -988,7 +981,7 @@ def figure_connectivity(runs: Sequence[RunData], path: Path) -> Path | None:
             for i, (step, d) in enumerate(curves):
                 ax.plot(
                     d["alphas"],
-                    _finite(np.asarray(d["loss"])),
+                    finite_grid(np.asarray(d["loss"])),
                     color=cmap(i / max(len(curves) - 1, 1)),
                     label=f"step {step}" if i in (0, len(curves) - 1) else None,
                 )
@@ -1183,7 +1176,7 @@ def figure_overview(run: RunData, path: Path, accuracy_tag: str | None = None) -
     sl = _slice2d(run)
     if sl is not None:
         step, x, y, z = sl
-        z = _finite(z)
+        z = finite_grid(z)
         zz = np.log10(z) if (z > 0).all() else z
         ax.contourf(x, y, zz.T, levels=25, cmap="viridis")
         ax.plot([0.0], [0.0], marker="*", color="w", markeredgecolor="k", markersize=10)
