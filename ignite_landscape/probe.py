@@ -349,13 +349,24 @@ def _fingerprint(count: int, *trees: Any) -> torch.Tensor:
     return torch.stack(values)
 
 
+_LABEL_DTYPES = (torch.int64, torch.int32, torch.int16, torch.uint8)
+
+
+def _classifies(y_pred: Any, y: Any) -> bool:
+    """Whether ``y_pred`` are class scores ``(n, C)`` for integer labels ``y`` of shape ``(n,)``."""
+    return (
+        isinstance(y_pred, torch.Tensor)
+        and isinstance(y, torch.Tensor)
+        and y.dtype in _LABEL_DTYPES
+        and y.dim() == 1
+        and y_pred.dim() == 2
+        and y_pred.shape[0] == y.shape[0]
+    )
+
+
 def _correct(y_pred: Any, y: Any) -> int | None:
-    if not (isinstance(y_pred, torch.Tensor) and isinstance(y, torch.Tensor)):
-        return None
-    if y.dtype in (torch.int64, torch.int32, torch.int16, torch.uint8) and y.dim() == 1:
-        if y_pred.dim() == 2 and y_pred.shape[0] == y.shape[0]:
-            return int((y_pred.argmax(dim=1) == y).sum())
-    return None
+    """Correct top-1 predictions, or ``None`` when the outputs are not class scores for labels."""
+    return int((y_pred.argmax(dim=1) == y).sum()) if _classifies(y_pred, y) else None
 
 
 class ProbeSession:

@@ -36,7 +36,7 @@ from torch.func import functional_call, vmap
 
 from ignite_landscape import distributed
 from ignite_landscape.measures.directions import check_directions
-from ignite_landscape.probe import Probe, ProbeSession, _correct
+from ignite_landscape.probe import Probe, ProbeSession, _classifies
 
 __all__ = ["LossSliceResult", "loss_slice", "grid_coordinates"]
 
@@ -266,34 +266,49 @@ def _evaluate_sequential(
     work = torch.empty_like(theta)
     tensors = {f"model.{n}": t for n, t in zip(s.space.names, s.space.split(work))}
     tensors.update({f"model.{n}": t for n, t in s.buffers.items()})
-    stats = torch.zeros(len(points), 2, dtype=torch.float64, device=theta.device)
-    flags = []
+    inputs = [x if isinstance(x, tuple) else (x,) for x, _, _ in batches]
+    # Per probe batch, the loss (and correct count) at every point, kept as tensors: reducing them once
+    # after the sweep saves a handful of small ops and a sync per point, which show on small models.
+    losses: list[list[torch.Tensor]] = [[] for _ in batches]
+    corrects: list[list[torch.Tensor]] = [[] for _ in batches]
+    classify = True
 
     def sweep(model: nn.Module) -> None:
-        for k, c in enumerate(points):
+        nonlocal classify
+        for c in points:
             # θ + a·d₀ (+ b·d₁) in the reused buffer; exactly θ at the centre.
-            work.copy_(theta)
+            first = True
             for ci, d in zip(c, flat_dirs):
                 if ci != 0.0:
-                    work.add_(d, alpha=ci)
-            classify = True
-            for i, (x, y, n) in enumerate(batches):
+                    if first:
+                        torch.add(theta, d, alpha=ci, out=work)
+                        first = False
+                    else:
+                        work.add_(d, alpha=ci)
+            if first:
+                work.copy_(theta)
+            for i, (_, y, _) in enumerate(batches):
                 if train_mode:
                     torch.manual_seed(probe.seed + s.batch_offset + i)  # the dropout masks of ProbeSession.forward
-                out = model(*(x if isinstance(x, tuple) else (x,)))
+                out = model(*inputs[i])
                 loss = probe.loss_fn(out, y)
                 probe.check_loss(loss)
-                stats[k, 0] += loss.double() * n
-                correct = _correct(out, y)
-                classify = classify and correct is not None
-                stats[k, 1] += correct or 0
-            flags.append(classify)
+                losses[i].append(loss)
+                classify = classify and _classifies(out, y)
+                if classify:
+                    corrects[i].append((out.argmax(dim=1) == y).sum())
 
     # A rank that fails mid-sweep still joins the reduction, so the others never wait forever.
     with distributed.Lockstep() as step, torch.no_grad():
         functional_call(_Sweep(s.model), tensors, (sweep,), strict=False)
     s.num_forwards += len(points)
-    not_classify = torch.full((1,), 0.0 if flags and all(flags) else 1.0, dtype=torch.float64, device=theta.device)
+    # Summed over batches in order, as ProbeSession.evaluate does: the centre equals it bit for bit.
+    stats = torch.zeros(len(points), 2, dtype=torch.float64, device=theta.device)
+    for i, (_, _, n) in enumerate(batches):
+        stats[:, 0] += torch.stack(losses[i]).double() * n
+        if classify:
+            stats[:, 1] += torch.stack(corrects[i]).double()
+    not_classify = torch.full((1,), 0.0 if classify else 1.0, dtype=torch.float64, device=theta.device)
     stats, not_classify = step.all_reduce(stats, not_classify)
     stats = stats.cpu()
     return stats[:, 0] / total, (stats[:, 1] / total if float(not_classify) == 0 else None)
@@ -335,6 +350,6 @@ def _evaluate_batched(s: ProbeSession, points: torch.Tensor) -> tuple[torch.Tens
 
 def _correct_batched(outs: object, y: object) -> torch.Tensor | None:
     """Correct top-1 predictions per point for stacked outputs ``(B, n, C)``; ``None`` if not classification."""
-    if not isinstance(outs, torch.Tensor) or outs.dim() != 3 or _correct(outs[0], y) is None:
+    if not isinstance(outs, torch.Tensor) or outs.dim() != 3 or not _classifies(outs[0], y):
         return None
     return (outs.argmax(dim=2) == y).sum(dim=1).double()
