@@ -701,6 +701,13 @@ def _new_figure(rows: int, cols: int, width: float = 4.2, height: float = 3.2, f
     return Figure(figsize=(max(width * cols, 8.0), height * rows + 0.15 * footer_lines), layout="constrained")
 
 
+def _panel_figure(count: int, footer_lines: int, **size: float) -> tuple[Any, int, int]:
+    """A figure for ``count`` panels, at most three a row: ``(figure, rows, cols)``."""
+    cols = min(3, count)
+    rows = math.ceil(count / cols)
+    return _new_figure(rows, cols, footer_lines=footer_lines, **size), rows, cols
+
+
 def _color(i: int) -> str:
     return f"C{i % 10}"
 
@@ -721,9 +728,7 @@ def figure_training_curves(runs: Sequence[RunData], path: Path) -> Path | None:
     tags = [t for t in _training_tags(runs) if any(r.series(t) is not None for r in runs)][:6]
     if not tags:
         return None
-    cols = min(3, len(tags))
-    rows = math.ceil(len(tags) / cols)
-    fig = _new_figure(rows, cols, footer_lines=1)
+    fig, rows, cols = _panel_figure(len(tags), footer_lines=1)
     for k, tag in enumerate(tags):
         ax = fig.add_subplot(rows, cols, k + 1)
         for i, run in enumerate(runs):
@@ -829,9 +834,7 @@ def figure_metric_comparison(runs: Sequence[RunData], path: Path) -> Path | None
     present = [m for m in METRICS if any(m.get(r) is not None for r in runs)]
     if not present:
         return None
-    cols = min(3, len(present))
-    rows = math.ceil(len(present) / cols)
-    fig = _new_figure(rows, cols, footer_lines=3)
+    fig, rows, cols = _panel_figure(len(present), footer_lines=3)
     for k, m in enumerate(present):
         ax = fig.add_subplot(rows, cols, k + 1)
         for i, run in enumerate(runs):
@@ -888,9 +891,7 @@ def figure_slice1d(runs: Sequence[RunData], path: Path) -> Path | None:
     shown = [(r, c) for r, c in shown if c]
     if not shown:
         return None
-    cols = min(3, len(shown))
-    rows = math.ceil(len(shown) / cols)
-    fig = _new_figure(rows, cols, footer_lines=2)
+    fig, rows, cols = _panel_figure(len(shown), footer_lines=2)
     for k, (run, curves) in enumerate(shown):
         ax = fig.add_subplot(rows, cols, k + 1)
         n = len(curves)
@@ -919,9 +920,7 @@ def figure_contour(runs: Sequence[RunData], path: Path) -> Path | None:
     shown = [(r, s) for r in runs if (s := _slice2d(r)) is not None]
     if not shown:
         return None
-    cols = min(3, len(shown))
-    rows = math.ceil(len(shown) / cols)
-    fig = _new_figure(rows, cols, width=4.4, height=3.8, footer_lines=2)
+    fig, rows, cols = _panel_figure(len(shown), footer_lines=2, width=4.4, height=3.8)
     for k, (run, (step, x, y, z)) in enumerate(shown):
         ax = fig.add_subplot(rows, cols, k + 1)
         z = finite_grid(z)
@@ -945,9 +944,7 @@ def figure_surface(runs: Sequence[RunData], path: Path) -> Path | None:
     shown = [(r, s) for r in runs if (s := _slice2d(r)) is not None]
     if not shown:
         return None
-    cols = min(3, len(shown))
-    rows = math.ceil(len(shown) / cols)
-    fig = _new_figure(rows, cols, width=4.6, height=4.0, footer_lines=2)
+    fig, rows, cols = _panel_figure(len(shown), footer_lines=2, width=4.6, height=4.0)
     for k, (run, (step, x, y, z)) in enumerate(shown):
         ax = fig.add_subplot(rows, cols, k + 1, projection="3d")
         z = finite_grid(z)
@@ -971,9 +968,7 @@ def figure_connectivity(runs: Sequence[RunData], path: Path) -> Path | None:
         return None
     from matplotlib import colormaps
 
-    cols = min(3, len(shown))
-    rows = math.ceil(len(shown) / cols)
-    fig = _new_figure(rows, cols, footer_lines=3)
+    fig, rows, cols = _panel_figure(len(shown), footer_lines=3)
     cmap = colormaps["viridis"]
     for k, (run, curves) in enumerate(shown):
         ax = fig.add_subplot(rows, cols, k + 1)
@@ -1026,9 +1021,7 @@ def figure_correlation(
             panels.append((m, pts))
     if not panels:
         return None
-    cols = min(3, len(panels))
-    rows = math.ceil(len(panels) / cols)
-    fig = _new_figure(rows, cols, width=4.6, height=3.9, footer_lines=3)
+    fig, rows, cols = _panel_figure(len(panels), footer_lines=3, width=4.6, height=3.9)
     for k, (m, pts) in enumerate(panels):
         ax = fig.add_subplot(rows, cols, k + 1)
         for i, run, x, y in pts:
