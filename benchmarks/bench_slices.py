@@ -21,8 +21,8 @@ the same grid points**:
 * ``ours`` and its floor also on our own plane: :func:`random_directions` with filter normalization.
 * ``beyond the forward``: the same three contenders with the CNN replaced by a linear model whose forward
   is nearly free, so what is left per point is everything else (moving to the point, loss, accuracy).
-* With ``--device cuda``: batched evaluation (``batch_points=N``, ``torch.func.vmap`` over chunks of grid
-  points) against point-by-point on our plane.
+* With ``--device cuda`` (or ``--batch-points N`` on a CPU): batched evaluation (``batch_points=N``,
+  ``torch.func.vmap`` over chunks of grid points) against point-by-point on our plane.
 
 Times are the process's CPU time on a CPU (``time.process_time``: other processes on a shared machine do not
 inflate it, and with one thread it equals the wall time of an idle machine) and wall time on CUDA. Each
@@ -38,7 +38,8 @@ Example:
 
         python benchmarks/bench_slices.py             # CPU
         python benchmarks/bench_slices.py --quick     # 7×7 grid, one round: a smoke test
-        python benchmarks/bench_slices.py --device cuda --batch-points 64
+        python benchmarks/bench_slices.py --device cuda               # + batched, 64 points a call
+        python benchmarks/bench_slices.py --batch-points 16           # batched on a CPU too
 """
 
 from __future__ import annotations
@@ -199,7 +200,9 @@ def main(argv: list[str] | None = None) -> None:
         "--threads", type=int, default=1, help="torch.set_num_threads; 0 leaves it (1: stable on a shared CPU)"
     )
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--batch-points", type=int, default=64, help="grid points per vmap call (--device cuda)")
+    parser.add_argument(
+        "--batch-points", type=int, default=None, help="grid points per vmap call (default: 64 on CUDA, off on CPU)"
+    )
     parser.add_argument("--system-allocator", action="store_true", help="keep glibc's default malloc settings")
     parser.add_argument("--quick", action="store_true", help="1 epoch, 7×7 grid, 1 round")
     args = parser.parse_args(argv)
@@ -218,7 +221,9 @@ def main(argv: list[str] | None = None) -> None:
     x, y = x.to(device), y.to(device)
     probe = Probe((x, y), F.cross_entropy, batch_size=args.samples)
     runs = _contenders(model, probe, x, y, steps, args.seed)
-    if device.type == "cuda":
+    if device.type == "cuda" and args.batch_points is None:
+        args.batch_points = 64
+    if args.batch_points:
         batched_dirs = random_directions(model, 2, "filter", seed=args.seed)
         runs["ours batched, our plane"] = lambda: loss_slice(
             model, probe, batched_dirs, steps=steps, batch_points=args.batch_points
@@ -260,7 +265,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"beyond the forward (a linear model, forward nearly free), {steps}x{steps} grid:")
     for name, v in linear_seconds.items():
         print(f"  {name:46s}{statistics.median(v) / points * 1e6:14.1f} us / point")
-    if device.type == "cuda":
+    if args.batch_points:
         b = loss_slice(model, probe, dirs, steps=steps, batch_points=args.batch_points)
         agree = float((b.loss - ours.loss).abs().max())
         print(f"batched (vmap, {args.batch_points} points/call) used: {b.batched}, max |diff| {agree:.2e}")

@@ -117,6 +117,19 @@ def _probe_checks() -> dict[str, object]:
         }
     results["train"]["slice"] = loss_slice(cnn, train_probe, random_directions(cnn, 1, seed=2), steps=3).loss
 
+    # BatchNorm recalibration with each rank reading its own batches (as with a DistributedSampler):
+    # the statistics are those of both ranks' batches together. Rank 1 has one batch fewer.
+    bn_x, bn_y = classification_data(40, (1, 6, 6), seed=5)
+    bn_batches = [(bn_x[i : i + 8], bn_y[i : i + 8]) for i in range(0, 40, 8)]
+    results["bn_shared"] = interpolate(
+        small_cnn(seed=2),
+        small_cnn(seed=3),
+        small_cnn(seed=4),
+        Probe((xc, yc), F.cross_entropy),
+        steps=3,
+        bn_loader=bn_batches[r::2],
+    ).loss
+
     # NaN in one sample of rank 1's shard: every rank records NaN and carries on in step.
     xn = x.clone()
     xn[N - 3] = math.nan
@@ -303,6 +316,20 @@ def test_train_mode_equals_one_process_batch_for_batch(probe_runs: list[dict]) -
     single["slice"] = loss_slice(cnn, probe, random_directions(cnn, 1, seed=2), steps=3).loss
     for run in probe_runs:
         _assert_close({k: run["train"][k] for k in single}, single)
+
+
+def test_bn_recalibration_with_per_rank_batches_uses_every_ranks_batches(probe_runs: list[dict]) -> None:
+    xc, yc = classification_data(30, (1, 6, 6), seed=4)
+    probe = Probe((xc, yc), F.cross_entropy)
+    bn_x, bn_y = classification_data(40, (1, 6, 6), seed=5)
+    bn_batches = [(bn_x[i : i + 8], bn_y[i : i + 8]) for i in range(0, 40, 8)]
+    single = interpolate(small_cnn(seed=2), small_cnn(seed=3), small_cnn(seed=4), probe, steps=3, bn_loader=bn_batches)
+    rank0_only = interpolate(
+        small_cnn(seed=2), small_cnn(seed=3), small_cnn(seed=4), probe, steps=3, bn_loader=bn_batches[0::2]
+    )
+    for run in probe_runs:
+        torch.testing.assert_close(run["bn_shared"], single.loss, rtol=1e-9, atol=1e-12)
+    assert (rank0_only.loss - single.loss).abs().max() > 1e-4  # one rank's batches alone would differ
 
 
 def test_all_ranks_hold_identical_results(probe_runs: list[dict]) -> None:

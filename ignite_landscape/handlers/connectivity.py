@@ -56,7 +56,8 @@ class ModeConnectivity(LandscapeHandler):
             weights at attach for the first), a state dict of the model, or the path of a file saved with
             ``torch.save`` holding one (or an Ignite checkpoint: see ``reference_key``).
         steps: points on the line (both ends included).
-        bn_loader: batches to recalibrate BatchNorm statistics at every interpolated point.
+        bn_loader: batches to recalibrate BatchNorm statistics at every interpolated point (under
+            ignite.distributed, this rank's share: the statistics are averaged over all ranks' batches).
         bn_batches: how many of them.
         reference_key: the entry of a checkpoint file that holds the model (default ``"model"`` when the
             file is not a plain state dict).

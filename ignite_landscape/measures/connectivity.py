@@ -38,6 +38,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ignite_landscape import distributed
 from ignite_landscape.params import unwrap_model
 from ignite_landscape.probe import Probe
 from ignite_landscape.restore import RNGState
@@ -139,7 +140,9 @@ def interpolate(
         probe: the fixed samples and loss.
         steps: number of α values, evenly spaced over ``[0, 1]`` (``≥ 2``).
         bn_loader: batches (read through the probe's ``prepare_batch``) to recompute BatchNorm
-            statistics at every α; ``None`` interpolates the running statistics instead.
+            statistics at every α; ``None`` interpolates the running statistics instead. Under
+            ``ignite.distributed`` each rank may pass its own share (``DistributedSampler``): the
+            statistics are averaged over all ranks' batches.
         bn_batches: how many batches of ``bn_loader`` to use (default: all).
 
     Returns:
@@ -225,10 +228,15 @@ def interpolate(
 def _recalibrate(
     work: nn.Module, state: dict[str, torch.Tensor], loader: Iterable[Any], batches: int | None, probe: Probe
 ) -> None:
-    """Load ``state`` into the private copy and recompute its BatchNorm statistics on ``loader``."""
+    """Load ``state`` into the private copy and recompute its BatchNorm statistics on ``loader``.
+
+    Under a process group each rank may read its own batches (a ``DistributedSampler``): the ranks'
+    cumulative averages are then combined, weighted by their batch counts, into the average over every
+    rank's batches, which one process reading all of them would compute.
+    """
     with torch.no_grad():
         work.load_state_dict(state)
-        bns = _bn_modules(work)
+        bns = [m for m in _bn_modules(work) if m.running_mean is not None and m.running_var is not None]
         for m in bns:
             m.reset_running_stats()
         # Only BatchNorm in train mode: dropout stays off, so the statistics are deterministic.
@@ -237,12 +245,28 @@ def _recalibrate(
             m.train()
         device = next(work.parameters()).device
         seen = 0
-        for i, batch in enumerate(loader):
-            if batches is not None and i >= batches:
-                break
-            x, _ = probe._prepare(batch, device, False)
-            work(*(x if isinstance(x, tuple) else (x,)))
-            seen += 1
-        if seen == 0:
-            raise ValueError("bn_loader yielded no batches")
+        with distributed.Lockstep() as step:
+            for i, batch in enumerate(loader):
+                if batches is not None and i >= batches:
+                    break
+                x, _ = probe._prepare(batch, device, False)
+                work(*(x if isinstance(x, tuple) else (x,)))
+                seen += 1
         work.eval()
+        if distributed.world_size() == 1:
+            if seen == 0:
+                raise ValueError("bn_loader yielded no batches")
+            return
+        parts = [torch.tensor([float(seen)], dtype=torch.float64, device=device)]
+        for m in bns:
+            parts += [m.running_mean.double() * seen, m.running_var.double() * seen]
+        (total,) = step.all_reduce(torch.cat(parts))
+        count = float(total[0])
+        if count == 0:
+            raise ValueError("bn_loader yielded no batches on any rank")
+        sums = total[1:].split([t.numel() for t in parts[1:]])
+        for k, m in enumerate(bns):
+            m.running_mean.copy_(sums[2 * k] / count)
+            m.running_var.copy_(sums[2 * k + 1] / count)
+            if m.num_batches_tracked is not None:
+                m.num_batches_tracked.fill_(int(count))
