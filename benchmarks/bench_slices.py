@@ -144,8 +144,12 @@ def _contenders(
         import loss_landscapes
         import loss_landscapes.metrics
     except ImportError:
+        loss_landscapes = None
         print("loss_landscapes is not installed (pip install -e '.[bench]'): skipping its rows")
-    else:
+    if loss_landscapes is not None and x.device.type != "cpu":
+        loss_landscapes = None  # it draws its directions on the CPU (torch.rand without a device)
+        print("loss_landscapes runs on the CPU only: skipping its rows")
+    if loss_landscapes is not None:
         metric = loss_landscapes.metrics.Loss(F.cross_entropy, x, y)
 
         def random_plane() -> object:
