@@ -277,15 +277,12 @@ def _evaluate_sequential(
         nonlocal classify
         for c in points:
             # θ + a·d₀ (+ b·d₁) in the reused buffer; exactly θ at the centre.
-            first = True
+            src = theta
             for ci, d in zip(c, flat_dirs):
                 if ci != 0.0:
-                    if first:
-                        torch.add(theta, d, alpha=ci, out=work)
-                        first = False
-                    else:
-                        work.add_(d, alpha=ci)
-            if first:
+                    torch.add(src, d, alpha=ci, out=work)
+                    src = work
+            if src is theta:
                 work.copy_(theta)
             for i, (_, y, _) in enumerate(batches):
                 if train_mode:
