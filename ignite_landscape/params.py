@@ -23,23 +23,60 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ["ParamSpace", "unwrap_model"]
+from ignite_landscape.execution import is_compiled
+
+__all__ = ["ParamSpace", "model_device", "unwrap_model"]
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
     """Return the module that holds the weights of ``model``.
 
     ``DistributedDataParallel`` and ``DataParallel`` wrappers are looked through, so probes run on
-    the plain module and never trigger the wrapper's gradient hooks or buffer broadcasts.
+    the plain module and never trigger the wrapper's gradient hooks or buffer broadcasts. A
+    ``torch.compile`` wrapper is looked through too: its original module holds the same parameter
+    objects and runs eagerly, which Hessian-vector products need (compiled graphs have no double
+    backward). Parameter names are those of the unwrapped module (no ``module.``/``_orig_mod.`` prefix).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    while isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-        model = model.module
-    return model
+    while True:
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        elif is_compiled(model) and isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The one device holding every parameter of ``model``.
+
+    Raises:
+        ValueError: if the model has no parameters or they are spread over several devices (a
+            pipeline- or tensor-parallel model): a probe evaluates the model on one device.
+    """
+    devices = {p.device for p in unwrap_model(model).parameters()}
+    if not devices:
+        raise ValueError("model has no parameters")
+    if len(devices) > 1:
+        names = ", ".join(sorted(str(d) for d in devices))
+        raise ValueError(
+            f"model: its parameters are on several devices ({names}); the probe evaluates a model held on one "
+            "device (models split over several devices are not supported)"
+        )
+    return devices.pop()
 
 
 ParamsArg = None | str | nn.Module | Iterable[str] | Iterable[nn.Parameter]
+
+
+def _unprefixed(wrapped: nn.Module, name: str, named: Mapping[str, torch.Tensor]) -> str:
+    """``name`` as the unwrapped model calls it, when it was written with a wrapper's prefix."""
+    if wrapped is unwrap_model(wrapped) or any(n == name or n.startswith(name + ".") for n in named):
+        return name
+    while name.startswith(("module.", "_orig_mod.")):
+        name = name.split(".", 1)[1]
+    return name
 
 
 @dataclass(frozen=True)
@@ -71,8 +108,13 @@ class ParamSpace:
             ValueError: if the selection is empty or names something ``model`` does not have.
             TypeError: if ``params`` is of an unsupported type.
         """
+        wrapped = model
         model = unwrap_model(model)
         named = dict(model.named_parameters())
+        if isinstance(params, str):
+            params = _unprefixed(wrapped, params, named)
+        elif isinstance(params, Iterable) and not isinstance(params, nn.Module):
+            params = [_unprefixed(wrapped, i, named) if isinstance(i, str) else i for i in params]
         if params is None:
             names = [n for n, p in named.items() if p.requires_grad]
             if not names:

@@ -38,7 +38,8 @@ from torch import nn
 from torch.func import functional_call
 
 from ignite_landscape import distributed
-from ignite_landscape.params import ParamsArg, ParamSpace, unwrap_model
+from ignite_landscape.execution import probe_execution
+from ignite_landscape.params import ParamsArg, ParamSpace, model_device, unwrap_model
 from ignite_landscape.restore import RNGState, preserved_state
 
 __all__ = ["Probe", "ProbeSession", "ProbeEvaluation", "MODEL_MODES"]
@@ -401,6 +402,8 @@ class ProbeSession:
         # Collective on first use: every rank opens the session at the same point.
         self.batch_offset = self.probe.layout()[3]
         self._stack.enter_context(preserved_state(self.model))
+        # Eager, no autocast, math attention: the exact function, with a double backward (see execution.py).
+        self._stack.enter_context(probe_execution(self.model, self.probe.device))
         self.model.train(self.probe.model_mode == "train")
         named = dict(self.model.named_parameters())
         self.base = [named[n].detach() for n in self.space.names]
@@ -611,11 +614,9 @@ def _warn_if_nonfinite(loss: float) -> None:
 
 
 def _check_device(model: nn.Module, probe: Probe) -> None:
-    param = next(model.parameters(), None)
-    if param is None:
-        raise ValueError("model has no parameters")
-    if probe.device is not None and param.device.type != probe.device.type:
+    device = model_device(model)
+    if probe.device is not None and device.type != probe.device.type:
         raise ValueError(
-            f"the probe's samples are on {probe.device} but the model is on {param.device}: "
+            f"the probe's samples are on {probe.device} but the model is on {device}: "
             "build the Probe with device= matching the model"
         )

@@ -50,7 +50,7 @@ from ignite.engine.events import CallableEventWithFilter, RemovableEventHandle
 from torch import nn
 
 from ignite_landscape import distributed
-from ignite_landscape.params import ParamsArg, ParamSpace, unwrap_model
+from ignite_landscape.params import ParamsArg, ParamSpace, model_device, unwrap_model
 from ignite_landscape.probe import Probe
 from ignite_landscape.restore import preserved_state
 
@@ -281,10 +281,10 @@ class LandscapeHandler:
         # ParamSpace raises ValueError for a model without trainable parameters and for a selection
         # that names parameters the model does not have.
         self.space = ParamSpace.from_model(model, params)
-        first = next(unwrap_model(model).parameters())
-        if probe.device is not None and probe.device.type != first.device.type:
+        device = model_device(model)  # raises for a model spread over several devices
+        if probe.device is not None and probe.device.type != device.type:
             raise ValueError(
-                f"probe: its samples are on {probe.device} but the model is on {first.device}; "
+                f"probe: its samples are on {probe.device} but the model is on {device}; "
                 "build the Probe with device= matching the model"
             )
         self.model = model
