@@ -39,6 +39,7 @@ from torch.func import functional_call
 
 from ignite_landscape import distributed
 from ignite_landscape.execution import probe_execution
+from ignite_landscape.objective import Decomposition, check_row_mean, decompose
 from ignite_landscape.params import ParamsArg, ParamSpace, model_device, unwrap_model
 from ignite_landscape.restore import RNGState, preserved_state
 
@@ -121,14 +122,17 @@ class ProbeEvaluation:
     """Loss (and top-1 accuracy for classification targets) of a model on the probe.
 
     Attributes:
-        loss: exact sample-weighted mean loss.
-        accuracy: top-1 accuracy in [0, 1], or ``None`` when the targets are not class labels.
-        num_samples: how many samples the numbers average over.
+        loss: the probe objective (``loss_fn`` over all probe samples as one batch), exactly.
+        accuracy: top-1 accuracy in [0, 1] over the counted targets (every target but ``ignore_index``
+            ones), or ``None`` when the output and targets are not class scores and class labels.
+        num_samples: how many samples the numbers are computed on.
+        accuracy_reason: why ``accuracy`` is ``None`` (``None`` when it is computed).
     """
 
     loss: float
     accuracy: float | None
     num_samples: int
+    accuracy_reason: str | None = None
 
     @property
     def error(self) -> float | None:
@@ -139,11 +143,22 @@ class ProbeEvaluation:
 class Probe:
     """A fixed set of samples on which landscape quantities are computed.
 
+    The objective is what ``loss_fn`` returns on all probe samples as one batch,
+    ``L(θ) = loss_fn(output_transform(model(X)), y)``, computed exactly in chunks of any size (see
+    :mod:`ignite_landscape.objective`): a torch loss module or ``torch.nn.functional`` loss is split
+    into its ``reduction="sum"`` total and its normaliser (element count, sum of target class weights,
+    non-ignored targets, rows, or none for ``"sum"``), summed over chunks (and ranks) separately. Any
+    other callable must be a per-row mean, which the first session verifies on every chunk, or be
+    declared with :class:`~ignite_landscape.objective.DecomposedLoss`.
+
     Args:
         data: a DataLoader, any iterable of ``(x, y)`` batches, or one ``(x, y)`` batch. It is read
-            once, at construction, through a fresh iterator (and with the global RNG restored
-            afterwards, so a shuffled loader used by training is left exactly as it was).
-        loss_fn: ``loss_fn(y_pred, y)`` returning a mean-reduced scalar.
+            once, at construction, through a fresh iterator; every random generator that reading can
+            draw from (the global RNGs, the loader's ``generator=``, its sampler's) is restored
+            afterwards, so training's order is left exactly as it was.
+        loss_fn: ``loss_fn(y_pred, y)`` returning a scalar: a torch loss (module or functional, any
+            reduction but ``"none"``), a :class:`~ignite_landscape.objective.DecomposedLoss`, or a
+            per-row-mean callable.
         num_samples: how many samples to keep (fewer if the data holds fewer).
         batch_size: how many samples per forward pass; defaults to the size of the data's first batch.
         device: where the samples live and models are evaluated; defaults to where the data is.
@@ -155,11 +170,15 @@ class Probe:
             its saved tensors take at most this many bytes (an HVP then costs one double backward
             instead of a forward, a backward and a double backward); ``0`` never keeps it.
         seed: seed of the dropout masks in ``model_mode="train"``.
+        output_transform: ``output_transform(model_output) -> y_pred``, what ``loss_fn`` and accuracy
+            take (Ignite's naming): e.g. ``lambda out: out["logits"]`` for a dict output. By default a
+            tensor is used as is, and an object with a ``.logits`` tensor attribute (Hugging Face
+            style) gives that attribute.
 
     Raises:
-        TypeError: if ``data``, ``loss_fn`` or ``prepare_batch`` are of the wrong kind.
-        ValueError: if ``num_samples``/``batch_size`` are not positive, ``model_mode`` is unknown or
-            ``data`` yields no samples.
+        TypeError: if ``data``, ``loss_fn``, ``prepare_batch`` or ``output_transform`` are of the wrong kind.
+        ValueError: if ``num_samples``/``batch_size`` are not positive, ``model_mode`` is unknown,
+            ``loss_fn`` has ``reduction="none"`` or ``data`` yields no samples.
     """
 
     def __init__(
@@ -174,9 +193,12 @@ class Probe:
         model_mode: str = "eval",
         max_graph_bytes: int = 1 << 30,
         seed: int = 0,
+        output_transform: Callable[[Any], Any] | None = None,
     ) -> None:
         if not callable(loss_fn):
             raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
+        if output_transform is not None and not callable(output_transform):
+            raise TypeError(f"output_transform must be callable or None, got {type(output_transform).__name__}")
         if isinstance(num_samples, bool) or not isinstance(num_samples, int):
             raise TypeError(f"num_samples must be an int, got {type(num_samples).__name__}")
         if num_samples <= 0:
@@ -198,6 +220,12 @@ class Probe:
             )
 
         self.loss_fn = loss_fn
+        self.output_transform = output_transform
+        self.decomposition: Decomposition = decompose(loss_fn)
+        # An undeclared callable is checked to be a per-row mean on the first session.
+        self._row_mean_checked = not self.decomposition.needs_check
+        self._accuracy_reason_logged = False
+        self._normalizer = 1.0
         self.model_mode = model_mode
         self.max_graph_bytes = max_graph_bytes
         self.seed = int(seed)
@@ -282,7 +310,87 @@ class Probe:
             self._layout_value = (0, n, n, 0) if key[0] == 1 else self._distributed_layout()
             self._layout_key = key
             self.global_num_samples = self._layout_value[2]
+            self._normalizer = self._global_normalizer()
         return self._layout_value
+
+    def _global_normalizer(self) -> float:
+        # The objective's denominator over all probe samples (all ranks): a function of the targets
+        # only, so it is fixed once the layout is. Collective under a process group, like layout().
+        weight = self.decomposition.weight
+        if weight is None:
+            return 1.0
+        start, stop = self._layout_value[:2]
+        local = torch.zeros((), dtype=torch.float64)
+        for lo in range(start, stop, self.batch_size):
+            y = _rows(self.targets, lo, min(lo + self.batch_size, stop))
+            local += torch.as_tensor(weight(y), dtype=torch.float64).detach().cpu()
+        if distributed.world_size() > 1:
+            device = _tree_leaves(self.targets)[0].device
+            local = distributed.all_reduce(local.reshape(1).to(device)).reshape(()).cpu()
+        return float(local)
+
+    @property
+    def normalizer(self) -> float:
+        """The probe objective's denominator over all its samples: the element count, the sum of the
+        targets' class weights, the number of non-ignored targets or of rows, as ``loss_fn``'s reduction
+        divides by; ``1.0`` for a sum (collective on first use under a process group, like :meth:`layout`)."""
+        self.layout()
+        return self._normalizer
+
+    def objective_scale(self, batch_size: int) -> float:
+        """How large the objective of one trainer batch of ``batch_size`` samples is relative to the
+        probe objective, for the same per-sample losses.
+
+        ``1.0`` for every loss normalised by a count that grows with the samples (a mean, weighted
+        mean, ``"batchmean"``); ``batch_size / num_samples`` for a sum (``reduction="sum"``), whose
+        objective, gradient and Hessian grow with the number of samples. The curvature one optimizer
+        step sees is ``objective_scale(batch_size) * λ`` with ``λ`` measured on the probe: compare that
+        with a step-size threshold such as ``2 / lr``.
+
+        Raises:
+            ValueError: if ``batch_size`` is not a positive int.
+        """
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        if self.decomposition.normalized:
+            return 1.0
+        return batch_size / self.num_samples
+
+    def transform(self, output: Any) -> Any:
+        """The model output as ``loss_fn`` and accuracy take it (``output_transform``, or the default:
+        a tensor as is, an object's ``.logits`` tensor)."""
+        if self.output_transform is not None:
+            return self.output_transform(output)
+        if not isinstance(output, (torch.Tensor, Mapping, tuple, list)):
+            logits = getattr(output, "logits", None)
+            if isinstance(logits, torch.Tensor):
+                return logits
+        return output
+
+    def objective(self, output: Any, y: Any) -> torch.Tensor:
+        """One chunk's contribution to the probe objective from the model's raw ``output`` on it:
+        ``total(output_transform(output), y) / normalizer``. Summed over all chunks (and ranks) it is
+        exactly ``L(θ)``; it works under ``torch.func`` transforms (``vmap``, ``grad``)."""
+        total = self.decomposition.total(self.transform(output), y)
+        self.check_loss(total)
+        return total / self._normalizer
+
+    def check_row_mean(self, output: Any, y: Any) -> bool:
+        """For an undeclared ``loss_fn``: check on one chunk that it is a per-row mean (see
+        :func:`~ignite_landscape.objective.check_row_mean`); ``True`` when that chunk could tell."""
+        if not self.decomposition.needs_check:
+            return True
+        return check_row_mean(self.loss_fn, self.transform(output), y)
+
+    def count_correct(self, output: Any, y: Any) -> tuple[torch.Tensor, torch.Tensor] | str:
+        """``(correct, counted)`` top-1 predictions on one chunk, or why accuracy cannot be computed.
+
+        The transformed output counts as class scores in torch's ``CrossEntropyLoss`` layout: ``(N, C)``
+        for integer targets ``(N,)``, or ``(N, C, d1, ...)`` for targets ``(N, d1, ...)`` (token-level
+        logits with the class dimension second). Targets equal to the loss's ``ignore_index`` are not
+        counted.
+        """
+        return _count_correct(self.transform(output), y, self.decomposition.ignore_index)
 
     def _distributed_layout(self) -> tuple[int, int, int, int]:
         local = _fingerprint(_num_rows(self.targets), self.inputs, self.targets)
@@ -365,9 +473,26 @@ def _classifies(y_pred: Any, y: Any) -> bool:
     )
 
 
-def _correct(y_pred: Any, y: Any) -> int | None:
-    """Correct top-1 predictions, or ``None`` when the outputs are not class scores for labels."""
-    return int((y_pred.argmax(dim=1) == y).sum()) if _classifies(y_pred, y) else None
+def _count_correct(y_pred: Any, y: Any, ignore_index: int | None) -> tuple[torch.Tensor, torch.Tensor] | str:
+    """``(correct, counted)`` top-1 predictions for class scores in torch's CrossEntropy layout, or why not."""
+    if not isinstance(y_pred, torch.Tensor):
+        return (
+            f"the model output (after output_transform) is a {type(y_pred).__name__}, not a tensor of class "
+            "scores: pass Probe(..., output_transform=...) that returns the logits"
+        )
+    if not isinstance(y, torch.Tensor) or y.dtype not in _LABEL_DTYPES:
+        what = type(y).__name__ if not isinstance(y, torch.Tensor) else f"{y.dtype} tensor"
+        return f"the targets are a {what}, not integer class labels"
+    if y_pred.dim() != y.dim() + 1 or y_pred.shape[0] != y.shape[0] or y_pred.shape[2:] != y.shape[1:]:
+        return (
+            f"the output of shape {tuple(y_pred.shape)} is not class scores (N, C, ...) for targets of shape "
+            f"{tuple(y.shape)} (torch's CrossEntropyLoss layout: the class dimension second)"
+        )
+    hit = y_pred.argmax(dim=1) == y
+    if ignore_index is None:
+        return hit.sum(), torch.tensor(y.numel(), device=y.device)
+    keep = y != ignore_index
+    return (hit & keep).sum(), keep.sum()
 
 
 class ProbeSession:
@@ -401,6 +526,14 @@ class ProbeSession:
                 )
         # Collective on first use: every rank opens the session at the same point.
         self.batch_offset = self.probe.layout()[3]
+        try:
+            self._enter()
+        except BaseException:
+            self._stack.close()
+            raise
+        return self
+
+    def _enter(self) -> None:
         self._stack.enter_context(preserved_state(self.model))
         # Eager, no autocast, math attention: the exact function, with a double backward (see execution.py).
         self._stack.enter_context(probe_execution(self.model, self.probe.device))
@@ -413,7 +546,25 @@ class ProbeSession:
         self.buffers = (
             {n: b.detach().clone() for n, b in self.model.named_buffers()} if self.probe.model_mode == "train" else {}
         )
-        return self
+        if not self.probe._row_mean_checked:
+            self._check_row_mean()
+
+    def _check_row_mean(self) -> None:
+        # An undeclared loss_fn is computed as a per-row mean; refuse it now, before any number is
+        # reported, if a chunk shows otherwise (one forward pass, once per probe).
+        checked = 0
+        with distributed.Lockstep() as step, torch.no_grad():
+            for i, (x, y, _) in enumerate(self.probe.batches()):
+                checked += self.probe.check_row_mean(self.forward(x, self.base, i), y)
+        self.num_forwards += 1
+        (count,) = step.all_reduce(torch.tensor([float(checked)], dtype=torch.float64, device=self.probe.device))
+        if float(count) == 0:
+            raise ValueError(
+                f"loss_fn {getattr(self.probe.loss_fn, '__name__', type(self.probe.loss_fn).__name__)}: cannot "
+                "check that it is a per-row mean (every probe batch has one row or a non-finite loss); use "
+                "batch_size >= 2, or declare it as il.DecomposedLoss(total_fn, normalizer=...)"
+            )
+        self.probe._row_mean_checked = True
 
     def __exit__(self, *exc: Any) -> None:
         self._graph = None
@@ -442,65 +593,82 @@ class ProbeSession:
         args = x if isinstance(x, tuple) else (x,)
         return functional_call(self.model, tensors, args, strict=False)
 
+    def batch_objective(self, output: Any, y: Any, i: int) -> torch.Tensor:
+        """Batch ``i``'s contribution to the probe objective, from the model's raw ``output`` on it.
+
+        ``output`` is what :meth:`forward` returns for batch ``i`` of :meth:`Probe.batches` (``y`` its
+        targets); ``output_transform`` and the loss's decomposition are applied here. Summed over this
+        rank's batches (and all-reduced over ranks) it is exactly the probe objective ``L(θ)``, so its
+        derivatives summed the same way are the exact gradient and Hessian. It is a plain function of
+        ``output`` (``torch.func`` transforms apply). ``i`` is the batch's index in :meth:`Probe.batches`.
+        """
+        return self.probe.objective(output, y)
+
     def _batch_loss(self, params: Sequence[torch.Tensor], x: Any, y: Any, i: int) -> tuple[torch.Tensor, Any]:
         y_pred = self.forward(x, params, i)
-        loss = self.probe.loss_fn(y_pred, y)
-        self.probe.check_loss(loss)
-        return loss, y_pred
-
-    def _weights(self) -> tuple[list[tuple[Any, Any, int]], float]:
-        return self.probe.batches(), float(self.probe.num_samples)
+        return self.batch_objective(y_pred, y, i), y_pred
 
     # -- exact quantities ----------------------------------------------------------------------
     def evaluate(self, point: torch.Tensor | Sequence[torch.Tensor] | None = None) -> ProbeEvaluation:
         """Loss and accuracy at ``point`` (flat vector or per-parameter tensors; default: current weights)."""
         params = self._params_at(point)
-        batches, total = self._weights()
-        loss_sum = torch.zeros((), dtype=torch.float64, device=self.probe.device)
-        correct = torch.zeros((), dtype=torch.float64, device=self.probe.device)
-        classify = True
+        # loss, correct, counted targets, "not classification" flag
+        stats = torch.zeros(4, dtype=torch.float64, device=self.probe.device)
+        reason: str | None = None
         with distributed.Lockstep() as step, torch.no_grad():
-            for i, (x, y, n) in enumerate(batches):
+            for i, (x, y, _) in enumerate(self.probe.batches()):
                 loss, y_pred = self._batch_loss(params, x, y, i)
-                loss_sum += loss.double() * n
-                c = _correct(y_pred, y)
-                classify = classify and c is not None
-                correct += c or 0
+                stats[0] += loss.double()
+                c = self.probe.count_correct(y_pred, y)
+                if isinstance(c, str):
+                    reason = reason or c
+                else:
+                    stats[1] += c[0].double()
+                    stats[2] += c[1].double()
+            stats[3] = 0.0 if reason is None else 1.0
         self.num_forwards += 1
-        not_classify = torch.zeros((), dtype=torch.float64, device=self.probe.device) + (0.0 if classify else 1.0)
-        (stats,) = step.all_reduce(torch.stack([loss_sum, correct, not_classify]))
-        loss_value = float(stats[0]) / total
+        (stats,) = step.all_reduce(stats)
+        loss_value = float(stats[0])
         _warn_if_nonfinite(loss_value)
+        accuracy = None
+        if float(stats[3]) == 0 and float(stats[2]) > 0:
+            accuracy = float(stats[1]) / float(stats[2])
+        elif float(stats[3]) == 0:
+            reason = "every target is ignore_index"
+        elif reason is None:
+            reason = "another rank's output or targets are not class scores and labels (see its log)"
+        if reason is not None and not self.probe._accuracy_reason_logged:
+            self.probe._accuracy_reason_logged = True
+            # Loud when the targets are labels (accuracy was likely expected), quiet for regression.
+            labels = any(t.dtype in _LABEL_DTYPES for t in _tree_leaves(self.probe.targets))
+            logger.log(logging.WARNING if labels else logging.INFO, "Probe: no accuracy: %s", reason)
         return ProbeEvaluation(
-            loss=loss_value,
-            accuracy=float(stats[1]) / total if float(stats[2]) == 0 else None,
-            num_samples=self.probe.num_samples,
+            loss=loss_value, accuracy=accuracy, num_samples=self.probe.num_samples, accuracy_reason=reason
         )
 
     def loss(self, point: torch.Tensor | Sequence[torch.Tensor] | None = None) -> float:
-        """Exact mean loss at ``point`` (default: current weights)."""
+        """The exact probe objective at ``point`` (default: current weights)."""
         return self.evaluate(point).loss
 
     def loss_and_grad(self, point: torch.Tensor | Sequence[torch.Tensor] | None = None) -> tuple[float, torch.Tensor]:
-        """Exact mean loss and its gradient (flat) at ``point`` (default: current weights)."""
+        """The exact probe objective and its gradient (flat) at ``point`` (default: current weights)."""
         leaves = [t.detach().requires_grad_(True) for t in self._params_at(point)]
-        batches, total = self._weights()
         grad = torch.zeros(self.space.numel, dtype=self.dtype, device=leaves[0].device)
         loss_sum = torch.zeros((), dtype=torch.float64, device=leaves[0].device)
         with distributed.Lockstep() as step, torch.enable_grad():
-            for i, (x, y, n) in enumerate(batches):
+            for i, (x, y, _) in enumerate(self.probe.batches()):
                 loss, _ = self._batch_loss(leaves, x, y, i)
                 g = torch.autograd.grad(loss, leaves, allow_unused=True)
-                grad += _flat(g, leaves) * (n / total)
-                loss_sum += loss.detach().double() * n
+                grad += _flat(g, leaves)
+                loss_sum += loss.detach().double()
         self.num_grads += 1
         grad, loss_sum = step.all_reduce(grad, loss_sum)
-        loss_value = float(loss_sum) / total
+        loss_value = float(loss_sum)
         _warn_if_nonfinite(loss_value)
         return loss_value, grad
 
     def grad(self, point: torch.Tensor | Sequence[torch.Tensor] | None = None) -> torch.Tensor:
-        """Exact gradient (flat) of the mean loss at ``point``."""
+        """Exact gradient (flat) of the probe objective at ``point``."""
         return self.loss_and_grad(point)[1]
 
     def hvp(self, v: torch.Tensor) -> torch.Tensor:
@@ -531,10 +699,9 @@ class ProbeSession:
     def _hvp_recompute(self, v: torch.Tensor) -> torch.Tensor:
         leaves = [t.detach().requires_grad_(True) for t in self.base]
         vs = self.space.split(v)
-        batches, total = self._weights()
         hv = torch.zeros_like(v)
         with torch.enable_grad():
-            for i, (x, y, n) in enumerate(batches):
+            for i, (x, y, _) in enumerate(self.probe.batches()):
                 loss, _ = self._batch_loss(leaves, x, y, i)
                 g = torch.autograd.grad(loss, leaves, create_graph=True, allow_unused=True)
                 used = [(gi, vi, li) for gi, vi, li in zip(g, vs, leaves) if gi is not None]
@@ -544,7 +711,7 @@ class ProbeSession:
                 if not dot.requires_grad:
                     continue  # the gradient is constant in the weights: this batch adds nothing
                 out = torch.autograd.grad(dot, leaves, allow_unused=True)
-                hv += _flat(out, leaves) * (n / total)
+                hv += _flat(out, leaves)
         return hv
 
     def _cached_graph(self) -> tuple[list[torch.Tensor], list[torch.Tensor]] | None:
@@ -554,14 +721,14 @@ class ProbeSession:
             return None
         counter = _SavedBytes(self.probe.max_graph_bytes)
         leaves = [t.detach().requires_grad_(True) for t in self.base]
-        batches, total = self._weights()
+        batches = self.probe.batches()
         weighted: list[torch.Tensor] | None = None
         with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(counter.pack, counter.unpack):
-            for i, (x, y, n) in enumerate(batches):
+            for i, (x, y, _) in enumerate(batches):
                 loss, _ = self._batch_loss(leaves, x, y, i)
                 g = torch.autograd.grad(loss, leaves, create_graph=True, allow_unused=True)
                 g = [torch.zeros_like(li) if gi is None else gi for gi, li in zip(g, leaves)]
-                scaled = [gi * (n / total) for gi in g]
+                scaled = g  # batch_objective already carries the batch's share of the objective
                 weighted = scaled if weighted is None else [a + b for a, b in zip(weighted, scaled)]
                 if counter.exceeded:
                     break
