@@ -4,7 +4,9 @@ The functional core (:class:`Probe` and the measures) works on any model without
 Ignite handlers call it on events and stream the results to TensorBoard.
 """
 
+from ignite_landscape.curvature import CURVATURES, curvature_operator
 from ignite_landscape.handlers import (
+    Budget,
     Firing,
     GradientNoiseScale,
     HessianDensity,
@@ -16,7 +18,9 @@ from ignite_landscape.handlers import (
     Sharpness,
 )
 from ignite_landscape.measures import (
+    ExactUnsupportedError,
     HessianDensityResult,
+    HessianDiagonal,
     HessianEigenvalues,
     HessianTraceResult,
     Interpolation,
@@ -28,6 +32,7 @@ from ignite_landscape.measures import (
     eigenvector_directions,
     gradient_noise_scale,
     hessian_density,
+    hessian_diagonal,
     hessian_eigenvalues,
     hessian_trace,
     interpolate,
@@ -43,6 +48,7 @@ from ignite_landscape.restore import preserved_state
 from ignite_landscape.tensorboard import LandscapeLogHandler
 
 __all__ = [
+    "Budget",
     "Firing",
     "LandscapeHandler",
     "HessianSpectrum",
@@ -78,5 +84,10 @@ __all__ = [
     "hessian_eigenvalues",
     "hessian_trace",
     "layerwise_curvature",
+    "CURVATURES",
+    "curvature_operator",
+    "ExactUnsupportedError",
+    "HessianDiagonal",
+    "hessian_diagonal",
 ]
 __version__ = "0.1.0"

@@ -1,6 +1,7 @@
 """Plain functions that turn a model and a probe into small result dataclasses."""
 
 from ignite_landscape.measures.connectivity import Interpolation, interpolate
+from ignite_landscape.measures.diagonal import ExactUnsupportedError, HessianDiagonal, hessian_diagonal
 from ignite_landscape.measures.directions import (
     check_directions,
     eigenvector_directions,
@@ -22,6 +23,9 @@ from ignite_landscape.measures.spectrum import (
 )
 
 __all__ = [
+    "ExactUnsupportedError",
+    "HessianDiagonal",
+    "hessian_diagonal",
     "Interpolation",
     "interpolate",
     "check_directions",

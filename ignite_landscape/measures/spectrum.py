@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ignite_landscape.curvature import check_curvature, curvature_operator
 from ignite_landscape.linalg import (
     TRACE_METHODS,
     Quadrature,
@@ -32,6 +33,7 @@ from ignite_landscape.linalg import (
     lanczos,
     stochastic_lanczos_quadrature,
 )
+from ignite_landscape.measures.diagonal import ExactUnsupportedError, diagonal_result, session_hessian_diagonal
 from ignite_landscape.params import ParamsArg, ParamSpace
 from ignite_landscape.probe import Probe, ProbeSession
 
@@ -124,6 +126,7 @@ def hessian_eigenvalues(
     seed: int = 0,
     v0: torch.Tensor | None = None,
     return_eigenvectors: bool = False,
+    curvature: str = "hessian",
 ) -> HessianEigenvalues:
     """Extreme eigenvalues of the probe-loss Hessian by Lanczos with full reorthogonalization.
 
@@ -138,9 +141,13 @@ def hessian_eigenvalues(
         seed: seed of the random start vector.
         v0: start vector (flat, in the order of the selected parameters), e.g. for warm starts.
         return_eigenvectors: also return the Ritz vectors.
+        curvature: the matrix: ``"hessian"``, ``"ggn"``, ``"fisher"`` or ``"empirical_fisher"`` (see
+            :mod:`ignite_landscape.curvature`; ``num_hvps`` then counts its products).
     """
+    check_curvature(curvature)
     with probe.session(model, params) as s:
-        return _session_eigenvalues(s, s.hvp, k, which, tol, max_iter, v0, seed, return_eigenvectors)
+        matvec = curvature_operator(s, curvature, seed)
+        return _session_eigenvalues(s, matvec, k, which, tol, max_iter, v0, seed, return_eigenvectors)
 
 
 def _session_eigenvalues(
@@ -187,8 +194,12 @@ class HessianTraceResult:
         value: the estimate of ``tr(H)``.
         stderr: its standard error.
         num_hvps: Hessian-vector products used.
-        method: ``"hutchinson"`` or ``"hutch++"``.
+        method: ``"hutchinson"``, ``"hutch++"`` or ``"exact"`` (the method that ran; ``method="auto"`` says
+            which here).
         num_params: dimension of the Hessian (``value / num_params`` is the mean eigenvalue).
+        layer_traces: for ``"exact"``, the trace of each module's diagonal block (``{module name: trace}``).
+        fallback: for ``method="auto"`` that ran Hutch++, why the exact method was not used.
+        curvature: the matrix whose trace this is (``"hessian"``, ``"ggn"``, ``"fisher"``, ``"empirical_fisher"``).
     """
 
     value: float
@@ -196,6 +207,9 @@ class HessianTraceResult:
     num_hvps: int
     method: str
     num_params: int
+    layer_traces: dict[str, float] | None = None
+    fallback: str | None = None
+    curvature: str = "hessian"
 
     def scalars(self) -> dict[str, float]:
         """Named scalars for logging."""
@@ -215,25 +229,55 @@ def hessian_trace(
     num_hvps: int = 60,
     params: ParamsArg = None,
     seed: int = 0,
+    curvature: str = "hessian",
 ) -> HessianTraceResult:
-    """Estimate ``tr(H)`` with Hutchinson or Hutch++ and Rademacher vectors.
+    """Estimate ``tr(H)`` with Hutchinson or Hutch++ and Rademacher vectors, or compute it exactly.
 
     Args:
         model: the model; left exactly as it was.
         probe: the fixed samples and loss.
-        method: ``"hutch++"`` (default; lower variance when a few eigenvalues dominate) or ``"hutchinson"``.
-        num_hvps: budget of Hessian-vector products.
+        method: ``"hutch++"`` (default; lower variance when a few eigenvalues dominate), ``"hutchinson"``,
+            ``"exact"`` (the exact diagonal summed, see :func:`~ignite_landscape.measures.diagonal.hessian_diagonal`;
+            needs the ``exact`` extra and a supported network) or ``"auto"`` (exact where supported, else
+            Hutch++; ``result.method`` says which ran and ``result.fallback`` why).
+        num_hvps: budget of Hessian-vector products (stochastic methods).
         params: restrict to a subset of parameters.
         seed: seed of the random vectors (the same seed gives the same vectors every time).
+        curvature: ``"hessian"``, ``"ggn"``, ``"fisher"`` or ``"empirical_fisher"``; ``"exact"`` is for the Hessian.
+
+    Raises:
+        ImportError: for ``method="exact"`` without BackPACK (``pip install "ignite_landscape[exact]"``).
+        ValueError: for an unknown method or curvature, or ``method="exact"`` on an unsupported network.
     """
-    if method not in TRACE_METHODS:
-        raise ValueError(f"method must be one of {TRACE_METHODS}, got {method!r}")
+    methods = (*TRACE_METHODS, "exact", "auto")
+    if method not in methods:
+        raise ValueError(f"method must be one of {methods}, got {method!r}")
     if isinstance(num_hvps, bool) or not isinstance(num_hvps, int):
         raise TypeError(f"num_hvps must be an int, got {type(num_hvps).__name__}")
-    estimator = hutchpp if method == "hutch++" else hutchinson
+    check_curvature(curvature)
+    if method == "exact" and curvature != "hessian":
+        raise ValueError(f"method='exact' computes the Hessian's trace: use curvature='hessian', got {curvature!r}")
+    fallback = None
     with probe.session(model, params) as s:
-        est = estimator(s.hvp, s.space.numel, num_matvecs=num_hvps, seed=seed, dtype=s.dtype, device=s.base[0].device)
-        return HessianTraceResult(est.value, est.stderr, s.num_hvps, method, s.space.numel)
+        if method in ("exact", "auto") and curvature == "hessian":
+            try:
+                diag = session_hessian_diagonal(s)
+            except (ImportError, ExactUnsupportedError) as exc:
+                if method == "exact":
+                    raise
+                fallback = str(exc)
+            else:
+                exact = diagonal_result(diag, s.space)
+                return HessianTraceResult(exact.value, 0.0, 0, "exact", s.space.numel, exact.layer_traces)
+        elif method == "auto":
+            fallback = f"the exact method computes the Hessian's trace, not the {curvature}'s"
+        ran = "hutchinson" if method == "hutchinson" else "hutch++"
+        estimator = hutchpp if ran == "hutch++" else hutchinson
+        matvec = curvature_operator(s, curvature, seed)
+        est = estimator(matvec, s.space.numel, num_matvecs=num_hvps, seed=seed, dtype=s.dtype, device=s.base[0].device)
+        return HessianTraceResult(
+            est.value, est.stderr, s.num_hvps, ran, s.space.numel, fallback=fallback, curvature=curvature
+        )
 
 
 @dataclass
@@ -297,6 +341,7 @@ def hessian_density(
     sigma: float | None = None,
     params: ParamsArg = None,
     seed: int = 0,
+    curvature: str = "hessian",
 ) -> HessianDensityResult:
     """Eigenvalue density by stochastic Lanczos quadrature, averaged over ``num_runs`` vectors.
 
@@ -309,12 +354,14 @@ def hessian_density(
         sigma: Gaussian smoothing width; default 1% of the node range.
         params: restrict to a subset of parameters.
         seed: seed of the start vectors.
+        curvature: ``"hessian"``, ``"ggn"``, ``"fisher"`` or ``"empirical_fisher"``.
     """
     if grid_size < 2:
         raise ValueError(f"grid_size must be at least 2, got {grid_size}")
+    check_curvature(curvature)
     with probe.session(model, params) as s:
         q: Quadrature = stochastic_lanczos_quadrature(
-            s.hvp,
+            curvature_operator(s, curvature, seed),
             s.space.numel,
             num_steps=num_steps,
             num_runs=num_runs,
