@@ -390,7 +390,10 @@ def training(local_rank: int, config: dict[str, Any]) -> dict[str, float]:
         )
         tb_logger.attach_opt_params_handler(trainer, Events.EPOCH_STARTED, optimizer, param_name="lr")
         # Attached after the handlers, so it logs what they measured at the same event.
-        tb_logger.attach(trainer, log_handler=il.LandscapeLogHandler(), event_name=landscape_event)
+        # On the same epoch axis as the test metrics (the default step is the trainer's iteration).
+        by_epoch = global_step_from_engine(trainer, Events.EPOCH_COMPLETED)
+        log_handler = il.LandscapeLogHandler(global_step_transform=by_epoch)
+        tb_logger.attach(trainer, log_handler=log_handler, event_name=landscape_event)
 
     trainer.run(train_loader, max_epochs=config["epochs"])
     if tb_logger is not None:

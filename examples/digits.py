@@ -173,7 +173,11 @@ def run(args: argparse.Namespace) -> Path:
         global_step_transform=global_step_from_engine(trainer, Events.EPOCH_COMPLETED),
     )
     tb_logger.attach_opt_params_handler(trainer, Events.EPOCH_STARTED, optimizer, param_name="lr")
-    tb_logger.attach(trainer, log_handler=il.LandscapeLogHandler(), event_name=landscape_event)
+    # Landscape scalars on the same epoch axis as the test metrics (the default step is the iteration).
+    by_epoch = global_step_from_engine(trainer, Events.EPOCH_COMPLETED)
+    tb_logger.attach(
+        trainer, log_handler=il.LandscapeLogHandler(global_step_transform=by_epoch), event_name=landscape_event
+    )
 
     start = time.perf_counter()
     trainer.run(train_loader, max_epochs=args.epochs)

@@ -736,7 +736,7 @@ def figure_training_curves(runs: Sequence[RunData], path: Path) -> Path | None:
             if s is not None:
                 ax.plot(s.steps, s.values, marker="." if s.steps.size < 60 else None, color=_color(i), label=run.name)
         ax.set_title(tag, fontsize=10)
-        ax.set_xlabel("step (as logged: epoch for epoch events)")
+        ax.set_xlabel("step (as logged)")
         if "loss" in tag and all((r.series(tag) is None or (r.scalars[tag].values > 0).all()) for r in runs):
             ax.set_yscale("log")
         if k == 0:

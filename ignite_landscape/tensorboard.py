@@ -3,7 +3,8 @@
 :class:`LandscapeLogHandler` is a log handler in Ignite's sense: attach it to the trainer with
 ``tb_logger.attach(trainer, log_handler=LandscapeLogHandler(), event_name=...)`` *after* the landscape
 handlers (Ignite calls handlers of one event in the order they were attached). At each call it
-writes every result computed since its previous call, at the trainer's step:
+writes every result computed since its previous call, at the trainer's iteration (whatever event
+fired it; ``global_step_transform=`` chooses another step):
 
 * scalars ``landscape/<name>/<quantity>`` (the values in ``engine.state.metrics``),
 * histograms of the Hessian eigenvalues and of the SLQ spectral density,
@@ -200,7 +201,9 @@ def summary_table(firings: dict[str, Firing]) -> str:
 
 
 def _default_step(engine: Engine, event_name: Any) -> int:
-    return engine.state.get_event_attrib_value(event_name)
+    # The iteration, whatever the event: an epoch or COMPLETED event's own counter (the epoch) would put
+    # a firing of `ITERATION_COMPLETED(every=k) | COMPLETED` far behind the iteration firings before it.
+    return int(engine.state.iteration)
 
 
 class LandscapeLogHandler(BaseHandler):
@@ -208,8 +211,11 @@ class LandscapeLogHandler(BaseHandler):
 
     Args:
         names: only these handler names (default: all).
-        global_step_transform: ``f(engine, event_name) -> int`` giving the step (default: the event's
-            own counter: the epoch for epoch events, the iteration for iteration events).
+        global_step_transform: ``f(engine, event_name) -> int`` giving the step. Default: the engine's
+            iteration (the trainer's), for every event, so one handler fired by any mix of iteration,
+            epoch and ``COMPLETED`` events is logged at strictly increasing steps. To put landscape
+            scalars on an epoch axis next to per-epoch evaluation metrics, pass
+            ``global_step_from_engine(trainer, Events.EPOCH_COMPLETED)`` (with epoch events only).
         histograms: write eigenvalue and SLQ density histograms.
         figures: write matplotlib figures (1D slice, 2D contours, density, interpolation).
         mesh: write the 2D slice as a 3D mesh.

@@ -64,23 +64,24 @@ def test_scalars_one_value_per_firing_equal_to_engine_metrics(full):
     assert {t for t in tags if t.startswith("landscape/")} == keys
     for key in keys:
         events = acc.Scalars(key)
-        assert [e.step for e in events] == [1, 2, 3, 4], key
+        # Logged at the trainer's iteration (10 per epoch), whatever event fired the handler.
+        assert [e.step for e in events] == [10, 20, 30, 40], key
         for e in events:
-            expected = np.float32(run.metrics[e.step][key])
+            expected = np.float32(run.metrics[e.step // 10][key])
             assert e.value == expected or (math.isnan(e.value) and math.isnan(expected)), (key, e.step)
 
 
 def test_histograms_of_eigenvalues_and_density(full):
     run, _, acc = full
     eig = acc.Histograms("landscape/hessian/eigenvalues")
-    assert [e.step for e in eig] == [1, 2, 3, 4]
+    assert [e.step for e in eig] == [10, 20, 30, 40]
     for e, firing in zip(eig, run.handlers["hessian"].history):
         values = firing.result.eigenvalues
         assert e.histogram_value.num == len(values) == 3
         assert e.histogram_value.max == pytest.approx(float(values.max()), rel=1e-6)
         assert e.histogram_value.min == pytest.approx(float(values.min()), rel=1e-6)
     dens = acc.Histograms("landscape/density/spectrum")
-    assert [e.step for e in dens] == [1, 2, 3, 4]
+    assert [e.step for e in dens] == [10, 20, 30, 40]
     for e, firing in zip(dens, run.handlers["density"].history):
         # The SLQ measure holds all P eigenvalues; its first moment is SLQ's trace estimate.
         assert e.histogram_value.num == pytest.approx(firing.result.num_params, rel=1e-9)
@@ -97,7 +98,7 @@ def test_figures(full):
         "landscape/connectivity/interpolation",
     ):
         images = acc.Images(tag)
-        assert [i.step for i in images] == [1, 2, 3, 4], tag
+        assert [i.step for i in images] == [10, 20, 30, 40], tag
         assert all(i.encoded_image_string[:8] == b"\x89PNG\r\n\x1a\n" and i.width > 200 for i in images), tag
 
 
@@ -107,7 +108,7 @@ def test_mesh_of_the_2d_slice(full):
     assert content, "no mesh summaries"
     by_tag = {t: acc.Tensors(t) for t in content}
     arrays = {t: tensor_util.make_ndarray(v[-1].tensor_proto) for t, v in by_tag.items()}
-    assert all([e.step for e in v] == [1, 2, 3, 4] for v in by_tag.values())
+    assert all([e.step for e in v] == [10, 20, 30, 40] for v in by_tag.values())
     shapes = sorted(a.shape for a in arrays.values())
     steps = run.handlers["slice2d"].steps
     # vertices and colours: one per grid point; faces: two triangles per cell.
@@ -119,7 +120,7 @@ def test_mesh_of_the_2d_slice(full):
 def test_text_summary_and_custom_scalars_layout(full):
     run, _, acc = full
     texts = acc.Tensors("landscape/summary/text_summary")
-    assert [t.step for t in texts] == [1, 2, 3, 4]
+    assert [t.step for t in texts] == [10, 20, 30, 40]
     last = texts[-1].tensor_proto.string_val[0].decode()
     assert "| hessian | 4 | 40 | lambda_max |" in last
     layouts = acc.Tensors("custom_scalars__config__")
@@ -161,22 +162,22 @@ def test_torch_summary_writer_and_global_step_transform(tmp_path, monkeypatch):
     assert type(tb.writer).__module__.startswith("torch.utils.tensorboard")
     tb.attach(
         run.trainer,
-        log_handler=il.LandscapeLogHandler(global_step_transform=lambda engine, event: engine.state.iteration),
+        log_handler=il.LandscapeLogHandler(global_step_transform=lambda engine, event: engine.state.epoch),
         event_name=Events.EPOCH_COMPLETED | Events.COMPLETED,  # fires twice at the end: logged once
     )
     run.run(2)
     tb.close()
     acc = read(tmp_path)
     for key in run.metrics[2]:
-        assert [e.step for e in acc.Scalars(key)] == [10, 20], key
+        assert [e.step for e in acc.Scalars(key)] == [1, 2], key
         assert [e.value for e in acc.Scalars(key)] == pytest.approx(
             [run.metrics[1][key], run.metrics[2][key]], rel=1e-6, nan_ok=True
         )
-    assert [e.step for e in acc.Histograms("landscape/hessian/eigenvalues")] == [10, 20]
-    assert [e.step for e in acc.Histograms("landscape/density/spectrum")] == [10, 20]
+    assert [e.step for e in acc.Histograms("landscape/hessian/eigenvalues")] == [1, 2]
+    assert [e.step for e in acc.Histograms("landscape/density/spectrum")] == [1, 2]
     assert {"landscape/slice1d/slice", "landscape/slice2d/contour"} <= set(acc.Tags()["images"])
     assert len(acc.PluginTagToContent("mesh")) == 3
-    assert [t.step for t in acc.Tensors("landscape/summary/text_summary")] == [10, 20]
+    assert [t.step for t in acc.Tensors("landscape/summary/text_summary")] == [1, 2]
     assert len(acc.Tensors("custom_scalars__config__")) == 1
 
 
@@ -301,7 +302,7 @@ def test_real_tensorboard_server_serves_our_scalars(full):
         (run_name,) = data.keys()
         query = urllib.parse.urlencode({"run": run_name, "tag": "landscape/hessian/lambda_max"})
         series = get_json(f"{base}/data/plugin/scalars/scalars?{query}")
-        assert [s[1] for s in series] == [1, 2, 3, 4]
+        assert [s[1] for s in series] == [10, 20, 30, 40]  # the trainer's iteration at each epoch end
         assert [s[2] for s in series] == pytest.approx(
             [run.metrics[e]["landscape/hessian/lambda_max"] for e in (1, 2, 3, 4)], rel=1e-6
         )
@@ -313,3 +314,39 @@ def test_real_tensorboard_server_serves_our_scalars(full):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.mark.parametrize("transform", [None, "double"])
+def test_mixed_events_log_every_firing_at_increasing_steps(tmp_path, transform):
+    # 7 iterations per epoch, 3 epochs: iteration firings every 5, epoch firings, COMPLETED at iteration 21.
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+    probe = il.Probe((torch.randn(16, 3), torch.randint(0, 2, (16,))), F.cross_entropy)
+    trainer = Engine(lambda e, b: None)
+    event = Events.ITERATION_COMPLETED(every=5) | Events.EPOCH_COMPLETED | Events.COMPLETED
+    handler = il.Sharpness(model, probe)
+    handler.attach(trainer, event)
+    step_fn = None if transform is None else (lambda engine, event_name: 2 * engine.state.iteration)
+    tb = TensorboardLogger(log_dir=str(tmp_path))
+    tb.attach(trainer, log_handler=il.LandscapeLogHandler(global_step_transform=step_fn), event_name=event)
+    trainer.run(list(range(7)), max_epochs=3)
+    tb.close()
+    fired = [f.iteration for f in handler.history]
+    assert fired == [5, 7, 10, 14, 15, 20, 21]  # COMPLETED coincides with the epoch-3 firing: computed once
+    scale = 1 if transform is None else 2
+    acc = read(tmp_path)
+    for tag in ("landscape/sharpness/value", "landscape/sharpness/seconds"):
+        assert [e.step for e in acc.Scalars(tag)] == [scale * i for i in fired], tag
+    assert [t.step for t in acc.Tensors("landscape/summary/text_summary")] == [scale * i for i in fired]
+
+
+def test_completed_alone_lands_at_the_last_iteration(tmp_path):
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+    probe = il.Probe((torch.randn(16, 3), torch.randint(0, 2, (16,))), F.cross_entropy)
+    trainer = Engine(lambda e, b: None)
+    event = Events.ITERATION_COMPLETED(every=5) | Events.COMPLETED
+    il.Sharpness(model, probe).attach(trainer, event)
+    tb = TensorboardLogger(log_dir=str(tmp_path))
+    tb.attach(trainer, log_handler=il.LandscapeLogHandler(), event_name=event)
+    trainer.run(list(range(4)), max_epochs=3)  # 12 iterations: firings at 5, 10, then COMPLETED at 12
+    tb.close()
+    assert [e.step for e in read(tmp_path).Scalars("landscape/sharpness/value")] == [5, 10, 12]
