@@ -46,7 +46,7 @@ import torch
 from ignite_landscape import distributed
 from ignite_landscape.probe import Probe, ProbeSession
 
-__all__ = ["CURVATURES", "check_curvature", "curvature_operator", "batch_objective", "fisher_labels"]
+__all__ = ["CURVATURES", "check_curvature", "curvature_operator", "batch_objective", "fisher_labels", "prediction"]
 
 CURVATURES = ("hessian", "ggn", "fisher", "empirical_fisher")
 _LABEL_DTYPES = (torch.int64, torch.int32, torch.int16, torch.uint8)
@@ -59,18 +59,28 @@ def check_curvature(curvature: Any) -> str:
     return curvature
 
 
-def batch_objective(s: ProbeSession, output: Any, y: Any, i: int, n: int) -> torch.Tensor:
-    """Batch ``i``'s contribution to the probe objective from the model's raw ``output`` (``n`` samples).
+def prediction(s: ProbeSession, output: Any) -> Any:
+    """The model's raw ``output`` as ``loss_fn`` takes it (the probe's ``output_transform``)."""
+    transform = getattr(s.probe, "transform", None)
+    return output if transform is None else transform(output)
 
-    Summed over the probe's batches this gives ``L(θ)``. Uses ``ProbeSession.batch_objective`` when the
-    probe session provides it; otherwise the mean-reduced ``loss_fn`` weighted by the batch's share.
+
+def batch_objective(s: ProbeSession, pred: Any, y: Any, i: int, n: int) -> torch.Tensor:
+    """Batch ``i``'s contribution to the probe objective from the transformed prediction ``pred`` (``n`` samples).
+
+    Summed over the probe's batches this gives ``L(θ)``: the loss's ``reduction="sum"`` total over the batch
+    divided by the probe's normaliser (the decomposition of :mod:`ignite_landscape.objective`); for a probe
+    without one, the mean-reduced ``loss_fn`` weighted by the batch's share.
     """
-    own = getattr(s, "batch_objective", None)
-    if callable(own):
-        return own(output, y, i)
-    loss = s.probe.loss_fn(output, y)
-    s.probe.check_loss(loss)
-    return loss * (n / float(s.probe.num_samples))
+    probe = s.probe
+    decomposition = getattr(probe, "decomposition", None)
+    if decomposition is not None:
+        total = decomposition.total(pred, y)
+        probe.check_loss(total)
+        return total / probe.normalizer
+    loss = probe.loss_fn(pred, y)
+    probe.check_loss(loss)
+    return loss * (n / float(probe.num_samples))
 
 
 def _check_classification(output: Any, y: Any) -> None:
@@ -129,10 +139,11 @@ class _OutputSpaceCurvature:
         result = torch.zeros_like(v)
         with distributed.Lockstep() as step, torch.enable_grad():
             for i, (x, y, n) in enumerate(s.probe.batches()):
-                out = s.forward(x, leaves, i)
+                out = prediction(s, s.forward(x, leaves, i))
                 if not isinstance(out, torch.Tensor):
                     raise TypeError(
-                        f"curvature={self.kind!r} needs the model to return a tensor, got {type(out).__name__}"
+                        f"curvature={self.kind!r} needs the model's prediction (after output_transform) to be a "
+                        f"tensor, got {type(out).__name__}"
                     )
                 jv = _jvp(out, leaves, vs)
                 m_jv = self._output_product(out.detach(), y, i, n, jv)
@@ -219,7 +230,7 @@ def fisher_labels(model: torch.nn.Module, probe: Probe, seed: int = 0) -> torch.
         labels = []
         with torch.no_grad():
             for i, (x, y, _) in enumerate(probe.batches()):
-                out = s.forward(x, s.base, i)
+                out = prediction(s, s.forward(x, s.base, i))
                 _check_classification(out, y)
                 labels.append(_sample_labels(out, seed, probe, i).to(dtype=y.dtype))
     return torch.cat(labels)
