@@ -42,6 +42,7 @@ from ignite_landscape.measures import (
     random_directions,
     sharpness,
 )
+from ignite_landscape.objective import DecomposedLoss
 from ignite_landscape.params import ParamSpace
 from ignite_landscape.probe import Probe, ProbeEvaluation, ProbeSession
 from ignite_landscape.restore import preserved_state
@@ -70,6 +71,7 @@ __all__ = [
     "random_directions",
     "sharpness",
     "Probe",
+    "DecomposedLoss",
     "ProbeEvaluation",
     "ProbeSession",
     "ParamSpace",

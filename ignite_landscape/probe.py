@@ -261,6 +261,7 @@ class Probe:
         count = 0
         first = 0
         rng = RNGState()
+        loader_rng = _LoaderRNG(batches)
         try:
             iterator: Iterator[Any] = iter(batches)
             for batch in iterator:
@@ -277,6 +278,7 @@ class Probe:
             del iterator  # shut down DataLoader workers now, not at garbage collection
         finally:
             rng.restore()
+            loader_rng.restore()
         if count == 0:
             raise ValueError("data yielded no samples")
         if count < num_samples:
@@ -445,6 +447,38 @@ class Probe:
             f"Probe(num_samples={self.num_samples}, batch_size={self.batch_size}, "
             f"device={self.device}, model_mode={self.model_mode!r})"
         )
+
+
+class _LoaderRNG:
+    """A snapshot of the random state that iterating a DataLoader draws from, besides the global RNGs.
+
+    A fresh iterator draws its workers' base seed and the shuffling permutation from the loader's
+    ``generator=`` (shared with its ``RandomSampler``), or from a sampler's own generator. Restoring
+    those makes reading the probe invisible to training. A loader with ``persistent_workers=True``
+    keeps its first iterator for reuse: training must get a fresh one, as without the probe.
+    """
+
+    def __init__(self, data: Any) -> None:
+        self.data = data
+        self.generators: list[tuple[torch.Generator, torch.Tensor]] = []
+        seen: set[int] = set()
+        batch_sampler = getattr(data, "batch_sampler", None)
+        for holder in (data, getattr(data, "sampler", None), batch_sampler, getattr(batch_sampler, "sampler", None)):
+            if holder is None or not hasattr(holder, "__dict__"):
+                continue
+            for value in vars(holder).values():
+                if isinstance(value, torch.Generator) and id(value) not in seen:
+                    seen.add(id(value))
+                    self.generators.append((value, value.get_state()))
+        self.has_iterator = hasattr(data, "_iterator")
+        self.iterator = getattr(data, "_iterator", None)
+
+    def restore(self) -> None:
+        """Put every generator back where it was, and the loader's kept iterator."""
+        for generator, state in self.generators:
+            generator.set_state(state)
+        if self.has_iterator and self.data._iterator is not self.iterator:
+            self.data._iterator = self.iterator
 
 
 def _fingerprint(count: int, *trees: Any) -> torch.Tensor:
