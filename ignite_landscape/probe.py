@@ -25,6 +25,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import warnings
@@ -294,6 +295,21 @@ class Probe:
     def num_samples(self) -> int:
         """Number of samples in the probe (over all ranks, once a session has run under a process group)."""
         return self.global_num_samples
+
+    def with_model_mode(self, model_mode: str) -> Probe:
+        """This probe evaluated in another ``model_mode``: the same samples (shared, not copied) and objective.
+
+        Raises:
+            ValueError: if ``model_mode`` is not ``"eval"`` or ``"train"``.
+        """
+        if model_mode not in MODEL_MODES:
+            raise ValueError(f"model_mode must be one of {MODEL_MODES}, got {model_mode!r}")
+        if model_mode == self.model_mode:
+            return self
+        other = copy.copy(self)
+        other.model_mode = model_mode
+        other._layout_key = None  # the sharding depends on the mode (whole batches in train mode)
+        return other
 
     def layout(self) -> tuple[int, int, int, int]:
         """``(start, stop, total, first_batch)``: the rows of :attr:`inputs` this rank evaluates, the

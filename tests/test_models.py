@@ -14,7 +14,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import ignite_landscape as il
 from ignite_landscape.params import ParamSpace, model_device, unwrap_model
-from tests.helpers import classification_data, dense_hessian, mlp
+from tests.helpers import classification_data, dense_hessian, mlp, small_cnn
 
 
 def top_eigenvalues(model: nn.Module, x: torch.Tensor, y: torch.Tensor, k: int = 2, **kwargs) -> torch.Tensor:
@@ -159,3 +159,51 @@ def test_parameters_on_several_devices_are_refused_at_construction():
         il.HessianSpectrum(model, probe, k=1)
     with pytest.raises(ValueError, match="several devices"):
         il.hessian_eigenvalues(model, probe, k=1)
+
+
+def train_mode_hessian(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Dense Hessian of the train-mode objective (batch statistics over all of x), on a copy of the model."""
+    import copy
+
+    twin = copy.deepcopy(model).train()
+    return dense_hessian(twin, x, y, F.cross_entropy)
+
+
+def run_spectrum(model: nn.Module, probe: il.Probe, **kwargs) -> dict[str, float]:
+    from ignite.engine import Engine
+
+    trainer = Engine(lambda e, b: None)
+    il.HessianSpectrum(model, probe, k=2, tol=1e-10, **kwargs).attach(trainer)
+    trainer.run([0], max_epochs=1)
+    return trainer.state.metrics
+
+
+def test_batchnorm_with_optimizer_measures_the_train_mode_objective_and_says_so(caplog):
+    model = small_cnn()  # BatchNorm with running statistics far from the batch statistics
+    x, y = classification_data(16, (1, 6, 6))
+    probe = il.Probe((x, y), F.cross_entropy)  # eval mode by default
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    train = torch.linalg.eigvalsh(train_mode_hessian(model, x, y)).flip(0)[:2]
+    model.eval()
+    evals = torch.linalg.eigvalsh(dense_hessian(model, x, y, F.cross_entropy)).flip(0)[:2]
+    assert not torch.allclose(train, evals, rtol=1e-2)  # the two modes really differ here
+
+    with caplog.at_level("WARNING", logger="ignite_landscape.handlers.spectrum"):
+        m = run_spectrum(model, probe, optimizer=opt)
+    assert sum("model_mode='train'" in r.getMessage() for r in caplog.records) == 1
+    assert m["landscape/hessian/train_mode"] == 1.0
+    got = torch.tensor([m["landscape/hessian/lambda_1"], m["landscape/hessian/lambda_2"]], dtype=torch.float64)
+    torch.testing.assert_close(got, train, rtol=1e-8, atol=0)
+    assert m["landscape/hessian/stability_ratio"] == pytest.approx(float(train[0]) / 20.0, rel=1e-8)
+
+    # Asked for explicitly, or without an optimizer: the probe's (eval) mode, silently.
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="ignite_landscape.handlers.spectrum"):
+        explicit = run_spectrum(model, probe, optimizer=opt, model_mode="eval")
+        plain = run_spectrum(model, probe)
+    assert not caplog.records
+    assert explicit["landscape/hessian/train_mode"] == 0.0
+    for metrics in (explicit, plain):
+        assert metrics["landscape/hessian/lambda_1"] == pytest.approx(float(evals[0]), rel=1e-8)
+    with pytest.raises(ValueError, match="model_mode"):
+        il.HessianSpectrum(model, probe, model_mode="training")

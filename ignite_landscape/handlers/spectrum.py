@@ -50,7 +50,7 @@ from ignite_landscape.measures.spectrum import (
     preconditioned_eigenvalues,
 )
 from ignite_landscape.params import ParamSpace, unwrap_model
-from ignite_landscape.probe import Probe
+from ignite_landscape.probe import MODEL_MODES, Probe
 
 __all__ = ["HessianSpectrum", "HessianTrace", "HessianDensity", "adam_preconditioner", "stability_threshold"]
 
@@ -120,6 +120,41 @@ def adam_preconditioner(
     return out
 
 
+def _measured_mode(
+    model_mode: str | None, model: nn.Module, probe: Probe, optimizer: torch.optim.Optimizer | None, name: str
+) -> str:
+    """The mode HessianSpectrum measures in (see its ``model_mode`` argument)."""
+    if model_mode is not None:
+        return _check_choice("model_mode", model_mode, MODEL_MODES)
+    if optimizer is None or probe.model_mode == "train":
+        return probe.model_mode
+    norms = [
+        m
+        for m in unwrap_model(model).modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+    ]
+    if not norms:
+        return probe.model_mode
+    if any(isinstance(m, nn.SyncBatchNorm) for m in norms):
+        # Train mode would synchronise batch statistics across ranks inside the probe: stay in eval mode.
+        logger.warning(
+            "HessianSpectrum %r: the model has SyncBatchNorm, so the eigenvalues are measured with the running "
+            "statistics (model_mode='eval'); early in training they can be far from the curvature the optimizer "
+            "sees, so read the stability ratio with care",
+            name,
+        )
+        return probe.model_mode
+    logger.warning(
+        "HessianSpectrum %r: the model has BatchNorm and optimizer= is given, so the eigenvalues are measured in "
+        "model_mode='train' (batch statistics over probe batches of %d: the objective the optimizer follows), not "
+        "in the probe's 'eval' mode, whose running statistics can put lambda_max orders of magnitude off the "
+        "stability threshold early in training; pass model_mode='eval' to measure the eval-mode function",
+        name,
+        probe.batch_size,
+    )
+    return "train"
+
+
 class HessianSpectrum(LandscapeHandler):
     """Top (or bottom) Hessian eigenvalues by Lanczos, warm-started across firings.
 
@@ -141,6 +176,13 @@ class HessianSpectrum(LandscapeHandler):
         warm_start_noise: relative size of the random part of the warm start.
         optimizer: the training optimizer, for the stability threshold (SGD, Adam, AdamW).
         preconditioned: also compute the preconditioned sharpness (default: for Adam/AdamW).
+        model_mode: ``"eval"`` or ``"train"``: the mode the eigenvalues are measured in, on the probe's
+            samples. ``None`` (default): the probe's mode, except with ``optimizer=`` on a model with
+            BatchNorm (running statistics) and a probe in ``"eval"`` mode: then ``"train"``, the
+            objective the optimizer follows (batch statistics over probe batches of ``probe.batch_size``),
+            since eval-mode curvature with stale running statistics can be orders of magnitude off the
+            stability threshold; a warning says so once, and the scalar ``train_mode`` (1 or 0) records
+            the mode whenever ``optimizer=`` is given.
         **kwargs: ``name``, ``params``, ``seed``, ``on_error``, ``progress`` (see :class:`LandscapeHandler`).
 
     Example:
@@ -172,6 +214,7 @@ class HessianSpectrum(LandscapeHandler):
         warm_start_noise: float = 0.1,
         optimizer: torch.optim.Optimizer | None = None,
         preconditioned: bool | None = None,
+        model_mode: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(model, probe, **kwargs)
@@ -208,6 +251,8 @@ class HessianSpectrum(LandscapeHandler):
         self.warm_start_noise = float(warm_start_noise)
         self.optimizer = optimizer
         self.preconditioned = bool(preconditioned)
+        self.model_mode = _measured_mode(model_mode, model, probe, optimizer, self.name)
+        self._measured_probe = probe.with_model_mode(self.model_mode)  # the same samples, shared
         self.eigenvectors: torch.Tensor | None = None
         self.preconditioned_eigenvector: torch.Tensor | None = None
         self.preconditioned_result: HessianEigenvalues | None = None
@@ -233,7 +278,7 @@ class HessianSpectrum(LandscapeHandler):
     def compute(self, engine: Engine) -> HessianEigenvalues:
         result = hessian_eigenvalues(
             self.model,
-            self.probe,
+            self._measured_probe,
             k=self.k,
             which=self.which,
             tol=self.tol,
@@ -252,7 +297,7 @@ class HessianSpectrum(LandscapeHandler):
             if p is not None:
                 pre = preconditioned_eigenvalues(
                     self.model,
-                    self.probe,
+                    self._measured_probe,
                     p,
                     k=1,
                     tol=self.tol,
@@ -281,6 +326,7 @@ class HessianSpectrum(LandscapeHandler):
         group = groups[0]
         lr = float(group["lr"])
         out["lr"] = lr
+        out["train_mode"] = 1.0 if self.model_mode == "train" else 0.0
         threshold = stability_threshold(self.optimizer, group)
         lam = result.lambda_max
         if isinstance(self.optimizer, torch.optim.SGD):
