@@ -171,6 +171,10 @@ class Probe:
             its saved tensors take at most this many bytes (an HVP then costs one double backward
             instead of a forward, a backward and a double backward); ``0`` never keeps it.
         seed: seed of the dropout masks in ``model_mode="train"``.
+        population_size: how many samples the data set the probe is drawn from holds (for the noise
+            scale's finite-population correction). Default: ``len(loader.dataset)`` for a DataLoader over
+            a sized dataset, the rows of a single ``(x, y)`` batch, the samples of an iterable read to
+            its end; ``None`` (an infinite population) when unknown.
         output_transform: ``output_transform(model_output) -> y_pred``, what ``loss_fn`` and accuracy
             take (Ignite's naming): e.g. ``lambda out: out["logits"]`` for a dict output. By default a
             tensor is used as is, and an object with a ``.logits`` tensor attribute (Hugging Face
@@ -194,6 +198,7 @@ class Probe:
         model_mode: str = "eval",
         max_graph_bytes: int = 1 << 30,
         seed: int = 0,
+        population_size: int | None = None,
         output_transform: Callable[[Any], Any] | None = None,
     ) -> None:
         if not callable(loss_fn):
@@ -213,6 +218,10 @@ class Probe:
             raise ValueError(f"model_mode must be one of {MODEL_MODES}, got {model_mode!r}")
         if prepare_batch is not None and not callable(prepare_batch):
             raise TypeError("prepare_batch must be callable")
+        if population_size is not None and (
+            isinstance(population_size, bool) or not isinstance(population_size, int) or population_size < 1
+        ):
+            raise ValueError(f"population_size must be a positive int or None, got {population_size!r}")
         if not isinstance(max_graph_bytes, int) or max_graph_bytes < 0:
             raise ValueError(f"max_graph_bytes must be a non-negative int, got {max_graph_bytes!r}")
         if data is None or isinstance(data, (str, bytes)) or not (_is_single_batch(data) or isinstance(data, Iterable)):
@@ -233,11 +242,18 @@ class Probe:
         self.device = torch.device(device) if device is not None else None
         self._prepare = prepare_batch or default_prepare_batch
         self._loss_checked = False
+        self._data_size: int | None = None
 
         inputs, targets, first_batch = self._take(data, num_samples)
         self.inputs = inputs
         self.targets = targets
         self.global_num_samples = _num_rows(targets)
+        # The data set the samples stand for (the finite-population correction of the noise scale).
+        self.population_size = population_size if population_size is not None else self._data_size
+        if self.population_size is not None and self.population_size < _num_rows(targets):
+            raise ValueError(
+                f"population_size={self.population_size} is smaller than the probe's {_num_rows(targets)} samples"
+            )
         # Under ignite.distributed each rank evaluates a disjoint, contiguous shard of the global set,
         # decided on first use: the process group may not exist yet when the probe is built.
         self._layout_key: tuple[int, int] | None = None
@@ -276,6 +292,9 @@ class Probe:
                 count += n
                 if count >= num_samples:
                     break
+            else:
+                self._data_size = count  # read to its end: the data holds exactly these samples
+            self._data_size = _sized_dataset(data, count if _is_single_batch(data) else self._data_size)
             del iterator  # shut down DataLoader workers now, not at garbage collection
         finally:
             rng.restore()
@@ -463,6 +482,14 @@ class Probe:
             f"Probe(num_samples={self.num_samples}, batch_size={self.batch_size}, "
             f"device={self.device}, model_mode={self.model_mode!r})"
         )
+
+
+def _sized_dataset(data: Any, read: int | None) -> int | None:
+    """``len(data.dataset)`` of a loader over a sized dataset, else ``read`` (the samples of data read to its end)."""
+    try:
+        return len(data.dataset)
+    except (AttributeError, TypeError, NotImplementedError):
+        return read
 
 
 class _LoaderRNG:

@@ -343,7 +343,7 @@ def test_fires_once_when_two_events_coincide_and_again_on_a_new_run():
     model = nn.Linear(3, 2)
     probe = il.Probe((torch.randn(8, 3), torch.randint(0, 2, (8,))), F.cross_entropy)
     trainer = Engine(lambda e, b: None)
-    handler = il.HessianTrace(model, probe, num_hvps=3)
+    handler = il.HessianTrace(model, probe, num_hvps=6)
     handler.attach(trainer, Events.EPOCH_COMPLETED(every=2) | Events.COMPLETED)
     trainer.run([0, 1], max_epochs=4)
     assert [(f.epoch, f.iteration) for f in handler.history] == [(2, 4), (4, 8)]

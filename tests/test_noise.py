@@ -1,8 +1,12 @@
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
 
 from ignite_landscape import Probe, gradient_noise_scale
+from ignite_landscape.measures import noise
 from tests.helpers import classification_data, mlp, small_cnn
 
 
@@ -15,7 +19,9 @@ def per_sample_grads(model, x, y):
 
 
 @pytest.mark.parametrize("make,shape", [(mlp, (5,)), (small_cnn, (1, 6, 6))])
-def test_per_sample_estimator_matches_direct_computation(make, shape):
+@pytest.mark.parametrize("population", [None, math.inf, 100])
+@pytest.mark.parametrize("chunk_size", [None, 1, 3])
+def test_per_sample_estimator_matches_direct_computation(make, shape, population, chunk_size):
     model = make()
     model.eval()
     x, y = classification_data(37, shape)
@@ -23,10 +29,15 @@ def test_per_sample_estimator_matches_direct_computation(make, shape):
     n = len(y)
     g_bar = g.mean(0)
     trace_sigma = float(((g - g_bar) ** 2).sum() / (n - 1))  # tr of the unbiased sample covariance
-    grad_sq = float(g_bar @ g_bar) - trace_sigma / n  # unbiased ‖G‖²
+    # Finite-population correction: E‖ḡ‖² = ‖G‖² + (1/n − 1/N)·tr(Σ); the probe's own population is its
+    # one batch (N = n), where ‖G‖² = ‖ḡ‖² exactly.
+    big_n = n if population is None else population
+    grad_sq = float(g_bar @ g_bar) - (1 / n - 1 / big_n) * trace_sigma
     model.train()
     snap = {k: v.clone() for k, v in model.state_dict().items()}
-    res = gradient_noise_scale(model, Probe((x, y), F.cross_entropy, batch_size=10))
+    probe = Probe((x, y), F.cross_entropy, batch_size=10)
+    res = gradient_noise_scale(model, probe, population_size=population, chunk_size=chunk_size)
+    assert res.population_size == big_n
     for k, v in model.state_dict().items():
         assert torch.equal(v, snap[k])
     assert res.estimator == "per_sample" and res.num_samples == n
@@ -85,9 +96,118 @@ def test_two_batch_runs_in_train_mode_and_is_reproducible():
         (dict(method="two_batch", small_batch=0), ValueError, "small_batch"),
         (dict(method="two_batch", small_batch=10), ValueError, "small_batch"),
         (dict(method="two_batch", small_batch=2.5), TypeError, "small_batch"),
+        (dict(chunk_size=0), ValueError, "chunk_size"),
+        (dict(method="two_batch", chunk_size=4), ValueError, "chunk_size"),
+        (dict(population_size=2.5), TypeError, "population_size"),
     ],
 )
 def test_bad_input(kwargs, exc, word):
     probe = Probe(classification_data(10, (5,)), F.cross_entropy)
     with pytest.raises(exc, match=word):
         gradient_noise_scale(mlp(), probe, **kwargs)
+
+
+def test_whole_population_gives_a_finite_noise_scale_where_the_infinite_one_is_inf():
+    # Near a minimum of the probe loss the noise dominates: the infinite-population estimate
+    # ‖ḡ‖² − tr(Σ)/n is negative (B = inf), but a probe holding the whole data set knows ‖G‖² = ‖ḡ‖².
+    x, y = classification_data(40, (5,))
+    model = mlp(seed=3)
+    opt = torch.optim.LBFGS(model.parameters(), max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    model.zero_grad(set_to_none=True)
+    g = per_sample_grads(model, x, y)
+    g_bar = g.mean(0)
+    trace_sigma = float(((g - g_bar) ** 2).sum() / 39)
+    assert float(g_bar @ g_bar) - trace_sigma / 40 < 0 < float(g_bar @ g_bar)  # the regime of the bug
+    probe = Probe((x, y), F.cross_entropy)
+    assert probe.population_size == 40
+    res = gradient_noise_scale(model, probe)
+    assert math.isfinite(res.b_simple)
+    torch.testing.assert_close(res.b_simple, trace_sigma / float(g_bar @ g_bar), rtol=1e-9, atol=0)
+    assert gradient_noise_scale(model, probe, population_size=math.inf).b_simple == math.inf
+
+
+def test_finite_population_estimate_is_unbiased_over_subsamples():
+    # Probes of n = 6 drawn without replacement from N = 30 samples: the corrected ‖G‖² estimate
+    # averages to the population's ‖G‖² (and tr(Σ) to the population's sample covariance trace).
+    x, y = classification_data(30, (5,))
+    model = mlp(seed=1)
+    g = per_sample_grads(model, x, y)
+    big_g = g.mean(0)
+    exact_sq = float(big_g @ big_g)
+    exact_tr = float(((g - big_g) ** 2).sum() / 29)
+    gen = torch.Generator().manual_seed(0)
+    est = []
+    for _ in range(300):
+        idx = torch.randperm(30, generator=gen)[:6]
+        res = gradient_noise_scale(model, Probe((x[idx], y[idx]), F.cross_entropy, population_size=30))
+        est.append((res.grad_norm_sq, res.trace_sigma))
+    est = torch.tensor(est, dtype=torch.float64)
+    mean, stderr = est.mean(0), est.std(0) / math.sqrt(len(est))
+    assert abs(float(mean[0]) - exact_sq) <= 3 * float(stderr[0]), (float(mean[0]), exact_sq, float(stderr[0]))
+    assert abs(float(mean[1]) - exact_tr) <= 3 * float(stderr[1])
+    assert float(stderr[0]) < 0.2 * exact_sq  # the test has power
+    # Without the correction (N = ∞) the same draws are biased low by tr(Σ)/N.
+    bias = exact_tr / 30
+    assert bias > 4 * float(stderr[0])
+
+
+def test_chunks_bound_the_per_sample_gradients_held_at_once(monkeypatch):
+    model = mlp()
+    model.eval()
+    x, y = classification_data(37, (5,))
+    probe = Probe((x, y), F.cross_entropy, batch_size=37)
+    largest = []
+    real_vmap = noise.vmap
+
+    def counting_vmap(fn, *args, **kwargs):
+        mapped = real_vmap(fn, *args, **kwargs)
+
+        def run(*a):
+            out = mapped(*a)
+            largest.append(max(t.shape[0] for t in out))
+            return out
+
+        return run
+
+    monkeypatch.setattr(noise, "vmap", counting_vmap)
+    results = {}
+    for chunk in (1, 4, 37):
+        largest.clear()
+        results[chunk] = gradient_noise_scale(model, probe, chunk_size=chunk)
+        assert max(largest) == chunk and len(largest) == math.ceil(37 / chunk)
+        assert results[chunk].chunk_size == chunk
+    for chunk in (1, 4):
+        torch.testing.assert_close(results[chunk].trace_sigma, results[37].trace_sigma, rtol=1e-12, atol=0)
+        torch.testing.assert_close(results[chunk].grad_norm_sq, results[37].grad_norm_sq, rtol=1e-12, atol=0)
+    # The default chunk fits CHUNK_BYTES: with room for 5 per-sample gradients, 5 at a time.
+    numel = sum(p.numel() for p in model.parameters())
+    monkeypatch.setattr(noise, "CHUNK_BYTES", 5 * numel * 8 + 7)
+    largest.clear()
+    res = gradient_noise_scale(model, probe)
+    assert max(largest) == 5 and res.chunk_size == 5
+    torch.testing.assert_close(res.trace_sigma, results[37].trace_sigma, rtol=1e-12, atol=0)
+
+
+def test_probe_population_size():
+    x, y = classification_data(50, (5,))
+    assert Probe((x, y), F.cross_entropy, num_samples=10).population_size == 50  # one batch: its rows
+    loader = DataLoader(TensorDataset(x, y), batch_size=8, drop_last=True)
+    assert Probe(loader, F.cross_entropy, num_samples=10).population_size == 50  # len(dataset)
+    batches = [(x[:20], y[:20]), (x[20:], y[20:])]
+    assert Probe(batches, F.cross_entropy, num_samples=100).population_size == 50  # read to its end
+    assert Probe(batches, F.cross_entropy, num_samples=10).population_size is None  # unknown
+    assert Probe(batches, F.cross_entropy, num_samples=10, population_size=1000).population_size == 1000
+    with pytest.raises(ValueError, match="population_size"):
+        Probe((x, y), F.cross_entropy, num_samples=10, population_size=5)
+    with pytest.raises(ValueError, match="population_size"):
+        Probe((x, y), F.cross_entropy, population_size=0)
+    with pytest.raises(ValueError, match="population_size"):
+        gradient_noise_scale(mlp(), Probe((x, y), F.cross_entropy, num_samples=10), population_size=5)

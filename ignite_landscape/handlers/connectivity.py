@@ -29,8 +29,8 @@ import torch
 from ignite.engine import Engine
 from torch import nn
 
-from ignite_landscape.handlers.base import LandscapeHandler, _check_int
-from ignite_landscape.measures.connectivity import interpolate
+from ignite_landscape.handlers.base import LandscapeHandler
+from ignite_landscape.measures.connectivity import InterpolationOptions, interpolate
 from ignite_landscape.params import unwrap_model
 from ignite_landscape.probe import Probe
 
@@ -63,8 +63,13 @@ class ModeConnectivity(LandscapeHandler):
             file is not a plain state dict).
         **kwargs: ``name``, ``params``, ``seed``, ``on_error``, ``progress`` (see :class:`LandscapeHandler`).
 
+    The barrier is measured against the chord between the end values (Entezari et al. 2022): with
+    ``reference="previous"`` between the weights of consecutive firings, with ``"init"`` between the
+    weights at attach time and now.
+
     Raises:
-        ValueError: for an unknown reference kind or reference weights that do not fit the model.
+        TypeError, ValueError: for an unknown reference kind, reference weights that do not fit the model,
+            or ``steps``/``bn_batches``/``bn_loader`` that cannot work.
     """
 
     default_name = "connectivity"
@@ -81,12 +86,10 @@ class ModeConnectivity(LandscapeHandler):
         reference_key: str | None = None,
         **kwargs: Any,
     ) -> None:
+        # Validated by the same object interpolate() builds: an option that cannot work fails here.
+        InterpolationOptions(steps, bn_loader, bn_batches)
         super().__init__(model, probe, **kwargs)
-        self.steps = _check_int("steps", steps, 2)
-        if bn_batches is not None:
-            _check_int("bn_batches", bn_batches, 1)
-        if bn_loader is not None and not isinstance(bn_loader, Iterable):
-            raise TypeError(f"bn_loader must be an iterable of batches, got {type(bn_loader).__name__}")
+        self.steps = steps
         self.bn_loader = bn_loader
         self.bn_batches = bn_batches
         self.reference: dict[str, torch.Tensor] | None = None

@@ -1,5 +1,11 @@
 """Handler for the gradient noise scale ``B_simple = tr(Σ)/‖G‖²`` (McCandlish et al. 2018).
 
+Following McCandlish et al.'s advice, the handler also smooths the numerator ``tr(Σ)`` and the
+denominator ``‖G‖²`` *separately* across firings, with bias-corrected exponential moving averages of
+weight ``smoothing``, and logs ``b_simple_smoothed`` = (smoothed ``tr(Σ)``)/(smoothed ``‖G‖²``) next to
+the raw ``b_simple``: a ratio of averages, which stays finite when one firing's ``‖G‖²`` estimate
+is noisy, where an average of ratios would not.
+
 Example:
     >>> import torch
     >>> from ignite.engine import Engine
@@ -9,20 +15,24 @@ Example:
     >>> trainer = Engine(lambda engine, batch: None)
     >>> _ = GradientNoiseScale(model, probe).attach(trainer)
     >>> _ = trainer.run([0], max_epochs=1)
-    >>> trainer.state.metrics["landscape/noise_scale/b_simple"] > 0
-    True
+    >>> raw = trainer.state.metrics["landscape/noise_scale/b_simple"]
+    >>> raw > 0, trainer.state.metrics["landscape/noise_scale/b_simple_smoothed"] == raw  # one firing: the same
+    (True, True)
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from typing import Any
 
 from ignite.engine import Engine
 from torch import nn
 
-from ignite_landscape.handlers.base import LandscapeHandler, _check_choice, _check_int
-from ignite_landscape.measures.noise import NOISE_METHODS, gradient_noise_scale
+from ignite_landscape.handlers.base import LandscapeHandler
+from ignite_landscape.measures.noise import NoiseOptions, NoiseScale, _noise_scale
 from ignite_landscape.probe import Probe
+from ignite_landscape.validation import check_fraction
 
 __all__ = ["GradientNoiseScale"]
 
@@ -30,7 +40,10 @@ __all__ = ["GradientNoiseScale"]
 class GradientNoiseScale(LandscapeHandler):
     """The simple gradient noise scale on the probe: the batch size above which larger batches stop helping.
 
-    Scalars: ``b_simple``, ``trace_sigma``, ``grad_norm_sq``, ``probe_grad_norm_sq``.
+    Scalars: ``b_simple``, ``trace_sigma``, ``grad_norm_sq``, ``probe_grad_norm_sq`` (this firing) and
+    ``b_simple_smoothed``, ``trace_sigma_smoothed``, ``grad_norm_sq_smoothed`` (the moving averages).
+    ``‖G‖²`` carries the finite-population correction with the probe's ``population_size`` (see
+    :func:`~ignite_landscape.gradient_noise_scale`).
 
     Args:
         model: the trained model.
@@ -38,7 +51,13 @@ class GradientNoiseScale(LandscapeHandler):
         method: ``"per_sample"`` (exact per-sample gradients) or ``"two_batch"`` (the paper's estimator
             from a small and a large batch).
         small_batch: size of the small batch for ``"two_batch"``.
+        chunk_size: per-sample gradients held at once (``"per_sample"``).
+        population_size: ``N`` of the finite-population correction (default: the probe's).
+        smoothing: weight of the past in the moving averages, in ``[0, 1)`` (0: no smoothing).
         **kwargs: ``name``, ``params``, ``seed``, ``on_error``, ``progress`` (see :class:`LandscapeHandler`).
+
+    Raises:
+        TypeError, ValueError: for an option that cannot work with this probe, naming it.
     """
 
     default_name = "noise_scale"
@@ -50,29 +69,51 @@ class GradientNoiseScale(LandscapeHandler):
         *,
         method: str = "per_sample",
         small_batch: int | None = None,
+        chunk_size: int | None = None,
+        population_size: int | float | None = None,
+        smoothing: float = 0.8,
         **kwargs: Any,
     ) -> None:
+        self.options = NoiseOptions(
+            method=method, small_batch=small_batch, chunk_size=chunk_size, population_size=population_size
+        )
+        self.smoothing = check_fraction("smoothing", smoothing)
         super().__init__(model, probe, **kwargs)
-        self.method = _check_choice("method", method, NOISE_METHODS)
-        if small_batch is not None:
-            _check_int("small_batch", small_batch, 1)
-            if method != "two_batch":
-                raise ValueError("small_batch is only used by method='two_batch'")
-            if small_batch >= probe.num_samples:
-                raise ValueError(f"small_batch must be smaller than the probe's {probe.num_samples} samples")
-        if probe.num_samples < 2:
-            raise ValueError("probe: the gradient noise scale needs at least 2 samples")
+        self.options.check_probe(probe)
+        self.method = method
         self.small_batch = small_batch
+        # Exponential moving sums of tr(Σ) and ‖G‖² and the total weight, so the bias correction is exact.
+        self._ema = [0.0, 0.0, 0.0]
 
     def expected_keys(self) -> list[str]:
-        return ["b_simple", "trace_sigma", "grad_norm_sq"]
+        return ["b_simple", "trace_sigma", "grad_norm_sq", "b_simple_smoothed"]
 
     def compute(self, engine: Engine) -> Any:
-        return gradient_noise_scale(
-            self.model,
-            self.probe,
-            method=self.method,
-            small_batch=self.small_batch,
-            seed=self.seed,
-            params=self.params,
-        )
+        result = _noise_scale(self.model, self.probe, self.options, self.seed, self.params)
+        if math.isfinite(result.trace_sigma) and math.isfinite(result.grad_norm_sq):
+            b = self.smoothing
+            tr, g, w = self._ema
+            self._ema = [b * tr + (1 - b) * result.trace_sigma, b * g + (1 - b) * result.grad_norm_sq, b * w + (1 - b)]
+        return result
+
+    def smoothed(self) -> tuple[float, float, float]:
+        """``(b_simple, trace_sigma, grad_norm_sq)`` of the moving averages (NaN before the first result)."""
+        tr, g, w = self._ema
+        if w == 0:
+            return math.nan, math.nan, math.nan
+        tr, g = tr / w, g / w
+        return (tr / g if g > 0 else math.inf), tr, g
+
+    def scalars_of(self, engine: Engine, result: NoiseScale) -> dict[str, float]:
+        out = super().scalars_of(engine, result)
+        b, tr, g = self.smoothed()
+        out.update(b_simple_smoothed=b, trace_sigma_smoothed=tr, grad_norm_sq_smoothed=g)
+        return out
+
+    def _extra_state(self) -> dict[str, Any]:
+        return {"ema": list(self._ema)}
+
+    def _load_extra_state(self, state: Mapping[str, Any]) -> None:
+        ema = state.get("ema")
+        if ema is not None:
+            self._ema = [float(v) for v in ema]

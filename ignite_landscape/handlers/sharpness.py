@@ -15,13 +15,15 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from typing import Any
 
 from ignite.engine import Engine
 from torch import nn
 
-from ignite_landscape.handlers.base import LandscapeHandler, _check_choice, _check_int, _check_positive
-from ignite_landscape.measures.sharpness import SCHEDULES, SHARPNESS_METHODS, SHARPNESS_NORMS, sharpness
+from ignite_landscape.handlers.base import LandscapeHandler
+from ignite_landscape.measures.sharpness import SharpnessOptions, _sharpness
 from ignite_landscape.probe import Probe
 
 __all__ = ["Sharpness"]
@@ -31,21 +33,28 @@ class Sharpness(LandscapeHandler):
     """Sharpness of the probe loss (SAM step, worst case by ascent, or average over random perturbations).
 
     Scalars: ``value`` (= ``perturbed_loss − base_loss``), ``base_loss``, ``perturbed_loss``, ``rho``,
-    ``steps``, ``num_grads``, ``num_forwards`` (and ``stderr`` for ``"average"``). Attach several with
-    different ``name=`` to compare variants (e.g. ``"sharpness_ascent"``).
+    ``steps``, ``num_grads``, ``num_forwards`` (and ``stderr`` for ``"average"``, ``converged`` for
+    ``"ascent"``). Attach several with different ``name=`` to compare variants (e.g. ``"sharpness_ascent"``).
+    The options mean what they mean in :func:`~ignite_landscape.sharpness` and are validated here, once,
+    by the same :class:`~ignite_landscape.measures.sharpness.SharpnessOptions`.
 
     Args:
         model: the trained model.
         probe: the fixed samples.
-        rho: radius of the ball.
+        rho: radius of the ball (per-coordinate standard deviation for ``"average"``).
         method: ``"sam"``, ``"ascent"`` or ``"average"``.
         norm: ``"l2"`` or ``"linf"``.
-        adaptive: ASAM's elementwise ``|θ|`` scaling.
-        steps: ascent steps (``"ascent"``).
+        adaptive: ``False``, ``"asam"`` (Kwon et al. 2021) or ``"andriushchenko2023"``.
+        steps: cap on ascent steps (``"ascent"``).
+        tol: relative change of the perturbed loss at which the ascent stops.
         num_samples: random perturbations (``"average"``).
-        step_size: relative ascent step size (``"ascent"``).
-        schedule: ascent step-size schedule, ``"cosine"`` or ``"constant"``.
+        step_size: relative ascent step size (``inf``: jump to the boundary).
+        schedule: ascent step-size schedule for a finite ``step_size``, ``"cosine"`` or ``"constant"``.
+        adaptive_eta: ASAM's η.
         **kwargs: ``name``, ``params``, ``seed``, ``on_error``, ``progress`` (see :class:`LandscapeHandler`).
+
+    Raises:
+        TypeError, ValueError: for an option that cannot work, naming it.
     """
 
     default_name = "sharpness"
@@ -57,41 +66,39 @@ class Sharpness(LandscapeHandler):
         rho: float = 0.05,
         method: str = "sam",
         norm: str = "l2",
-        adaptive: bool = False,
+        adaptive: str | bool = False,
         *,
-        steps: int = 10,
+        steps: int = 100,
+        tol: float = 1e-3,
         num_samples: int = 10,
-        step_size: float = 1.0,
+        step_size: float = math.inf,
         schedule: str = "cosine",
+        adaptive_eta: float = 0.01,
         **kwargs: Any,
     ) -> None:
+        self.options = SharpnessOptions(
+            rho=rho,
+            method=method,
+            norm=norm,
+            adaptive=adaptive,
+            steps=steps,
+            tol=tol,
+            num_samples=num_samples,
+            step_size=step_size,
+            schedule=schedule,
+            adaptive_eta=adaptive_eta,
+        )
         super().__init__(model, probe, **kwargs)
-        self.rho = _check_positive("rho", rho)
-        self.method = _check_choice("method", method, SHARPNESS_METHODS)
-        self.norm = _check_choice("norm", norm, SHARPNESS_NORMS)
-        if not isinstance(adaptive, bool):
-            raise TypeError(f"adaptive must be a bool, got {type(adaptive).__name__}")
-        self.adaptive = adaptive
-        self.steps = _check_int("steps", steps, 1)
-        self.num_samples = _check_int("num_samples", num_samples, 2)
-        self.step_size = _check_positive("step_size", step_size)
-        self.schedule = _check_choice("schedule", schedule, SCHEDULES)
+
+    def __getattr__(self, name: str) -> Any:
+        # handler.rho, handler.method, ...: the validated options.
+        options = self.__dict__.get("options")
+        if options is not None and name in {f.name for f in dataclasses.fields(options)}:
+            return getattr(options, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def expected_keys(self) -> list[str]:
         return ["value", "base_loss", "perturbed_loss"]
 
     def compute(self, engine: Engine) -> Any:
-        return sharpness(
-            self.model,
-            self.probe,
-            rho=self.rho,
-            method=self.method,
-            norm=self.norm,
-            adaptive=self.adaptive,
-            steps=self.steps,
-            num_samples=self.num_samples,
-            seed=self.seed,
-            params=self.params,
-            step_size=self.step_size,
-            schedule=self.schedule,
-        )
+        return _sharpness(self.model, self.probe, self.options, self.seed, self.params)

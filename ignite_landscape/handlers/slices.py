@@ -1,8 +1,13 @@
 """Handler for 1D and 2D loss slices through the current weights along fixed directions.
 
-The directions are drawn once (at the first firing, filter-normalized to the weights of that
-moment) and kept, so slices at different epochs are taken along the same line or plane and can be
-overlaid; they are part of :meth:`~LossSlice.state_dict`, so a resumed run keeps them too.
+The raw directions are drawn once, at the first firing (Gaussian draws from ``seed``, or the top
+Hessian eigenvectors of that moment), and kept, so slices at different epochs are taken along the
+same draw and can be overlaid. At every firing the raw draw is normalised afresh against the
+*current* weights (filter normalisation by default), as Li et al. (2018) normalise relative to the
+centre of the plot: when weight norms drift (weight decay, BatchNorm), each slice is still
+filter-normalised, and it is exactly the slice along ``random_directions(model, dims, seed=seed)``
+at that moment. The raw draw is part of :meth:`~LossSlice.state_dict`, so a resumed run keeps it too.
+Explicit directions are used as given.
 
 Example:
     >>> import torch
@@ -20,7 +25,6 @@ Example:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -28,14 +32,15 @@ import torch
 from ignite.engine import Engine
 from torch import nn
 
-from ignite_landscape.handlers.base import LandscapeHandler, _check_choice, _check_int
+from ignite_landscape.handlers.base import LandscapeHandler, _check_choice
 from ignite_landscape.measures.directions import (
     NORMALIZATIONS,
     check_directions,
     eigenvector_directions,
+    normalize_direction,
     random_directions,
 )
-from ignite_landscape.measures.slices import loss_slice
+from ignite_landscape.measures.slices import SliceOptions, _loss_slice
 from ignite_landscape.params import unwrap_model
 from ignite_landscape.probe import Probe
 
@@ -56,18 +61,21 @@ class LossSlice(LandscapeHandler):
         probe: the fixed samples.
         dims: 1 or 2.
         steps: grid points per direction (default 21 for 1D, 11 for 2D; odd puts the centre on the grid).
-        span: coordinate range along each direction.
+        span: coordinate range along each direction; 0 must fall on the grid.
         directions: ``"random"`` (Gaussian, normalized to the weights), ``"eigenvector"`` (top Hessian
             eigenvectors) or ``dims`` explicit directions ``{parameter name: tensor}``.
-        normalization: ``"filter"``, ``"layer"`` or ``"none"``; default ``"filter"`` for random directions
-            and ``"none"`` (unit eigenvectors, coordinates are distances in weight space) for eigenvectors.
+        normalization: ``"filter"``, ``"layer"`` or ``"none"``, applied to the raw draw against the current
+            weights at every firing; default ``"filter"`` for random directions and ``"none"`` (unit
+            eigenvectors, coordinates are distances in weight space) for eigenvectors.
         ignore_bias_bn: zero biases and BatchNorm parameters in random directions.
         batch_points: evaluate this many grid points per vectorised forward pass.
         **kwargs: ``name``, ``params``, ``seed``, ``on_error``, ``progress`` (see :class:`LandscapeHandler`).
 
     Raises:
-        ValueError: for ``dims`` other than 1 or 2, bad ``steps``/``span``, an unknown direction kind
-            or explicit directions that do not fit the model.
+        TypeError, ValueError: for ``dims`` other than 1 or 2, a grid that cannot work (``steps``/``span``
+            that miss 0; validated by :class:`~ignite_landscape.measures.slices.SliceOptions`, as
+            :func:`~ignite_landscape.loss_slice` does), an unknown direction kind or explicit directions
+            that do not fit the model.
     """
 
     def __init__(
@@ -91,23 +99,16 @@ class LossSlice(LandscapeHandler):
         self.default_name = f"slice{dims}d"
         super().__init__(model, probe, **kwargs)
         self.dims = dims
-        self.steps = _check_int("steps", (21 if dims == 1 else 11) if steps is None else steps, 2)
-        if not (isinstance(span, (tuple, list)) and len(span) == 2):
-            raise ValueError(f"span must be a pair (low, high), got {span!r}")
-        lo, hi = (float(s) for s in span)
-        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
-            raise ValueError(f"span must hold finite low < high, got {span!r}")
-        self.span = (lo, hi)
+        self.options = SliceOptions((21 if dims == 1 else 11) if steps is None else steps, span, batch_points)
+        self.steps, self.span, self.batch_points = self.options.steps, self.options.span, self.options.batch_points
         if normalization is None:
             normalization = "none" if directions == "eigenvector" else "filter"
         self.normalization = _check_choice("normalization", normalization, NORMALIZATIONS)
         if not isinstance(ignore_bias_bn, bool):
             raise TypeError(f"ignore_bias_bn must be a bool, got {type(ignore_bias_bn).__name__}")
         self.ignore_bias_bn = ignore_bias_bn
-        if batch_points is not None:
-            _check_int("batch_points", batch_points, 1)
-        self.batch_points = batch_points
-        self.directions: list[dict[str, torch.Tensor]] | None = None
+        # The raw draw (unnormalised), kept from the first firing on.
+        self.raw_directions: list[dict[str, torch.Tensor]] | None = None
         if isinstance(directions, str):
             self.direction_kind = _check_choice("directions", directions, DIRECTION_KINDS)
         elif isinstance(directions, Sequence):
@@ -116,7 +117,7 @@ class LossSlice(LandscapeHandler):
                 raise ValueError(f"directions: dims={dims} needs {dims} directions, got {len(dirs)}")
             check_directions(model, dirs)
             self.direction_kind = "given"
-            self.directions = [{k: v.detach().clone() for k, v in d.items()} for d in dirs]
+            self.raw_directions = [{k: v.detach().clone() for k, v in d.items()} for d in dirs]
         else:
             raise TypeError(f"directions must be 'random', 'eigenvector' or a list of directions, got {directions!r}")
 
@@ -124,44 +125,51 @@ class LossSlice(LandscapeHandler):
         return ["center_loss", "min_loss", "max_loss"]
 
     def _draw(self) -> list[dict[str, torch.Tensor]]:
+        """The raw directions: unit eigenvectors, or the Gaussian draws of ``seed`` in the model's dtype."""
         if self.direction_kind == "eigenvector":
-            return eigenvector_directions(
-                self.model,
-                self.probe,
-                count=self.dims,
-                seed=self.seed,
-                params=self.params,
-                normalization=self.normalization,
-            )
+            return eigenvector_directions(self.model, self.probe, count=self.dims, seed=self.seed, params=self.params)
+        # normalization="none" without zeroing: exactly the draw random_directions normalises.
         return random_directions(
-            self.model,
-            self.dims,
-            normalization=self.normalization,
-            ignore_bias_bn=self.ignore_bias_bn,
-            seed=self.seed,
-            params=self.params,
+            self.model, self.dims, normalization="none", ignore_bias_bn=False, seed=self.seed, params=self.params
         )
+
+    @property
+    def directions(self) -> list[dict[str, torch.Tensor]] | None:
+        """The directions a firing now slices along: the raw draw normalised against the current weights
+        (``None`` before the first firing draws it)."""
+        if self.raw_directions is None:
+            return None
+        if self.direction_kind == "given" or self.normalization == "none" and self.direction_kind == "eigenvector":
+            return self.raw_directions
+        named = dict(unwrap_model(self.model).named_parameters())
+        # Eigenvectors keep their 1-D entries (as eigenvector_directions does); random draws follow ignore_bias_bn.
+        ignore = self.ignore_bias_bn if self.direction_kind == "random" else False
+        return [
+            normalize_direction(d, {n: named[n] for n in d}, self.normalization, ignore) for d in self.raw_directions
+        ]
 
     def compute(self, engine: Engine) -> Any:
-        if self.directions is None:
-            self.directions = [{k: v.detach().clone() for k, v in d.items()} for d in self._draw()]
-        return loss_slice(
-            self.model, self.probe, self.directions, steps=self.steps, span=self.span, batch_points=self.batch_points
-        )
+        if self.raw_directions is None:
+            self.raw_directions = [{k: v.detach().clone() for k, v in d.items()} for d in self._draw()]
+        directions = self.directions
+        assert directions is not None
+        return _loss_slice(self.model, self.probe, directions, self.options)
 
     def _extra_state(self) -> dict[str, Any]:
-        return {"directions": self.directions, "direction_kind": self.direction_kind}
+        return {"raw_directions": self.raw_directions, "direction_kind": self.direction_kind}
 
     def _load_extra_state(self, state: Mapping[str, Any]) -> None:
-        dirs = state.get("directions")
+        # A state saved before raw draws were kept holds normalised ones: normalising those again against
+        # the current weights gives the same directions (filter and layer normalisation are scale-free).
+        dirs = state.get("raw_directions", state.get("directions"))
         if dirs is None:
-            self.directions = None
+            self.raw_directions = None
             return
         if len(dirs) != self.dims:
             raise ValueError(f"the saved state holds {len(dirs)} directions, this handler slices {self.dims}")
         named = dict(unwrap_model(self.model).named_parameters())
         check_directions(self.model, dirs)
-        self.directions = [
+        self.raw_directions = [
             {k: v.to(device=named[k].device, dtype=named[k].dtype) if k in named else v for k, v in d.items()}
             for d in dirs
         ]

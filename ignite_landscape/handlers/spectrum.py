@@ -43,7 +43,9 @@ from torch import nn
 from ignite_landscape.handlers.base import LandscapeHandler, _check_choice, _check_int, _check_positive
 from ignite_landscape.linalg.random import gaussian
 from ignite_landscape.measures.spectrum import (
+    DensityOptions,
     HessianEigenvalues,
+    TraceOptions,
     hessian_density,
     hessian_eigenvalues,
     hessian_trace,
@@ -57,7 +59,6 @@ __all__ = ["HessianSpectrum", "HessianTrace", "HessianDensity", "adam_preconditi
 logger = logging.getLogger(__name__)
 
 _WHICH = ("largest", "smallest", "both")
-_TRACE_METHODS = ("hutch++", "hutchinson")
 
 
 def _is_adam(optimizer: torch.optim.Optimizer) -> bool:
@@ -373,8 +374,9 @@ class HessianTrace(LandscapeHandler):
     Args:
         model: the trained model.
         probe: the fixed samples.
-        method: ``"hutch++"`` or ``"hutchinson"``.
-        num_hvps: budget of Hessian-vector products per firing.
+        method: ``"hutch++"``, ``"hutchinson"``, ``"exact"`` or ``"auto"`` (as in :func:`hessian_trace`).
+        num_hvps: budget of Hessian-vector products per firing (at least 6 for Hutch++ and ``"auto"``, 2 for
+            Hutchinson).
         **kwargs: ``name``, ``params``, ``seed``, ``on_error``, ``progress``.
 
     Example:
@@ -390,9 +392,11 @@ class HessianTrace(LandscapeHandler):
     def __init__(
         self, model: nn.Module, probe: Probe, *, method: str = "hutch++", num_hvps: int = 60, **kwargs: Any
     ) -> None:
+        # The same checks hessian_trace() makes: a budget too small for the method fails here, not at every firing.
+        TraceOptions(method, num_hvps)
         super().__init__(model, probe, **kwargs)
-        self.method = _check_choice("method", method, _TRACE_METHODS)
-        self.num_hvps = _check_int("num_hvps", num_hvps, 3 if method == "hutch++" else 1)
+        self.method = method
+        self.num_hvps = num_hvps
 
     def expected_keys(self) -> list[str]:
         return ["value", "stderr"]
@@ -438,11 +442,12 @@ class HessianDensity(LandscapeHandler):
         sigma: float | None = None,
         **kwargs: Any,
     ) -> None:
+        options = DensityOptions(num_steps, num_runs, grid_size, sigma)  # as hessian_density() checks them
         super().__init__(model, probe, **kwargs)
-        self.num_steps = _check_int("num_steps", num_steps, 1)
-        self.num_runs = _check_int("num_runs", num_runs, 1)
-        self.grid_size = _check_int("grid_size", grid_size, 2)
-        self.sigma = None if sigma is None else _check_positive("sigma", sigma)
+        self.num_steps = num_steps
+        self.num_runs = num_runs
+        self.grid_size = grid_size
+        self.sigma = options.sigma
 
     def expected_keys(self) -> list[str]:
         return ["negative_mass", "negative_fraction", "trace", "lambda_max", "lambda_min"]

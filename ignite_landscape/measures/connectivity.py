@@ -3,11 +3,15 @@
 The state at ``α`` is ``(1 − α)·a + α·b`` for every floating-point entry of the state dicts
 (parameters and buffers such as BatchNorm running statistics; integer entries are taken from
 ``a``), computed with :func:`torch.lerp`, which returns ``a`` and ``b`` exactly at ``α = 0`` and ``1``.
-The barrier of a curve ``f`` (loss or top-1 error) is, after Frankle et al. (2020),
+The barrier of a curve ``f`` (loss or top-1 error) is measured against the chord between the end
+values, as Entezari et al. (2022, "The role of permutation invariance in linear mode connectivity of
+neural networks") define it:
 
     ``max over α of f(α) − [(1 − α)·f(0) + α·f(1)]``,
 
-so it is 0 for a curve at or below the chord and never negative (the ends are on the grid).
+so it is 0 for a curve at or below the chord and never negative (the ends are on the grid). (Frankle
+et al. (2020) measure instability against the mean of the end values instead; the two agree when
+both ends have the same value.)
 
 Interpolating BatchNorm running statistics linearly gives the wrong statistics for the
 interpolated weights, and with them barriers that are not there. With ``bn_loader`` the statistics
@@ -42,8 +46,9 @@ from ignite_landscape import distributed
 from ignite_landscape.params import unwrap_model
 from ignite_landscape.probe import Probe
 from ignite_landscape.restore import RNGState
+from ignite_landscape.validation import check_int
 
-__all__ = ["Interpolation", "interpolate", "barrier"]
+__all__ = ["Interpolation", "InterpolationOptions", "interpolate", "barrier"]
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +99,35 @@ def barrier(alphas: torch.Tensor, values: torch.Tensor) -> float:
     values = values.double()
     chord = (1 - alphas) * values[0] + alphas * values[-1]
     return float((values - chord).max())
+
+
+@dataclass(frozen=True)
+class InterpolationOptions:
+    """The options of :func:`interpolate`, validated once (the :class:`~ignite_landscape.ModeConnectivity`
+    handler builds the same object at construction).
+
+    Attributes:
+        steps: number of α values over ``[0, 1]`` (``≥ 2``).
+        bn_loader: batches to recompute BatchNorm statistics at every α, or ``None``.
+        bn_batches: how many batches of ``bn_loader`` to use (``None``: all).
+
+    Raises:
+        TypeError: for a non-int ``steps``/``bn_batches`` or a ``bn_loader`` that is not iterable.
+        ValueError: for ``steps < 2`` or ``bn_batches < 1``.
+    """
+
+    steps: int = 11
+    bn_loader: Iterable[Any] | None = None
+    bn_batches: int | None = None
+
+    def __post_init__(self) -> None:
+        check_int("steps", self.steps, 2)
+        if self.bn_batches is not None:
+            if isinstance(self.bn_batches, bool) or not isinstance(self.bn_batches, int):
+                raise TypeError(f"bn_batches must be an int or None, got {type(self.bn_batches).__name__}")
+            check_int("bn_batches", self.bn_batches, 1)
+        if self.bn_loader is not None and not isinstance(self.bn_loader, Iterable):
+            raise TypeError(f"bn_loader must be an iterable of batches, got {type(self.bn_loader).__name__}")
 
 
 def _state_of(weights: Any, name: str) -> dict[str, torch.Tensor]:
@@ -152,17 +186,7 @@ def interpolate(
         ValueError: if ``steps < 2``, the state dicts do not match ``model`` or ``bn_batches < 1``.
         TypeError: if the weights are neither state dicts nor models.
     """
-    if isinstance(steps, bool) or not isinstance(steps, int):
-        raise TypeError(f"steps must be an int, got {type(steps).__name__}")
-    if steps < 2:
-        raise ValueError(f"steps must be at least 2, got {steps}")
-    if bn_batches is not None:
-        if isinstance(bn_batches, bool) or not isinstance(bn_batches, int):
-            raise TypeError(f"bn_batches must be an int or None, got {type(bn_batches).__name__}")
-        if bn_batches < 1:
-            raise ValueError(f"bn_batches must be at least 1, got {bn_batches}")
-    if bn_loader is not None and not isinstance(bn_loader, Iterable):
-        raise TypeError(f"bn_loader must be an iterable of batches, got {type(bn_loader).__name__}")
+    InterpolationOptions(steps, bn_loader, bn_batches)
     model = unwrap_model(model)
     reference = model.state_dict()
     a = _state_of(weights_a, "weights_a")

@@ -1,19 +1,30 @@
 """The gradient noise scale ``B_simple = tr(Σ)/‖G‖²`` of McCandlish et al. (2018).
 
 ``G`` is the true gradient and ``Σ`` the covariance of per-sample gradients; ``B_simple`` estimates
-the batch size beyond which larger batches stop paying off. Both quantities are estimated without
-bias from the probe's ``N`` samples, by one of two estimators (named in the result):
+the batch size beyond which larger batches stop paying off. Both are estimated from the probe's
+``n`` samples, drawn from a data set of ``N`` samples (the *population*: ``probe.population_size``,
+``len(dataset)`` when the probe is built from a loader; infinite when unknown).
 
-* ``"per_sample"``: exact per-sample gradients ``g_i`` with ``torch.func`` (``vmap`` over
-  ``grad`` of ``functional_call``), then ``tr(Σ) = Σ‖g_i − ḡ‖²/(N − 1)`` and
-  ``‖G‖² = ‖ḡ‖² − tr(Σ)/N`` (``ḡ`` the probe gradient). Needs a model whose output on one sample
-  does not depend on the others (``model_mode="eval"``).
+* ``tr(Σ)`` is estimated by the trace of the sample covariance (divisor ``n − 1``), unbiased for the
+  per-sample covariance of the population (the ``N − 1`` convention).
+* ``‖G‖²``, the squared norm of the population's mean gradient, is estimated with the
+  finite-population correction of sampling without replacement: ``E‖ḡ‖² = ‖G‖² + (1/n − 1/N)·tr(Σ)``,
+  so ``‖G‖² ≈ ‖ḡ‖² − (1/n − 1/N)·tr(Σ)``. When the probe is the whole data set (``n = N``) this is
+  ``‖ḡ‖²`` exactly, and always positive; with ``N = ∞`` it is McCandlish et al.'s unbiased estimate,
+  which can be ≤ 0 when noise dominates (``b_simple`` is then ``inf``).
+
+Two estimators of ``tr(Σ)`` and ``‖ḡ‖²`` (named in the result):
+
+* ``"per_sample"``: exact per-sample gradients ``g_i`` with ``torch.func`` (``vmap`` over ``grad`` of
+  ``functional_call``), computed ``chunk_size`` samples at a time and folded into running sums (the
+  mean gradient and the centred sum of squared norms, combined exactly as in Chan et al.), so at most
+  ``chunk_size`` per-sample gradients exist at once. Needs a model whose output on one sample does
+  not depend on the others (``model_mode="eval"``).
 * ``"two_batch"``: the estimator of McCandlish et al. (Appendix A.1) from gradient norms at two
   batch sizes: the probe is split at random (``seed``) into disjoint batches of ``small_batch``
-  samples; with ``|G_s|²`` the mean squared norm of their gradients and ``|G_N|²`` that of the full
-  probe gradient, ``‖G‖² = (N|G_N|² − B_s|G_s|²)/(N − B_s)`` and
-  ``tr(Σ) = (|G_s|² − |G_N|²)/(1/B_s − 1/N)``. Works in any mode (no per-sample gradients); with
-  ``small_batch=1`` it equals the per-sample estimator.
+  samples; with ``|G_s|²`` the mean squared norm of their gradients and ``|G_n|²`` that of the full
+  probe gradient, ``tr(Σ) = (|G_s|² − |G_n|²)/(1/B_s − 1/n)``. Works in any mode (no per-sample
+  gradients); with ``small_batch=1`` it equals the per-sample estimator.
 
 Example:
     >>> import torch
@@ -23,8 +34,8 @@ Example:
     >>> model = torch.nn.Linear(4, 3)
     >>> probe = Probe((torch.randn(64, 4), torch.randint(0, 3, (64,))), torch.nn.functional.cross_entropy)
     >>> res = gradient_noise_scale(model, probe)
-    >>> res.estimator, res.b_simple > 0
-    ('per_sample', True)
+    >>> res.estimator, res.population_size, res.b_simple > 0
+    ('per_sample', 64.0, True)
 """
 
 from __future__ import annotations
@@ -39,11 +50,69 @@ from torch.func import grad, vmap
 from ignite_landscape import distributed
 from ignite_landscape.linalg import generator
 from ignite_landscape.params import ParamsArg
-from ignite_landscape.probe import Probe, ProbeSession, _tree_cat, _tree_map
+from ignite_landscape.probe import Probe, ProbeSession, _rows, _tree_cat, _tree_map
+from ignite_landscape.validation import check_choice, check_int
 
-__all__ = ["NoiseScale", "gradient_noise_scale", "NOISE_METHODS"]
+__all__ = ["NoiseScale", "NoiseOptions", "gradient_noise_scale", "NOISE_METHODS", "CHUNK_BYTES"]
 
 NOISE_METHODS = ("per_sample", "two_batch")
+# Default bound on the per-sample gradients held at once by "per_sample" (chunk_size=None).
+CHUNK_BYTES = 1 << 28
+
+
+@dataclass(frozen=True)
+class NoiseOptions:
+    """The options of :func:`gradient_noise_scale`, validated once (the handler builds the same object).
+
+    Attributes:
+        method: ``"per_sample"`` or ``"two_batch"``.
+        small_batch: ``B_s`` of ``"two_batch"`` (``None``: ``max(1, n // 16)``).
+        chunk_size: per-sample gradients computed at once by ``"per_sample"`` (``None``: as many as fit in
+            :data:`CHUNK_BYTES`).
+        population_size: ``N`` for the finite-population correction: ``None`` uses
+            ``probe.population_size``, ``math.inf`` assumes an infinite population.
+
+    Raises:
+        TypeError, ValueError: for an option of the wrong type or value (naming it).
+    """
+
+    method: str = "per_sample"
+    small_batch: int | None = None
+    chunk_size: int | None = None
+    population_size: int | float | None = None
+
+    def __post_init__(self) -> None:
+        check_choice("method", self.method, NOISE_METHODS)
+        if self.small_batch is not None:
+            check_int("small_batch", self.small_batch, 1)
+            if self.method != "two_batch":
+                raise ValueError("small_batch is only used by method='two_batch'")
+        if self.chunk_size is not None:
+            check_int("chunk_size", self.chunk_size, 1)
+            if self.method != "per_sample":
+                raise ValueError("chunk_size is only used by method='per_sample'")
+        n = self.population_size
+        if n is not None and n != math.inf:
+            check_int("population_size", n, 1)
+
+    def check_probe(self, probe: Probe) -> None:
+        """Raise if these options cannot work on ``probe`` (too few samples, a batch or population too small)."""
+        n = probe.num_samples
+        if n < 2:
+            raise ValueError("probe: the gradient noise scale needs at least 2 samples to estimate a covariance")
+        if self.small_batch is not None and self.small_batch >= n:
+            raise ValueError(f"small_batch must be in [1, {n}) (the probe's samples), got {self.small_batch}")
+        if self.method == "per_sample" and probe.model_mode == "train":
+            raise ValueError(
+                "method='per_sample' needs model_mode='eval' (batch statistics couple the samples); use 'two_batch'"
+            )
+        if self.population_size is not None and self.population_size < n:
+            raise ValueError(f"population_size={self.population_size} is smaller than the probe's {n} samples")
+
+    def population(self, probe: Probe) -> float:
+        """``N`` as a float (``inf`` when unknown)."""
+        n = self.population_size if self.population_size is not None else probe.population_size
+        return math.inf if n is None else float(n)
 
 
 @dataclass
@@ -53,11 +122,14 @@ class NoiseScale:
     Attributes:
         b_simple: ``trace_sigma / grad_norm_sq`` (``inf`` when the gradient estimate is not positive).
         trace_sigma: unbiased estimate of ``tr(Σ)``, the trace of the per-sample gradient covariance.
-        grad_norm_sq: unbiased estimate of ``‖G‖²`` (may be ≤ 0 when noise dominates).
+        grad_norm_sq: estimate of ``‖G‖²`` with the finite-population correction (may be ≤ 0 when
+            noise dominates and the probe is a small share of the population).
         estimator: ``"per_sample"`` or ``"two_batch"``.
-        num_samples: ``N``, the samples used.
+        num_samples: ``n``, the samples used.
         small_batch: ``B_s`` of the two-batch estimator (1 for per-sample).
-        probe_grad_norm_sq: ``‖ḡ‖²`` of the probe gradient itself (biased upward by ``tr(Σ)/N``).
+        probe_grad_norm_sq: ``‖ḡ‖²`` of the probe gradient itself.
+        population_size: ``N`` used by the correction (``inf`` when unknown).
+        chunk_size: per-sample gradients held at once (``"per_sample"``; 0 for two-batch).
     """
 
     b_simple: float
@@ -67,6 +139,8 @@ class NoiseScale:
     num_samples: int
     small_batch: int = 1
     probe_grad_norm_sq: float = 0.0
+    population_size: float = math.inf
+    chunk_size: int = 0
 
     def scalars(self) -> dict[str, float]:
         """Named scalars: ``b_simple``, ``trace_sigma``, ``grad_norm_sq``, ``probe_grad_norm_sq``."""
@@ -82,12 +156,26 @@ def _ratio(trace_sigma: float, grad_norm_sq: float) -> float:
     return trace_sigma / grad_norm_sq if grad_norm_sq > 0 else math.inf
 
 
+def _result(
+    trace_sigma: float, probe_sq: float, n: int, population: float, estimator: str, small: int, chunk: int
+) -> NoiseScale:
+    # Finite-population correction: E‖ḡ‖² = ‖G‖² + (1/n − 1/N)·tr(Σ) for n of N samples without replacement.
+    grad_sq = probe_sq - (1.0 / n - 1.0 / population) * trace_sigma
+    if population == n:
+        grad_sq = probe_sq  # the whole population: exact, without a rounding residue
+    return NoiseScale(
+        _ratio(trace_sigma, grad_sq), trace_sigma, grad_sq, estimator, n, small, probe_sq, population, chunk
+    )
+
+
 def gradient_noise_scale(
     model: nn.Module,
     probe: Probe,
     *,
     method: str = "per_sample",
     small_batch: int | None = None,
+    chunk_size: int | None = None,
+    population_size: int | float | None = None,
     seed: int = 0,
     params: ParamsArg = None,
 ) -> NoiseScale:
@@ -95,9 +183,15 @@ def gradient_noise_scale(
 
     Args:
         model: the model; left exactly as it was.
-        probe: the fixed samples and loss (mean-reduced, so one sample's loss is its own loss).
+        probe: the fixed samples and loss. The per-sample gradients are ``g_i = n·∇ℓ_i`` with ``ℓ_i`` sample
+            ``i``'s share of the probe objective, so that their mean is the probe gradient (for a mean
+            loss, each sample's own loss gradient).
         method: ``"per_sample"`` or ``"two_batch"``.
-        small_batch: ``B_s`` for ``"two_batch"`` (default ``max(1, N // 16)``; ``1 ≤ B_s < N``).
+        small_batch: ``B_s`` for ``"two_batch"`` (default ``max(1, n // 16)``; ``1 ≤ B_s < n``).
+        chunk_size: per-sample gradients computed at once (``"per_sample"``); bounds the memory at
+            ``chunk_size × P`` numbers. Default: as many as fit in :data:`CHUNK_BYTES`.
+        population_size: ``N`` of the finite-population correction; default ``probe.population_size``
+            (``math.inf``: an infinite population).
         seed: seed of the random split into small batches.
         params: restrict to a subset of parameters.
 
@@ -105,69 +199,79 @@ def gradient_noise_scale(
         A :class:`NoiseScale`.
 
     Raises:
-        ValueError: for an unknown method, a bad ``small_batch``, fewer than 2 samples, or
-            ``"per_sample"`` with ``model_mode="train"``.
+        ValueError: for an unknown method, a bad ``small_batch``/``chunk_size``/``population_size``,
+            fewer than 2 samples, or ``"per_sample"`` with ``model_mode="train"``.
     """
-    if method not in NOISE_METHODS:
-        raise ValueError(f"method must be one of {NOISE_METHODS}, got {method!r}")
-    n_total = probe.num_samples
-    if n_total < 2:
-        raise ValueError("the probe needs at least 2 samples to estimate a covariance")
-    if small_batch is not None:
-        if isinstance(small_batch, bool) or not isinstance(small_batch, int):
-            raise TypeError(f"small_batch must be an int or None, got {type(small_batch).__name__}")
-        if not 1 <= small_batch < n_total:
-            raise ValueError(f"small_batch must be in [1, {n_total}), got {small_batch}")
-        if method != "two_batch":
-            raise ValueError("small_batch is only used by method='two_batch'")
-    if method == "per_sample" and probe.model_mode == "train":
-        raise ValueError(
-            "method='per_sample' needs model_mode='eval' (batch statistics couple the samples); use 'two_batch'"
-        )
+    opts = NoiseOptions(method=method, small_batch=small_batch, chunk_size=chunk_size, population_size=population_size)
+    opts.check_probe(probe)
+    return _noise_scale(model, probe, opts, seed, params)
+
+
+def _noise_scale(model: nn.Module, probe: Probe, opts: NoiseOptions, seed: int, params: ParamsArg) -> NoiseScale:
     with probe.session(model, params) as s:
-        if method == "per_sample":
-            return _per_sample(s)
-        return _two_batch(s, small_batch or max(1, n_total // 16), seed)
+        if opts.method == "per_sample":
+            return _per_sample(s, opts)
+        return _two_batch(s, opts, seed)
 
 
-def _per_sample(s: ProbeSession) -> NoiseScale:
-    loss_fn = s.probe.loss_fn
+def _chunk_size(opts: NoiseOptions, s: ProbeSession) -> int:
+    if opts.chunk_size is not None:
+        return opts.chunk_size
+    return max(1, CHUNK_BYTES // (s.space.numel * s.base[0].element_size()))
+
+
+def _per_sample(s: ProbeSession, opts: NoiseOptions) -> NoiseScale:
     n_total = s.probe.global_num_samples
+    chunk = _chunk_size(opts, s)
 
     def sample_loss(ps: tuple[torch.Tensor, ...], x: object, y: object) -> torch.Tensor:
+        # g_i = n·∇(sample i's share of the probe objective): for a mean loss its own loss's gradient, and
+        # for any loss the per-sample gradients whose mean is the probe gradient.
         one = _tree_map(lambda t: t.unsqueeze(0), x)
-        return loss_fn(s.forward(one, ps), _tree_map(lambda t: t.unsqueeze(0), y))
+        return s.batch_objective(s.forward(one, ps), _tree_map(lambda t: t.unsqueeze(0), y), 0) * n_total
 
     per_sample_grad = vmap(grad(sample_loss), in_dims=(None, 0, 0))
     params = tuple(s.base)
-    # Chan et al.'s pairwise update: per-batch means and centred sums of squares, combined exactly,
-    # so tr(Σ) does not suffer the cancellation of Σ‖g_i‖² − N‖ḡ‖².
-    means, counts, m2 = [], [], 0.0
     device = s.base[0].device
-    weighted = torch.zeros(s.space.numel, dtype=torch.float64, device=device)
+    # Running mean of this rank's per-sample gradients and their centred sum of squared norms, merged
+    # chunk by chunk with Chan et al.'s pairwise update: exact, without the cancellation of
+    # Σ‖g_i‖² − n‖ḡ‖², and with at most ``chunk`` per-sample gradients alive at once.
+    mean = torch.zeros(s.space.numel, dtype=torch.float64, device=device)
+    m2 = torch.zeros((), dtype=torch.float64, device=device)
+    count = 0
     # A rank whose share fails (or that holds no samples) still joins the reduction: no rank waits forever.
     with distributed.Lockstep() as step:
         for x, y, n in s.probe.batches():
-            gs = per_sample_grad(params, x, y)
-            flat = torch.cat([g.reshape(n, -1) for g in gs], dim=1).double()
-            mean = flat.mean(dim=0)
-            m2 += float(((flat - mean) ** 2).sum())
-            means.append(mean)
-            counts.append(n)
-            weighted += mean * n
+            for lo in range(0, n, chunk):
+                hi = min(lo + chunk, n)
+                c = hi - lo
+                gs = per_sample_grad(params, _rows(x, lo, hi), _rows(y, lo, hi))
+                parts = []
+                for g in gs:  # parameter by parameter: no (c, P) concatenation
+                    g = g.reshape(c, -1).double()
+                    mu = g.mean(dim=0)
+                    m2 += ((g - mu) ** 2).sum()
+                    parts.append(mu)
+                del gs
+                delta = torch.cat(parts) - mean
+                total = count + c
+                m2 += (delta @ delta) * (count * c / total)
+                mean += delta * (c / total)
+                count = total
     s.num_grads += 1
-    (weighted,) = step.all_reduce(weighted)
+    (weighted,) = step.all_reduce(mean * count)
     g_bar = weighted / n_total
-    between = sum(c * float(((m - g_bar) ** 2).sum()) for m, c in zip(means, counts))
-    m2_total = float(distributed.all_reduce(torch.tensor([m2 + between], dtype=torch.float64, device=device)))
+    # Between ranks: each rank's mean against the global one (zero in one process).
+    between = (mean - g_bar) @ (mean - g_bar) * count
+    m2_total = float(distributed.all_reduce((m2 + between).reshape(1)))
     trace_sigma = m2_total / (n_total - 1)
     probe_sq = float(g_bar @ g_bar)
-    grad_sq = probe_sq - trace_sigma / n_total
-    return NoiseScale(_ratio(trace_sigma, grad_sq), trace_sigma, grad_sq, "per_sample", n_total, 1, probe_sq)
+    return _result(trace_sigma, probe_sq, n_total, opts.population(s.probe), "per_sample", 1, chunk)
 
 
-def _two_batch(s: ProbeSession, small: int, seed: int) -> NoiseScale:
+def _two_batch(s: ProbeSession, opts: NoiseOptions, seed: int) -> NoiseScale:
     n_total = s.probe.global_num_samples
+    small = opts.small_batch or max(1, n_total // 16)
     if distributed.world_size() > 1:
         raise ValueError("method='two_batch' runs in a single process; use 'per_sample' under ignite.distributed")
     batches = s.probe.batches()
@@ -184,7 +288,8 @@ def _two_batch(s: ProbeSession, small: int, seed: int) -> NoiseScale:
             idx = perm[j * small : (j + 1) * small]
             x = _tree_map(lambda t, idx=idx: t[idx], x_all)
             y = _tree_map(lambda t, idx=idx: t[idx], y_all)
-            loss = s.probe.loss_fn(s.forward(x, leaves, j), y)
+            # The mean of the small batch's per-sample gradients (see _per_sample): n/B times its share.
+            loss = s.batch_objective(s.forward(x, leaves, j), y, j) * (n_total / small)
             gs = torch.autograd.grad(loss, leaves, allow_unused=True)
             flat = torch.cat(
                 [(torch.zeros_like(p) if g is None else g).reshape(-1) for g, p in zip(gs, leaves)]
@@ -193,6 +298,5 @@ def _two_batch(s: ProbeSession, small: int, seed: int) -> NoiseScale:
     s.num_grads += 1
     small_sq = sq / k
     full_sq = float(g_full @ g_full)
-    grad_sq = (n_total * full_sq - small * small_sq) / (n_total - small)
     trace_sigma = (small_sq - full_sq) / (1.0 / small - 1.0 / n_total)
-    return NoiseScale(_ratio(trace_sigma, grad_sq), trace_sigma, grad_sq, "two_batch", n_total, small, full_sq)
+    return _result(trace_sigma, full_sq, n_total, opts.population(s.probe), "two_batch", small, 0)

@@ -1,22 +1,35 @@
-"""Sharpness: how much the probe loss rises within a ball of radius ρ around the current weights.
+"""Sharpness: how much the probe loss rises within a ρ-neighbourhood of the current weights.
 
-All variants measure ``L(θ + ε) − L(θ)`` for a perturbation ``ε = T δ`` with ``δ`` in the ball
-``‖δ‖ ≤ ρ`` (ℓ2 or ℓ∞). ``T = I`` normally; with ``adaptive=True``, ``T = diag(|θ|)`` as in ASAM
-(Kwon et al. 2021), which makes the value invariant to the rescaling symmetries of ReLU networks.
+All variants measure ``L(θ + ε) − L(θ)`` for a perturbation ``ε = T δ``. ``T = I`` by default; the
+adaptive variants rescale each coordinate, which makes the value (nearly) invariant to the rescaling
+symmetries of ReLU networks. Two conventions are offered, each as its paper defines it:
+
+* ``adaptive="asam"`` (Kwon et al. 2021, "ASAM"): ``T_i = |θ_i| + η`` for weights and ``T_i = 1`` for
+  biases (parameters whose name ends in ``bias``), ``η = adaptive_eta`` (0.01 as in the paper), so a
+  zero weight or bias is still perturbed.
+* ``adaptive="andriushchenko2023"`` (Andriushchenko et al. 2023, "A modern look at the relationship
+  between sharpness and generalization"): ``T = diag(|θ|)`` for every parameter, no offset (exactly
+  invariant to the ReLU rescaling; a zero entry is never perturbed).
+
+The methods:
 
 * ``"sam"``: the first-order worst case SAM uses (Foret et al. 2021): ``δ = ρ·Tg/‖Tg‖₂`` (ℓ2) or
-  ``δ = ρ·sign(g)`` (ℓ∞), so ``ε = ρ·T²g/‖Tg‖`` (adaptive ℓ2) or ``ε = ρ·g/‖g‖`` (plain ℓ2).
-  At an exact minimum (``g = 0``) the step is zero and so is the value.
-* ``"ascent"``: the worst case found by projected gradient ascent on ``δ`` inside the ball. It starts
-  at the SAM point (a random point on the sphere / a random vertex of the box when ``g = 0``),
-  takes ``steps`` steps ``δ ← Π(δ + η_k ρ·u)`` with ``u = Tg/‖Tg‖₂`` (ℓ2) or ``sign(Tg)`` (ℓ∞) and a
-  step-size schedule ``η_k`` (cosine from ``step_size`` to ``step_size/10``, or constant), and keeps
-  the best point evaluated. On a quadratic at its minimum this is a projected power iteration and
-  converges to ``ρ²λ_max/2`` (ℓ2).
+  ``δ = ρ·sign(Tg)`` (ℓ∞), so ``ε = ρ·T²g/‖Tg‖`` (ℓ2). At an exact minimum (``g = 0``) the step is zero
+  and so is the value.
+* ``"ascent"``: the worst case over the ball ``‖δ‖ ≤ ρ`` found by projected gradient ascent on ``δ``.
+  It starts at the SAM point (a random point on the sphere / a random vertex of the box when ``g = 0``)
+  and iterates ``δ ← Π(δ + η_k ρ·u)`` with ``u = Tg/‖Tg‖₂`` (ℓ2) or ``sign(Tg)`` (ℓ∞). The default
+  ``step_size=inf`` jumps to the boundary point ``δ = ρ·u`` at every step (iterated SAM / FGSM): on a
+  quadratic at its minimum this is the power iteration, which converges to ``ρ²λ_max/2`` (ℓ2) at the
+  rate ``λ₂/λ₁``, faster than any finite step. It stops when the perturbed loss changes by less than
+  ``tol`` relative to the sharpness value, ``|L_k − L_{k−1}| ≤ tol·|L_k − L(θ)|`` (``converged=True``),
+  or after ``steps`` gradient passes (``converged=False``); the best point evaluated is reported.
 * ``"average"``: the mean of ``L(θ + Tδ) − L(θ)`` over ``num_samples`` independent ``δ``, with its
-  standard error. ℓ2: ``δ ~ N(0, ρ²/P · I)`` so that ``E‖δ‖₂² = ρ²`` (on a quadratic with Hessian ``A``
-  at its minimum the expectation is ``ρ²·tr(A)/(2P)``). ℓ∞: ``δ`` uniform in the box ``[−ρ, ρ]^P``
-  (expectation ``ρ²·tr(A)/6`` there).
+  standard error. As in Jiang et al. (2019) and Andriushchenko et al. (2023), ``ρ`` is the
+  per-coordinate standard deviation of ``δ`` (times ``T_i`` when adaptive), for both norms: ℓ2 draws
+  ``δ ~ N(0, ρ²I)``, ℓ∞ draws ``δ`` uniformly in the box ``[−√3ρ, √3ρ]^P``. On a quadratic with
+  Hessian ``A`` at its minimum both have expectation ``ρ²·tr(TAT)/2``. (It is not the ρ of the
+  ball methods: ``‖δ‖₂ ≈ ρ√P``, so useful values of ρ are much smaller.)
 
 Every perturbed point is evaluated functionally through the probe session; the model is never
 written and is left bit-identical.
@@ -36,20 +49,95 @@ Example:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from ignite_landscape.linalg import generator
-from ignite_landscape.params import ParamsArg
-from ignite_landscape.probe import Probe
+from ignite_landscape.params import ParamsArg, ParamSpace
+from ignite_landscape.probe import Probe, ProbeSession
+from ignite_landscape.validation import check_choice, check_int, check_positive
 
-__all__ = ["SharpnessResult", "sharpness", "SHARPNESS_METHODS", "SHARPNESS_NORMS", "SCHEDULES"]
+__all__ = [
+    "SharpnessResult",
+    "SharpnessOptions",
+    "sharpness",
+    "SHARPNESS_METHODS",
+    "SHARPNESS_NORMS",
+    "ADAPTIVE_CONVENTIONS",
+    "SCHEDULES",
+]
 
 SHARPNESS_METHODS = ("sam", "ascent", "average")
 SHARPNESS_NORMS = ("l2", "linf")
+ADAPTIVE_CONVENTIONS = ("asam", "andriushchenko2023")
 SCHEDULES = ("cosine", "constant")
+
+
+@dataclass(frozen=True)
+class SharpnessOptions:
+    """The options of :func:`sharpness`, validated once (the :class:`~ignite_landscape.Sharpness`
+    handler builds the same object at construction).
+
+    Attributes:
+        rho: radius of the ball (``"sam"``, ``"ascent"``) or per-coordinate standard deviation (``"average"``).
+        method: ``"sam"``, ``"ascent"`` or ``"average"``.
+        norm: ``"l2"`` or ``"linf"``.
+        adaptive: ``None`` (after ``False``), ``"asam"`` or ``"andriushchenko2023"``.
+        steps: cap on ascent steps.
+        tol: ascent stops when the perturbed loss changes by at most ``tol`` times the sharpness value.
+        num_samples: random perturbations of ``"average"``.
+        step_size: ascent step as a fraction of ρ (``inf``: jump to the boundary).
+        schedule: ``"cosine"`` (a finite step decays to a tenth over ``steps``) or ``"constant"``.
+        adaptive_eta: ASAM's offset η.
+
+    Raises:
+        TypeError: for an option of the wrong type.
+        ValueError: for ``rho ≤ 0``, an unknown method/norm/schedule/convention, ``steps < 1``,
+            ``num_samples < 2``, a non-positive ``tol``/``step_size`` or a negative ``adaptive_eta``.
+    """
+
+    rho: float = 0.05
+    method: str = "sam"
+    norm: str = "l2"
+    adaptive: str | bool | None = False
+    steps: int = 100
+    tol: float = 1e-3
+    num_samples: int = 10
+    step_size: float = math.inf
+    schedule: str = "cosine"
+    adaptive_eta: float = 0.01
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__  # frozen: normalised values are written once, here
+        set_(self, "rho", check_positive("rho", self.rho))
+        check_choice("method", self.method, SHARPNESS_METHODS)
+        check_choice("norm", self.norm, SHARPNESS_NORMS)
+        adaptive = self.adaptive
+        if adaptive is True:
+            raise ValueError(
+                "adaptive=True is ambiguous: pass adaptive='asam' (Kwon et al. 2021: |w| + eta for weights, "
+                "biases unscaled) or adaptive='andriushchenko2023' (|theta| for every parameter)"
+            )
+        if adaptive is False or adaptive is None:
+            adaptive = None
+        elif not isinstance(adaptive, str):
+            raise TypeError(f"adaptive must be False or one of {ADAPTIVE_CONVENTIONS}, got {type(adaptive).__name__}")
+        else:
+            check_choice("adaptive", adaptive, ADAPTIVE_CONVENTIONS)
+        set_(self, "adaptive", adaptive)
+        check_int("steps", self.steps, 1)
+        set_(self, "tol", check_positive("tol", self.tol))
+        check_int("num_samples", self.num_samples, 2)
+        set_(self, "step_size", check_positive("step_size", self.step_size, allow_inf=True))
+        check_choice("schedule", self.schedule, SCHEDULES)
+        if isinstance(self.adaptive_eta, bool) or not isinstance(self.adaptive_eta, (int, float)):
+            raise TypeError(f"adaptive_eta must be a number, got {type(self.adaptive_eta).__name__}")
+        if not (math.isfinite(self.adaptive_eta) and self.adaptive_eta >= 0):
+            raise ValueError(f"adaptive_eta must be a non-negative finite number, got {self.adaptive_eta}")
+        set_(self, "adaptive_eta", float(self.adaptive_eta))
 
 
 @dataclass
@@ -60,10 +148,10 @@ class SharpnessResult:
         value: ``perturbed_loss − base_loss``.
         base_loss: ``L(θ)``.
         perturbed_loss: ``L(θ + ε)`` at the chosen point ("sam", "ascent") or the mean over samples ("average").
-        rho: radius of the ball.
+        rho: radius of the ball, or the per-coordinate standard deviation for "average".
         method: ``"sam"``, ``"ascent"`` or ``"average"``.
         norm: ``"l2"`` or ``"linf"``.
-        adaptive: whether ``ε = diag(|θ|)·δ``.
+        adaptive: the adaptive convention (``"asam"``, ``"andriushchenko2023"``) or ``None``.
         steps: gradient steps taken (1 for "sam", the ascent steps used, 0 for "average").
         stderr: standard error of the mean for "average", else ``None``.
         num_grads: gradient passes over the probe.
@@ -71,6 +159,7 @@ class SharpnessResult:
         num_samples: random perturbations averaged ("average"), else 0.
         perturbation_norm: ``‖δ‖`` (in the chosen norm) of the reported point; for "average" the
             root-mean-square ‖δ‖₂ (ℓ2) or max |δ_i| (ℓ∞) over samples.
+        converged: for "ascent", whether the stopping rule was met before the ``steps`` cap; else ``None``.
     """
 
     value: float
@@ -79,16 +168,18 @@ class SharpnessResult:
     rho: float
     method: str
     norm: str
-    adaptive: bool
+    adaptive: str | None
     steps: int
     stderr: float | None
     num_grads: int
     num_forwards: int
     num_samples: int = 0
     perturbation_norm: float = 0.0
+    converged: bool | None = None
 
     def scalars(self) -> dict[str, float]:
-        """Named scalars: ``value``, ``base_loss``, ``perturbed_loss``, ``rho``, ``steps`` (and ``stderr``)."""
+        """Named scalars: ``value``, ``base_loss``, ``perturbed_loss``, ``rho``, ``steps``, the pass counts
+        (and ``stderr`` for "average", ``converged`` as 0/1 for "ascent")."""
         out = {
             "value": self.value,
             "base_loss": self.base_loss,
@@ -100,27 +191,9 @@ class SharpnessResult:
         }
         if self.stderr is not None:
             out["stderr"] = self.stderr
+        if self.converged is not None:
+            out["converged"] = float(self.converged)
         return out
-
-
-def _check(rho: float, method: str, norm: str, steps: int, num_samples: int, step_size: float, schedule: str) -> None:
-    if isinstance(rho, bool) or not isinstance(rho, (int, float)):
-        raise TypeError(f"rho must be a number, got {type(rho).__name__}")
-    if not (math.isfinite(rho) and rho > 0):
-        raise ValueError(f"rho must be positive and finite, got {rho}")
-    if method not in SHARPNESS_METHODS:
-        raise ValueError(f"method must be one of {SHARPNESS_METHODS}, got {method!r}")
-    if norm not in SHARPNESS_NORMS:
-        raise ValueError(f"norm must be one of {SHARPNESS_NORMS}, got {norm!r}")
-    for name, val, low in (("steps", steps, 1), ("num_samples", num_samples, 2)):
-        if isinstance(val, bool) or not isinstance(val, int):
-            raise TypeError(f"{name} must be an int, got {type(val).__name__}")
-        if val < low:
-            raise ValueError(f"{name} must be at least {low}, got {val}")
-    if not (isinstance(step_size, (int, float)) and math.isfinite(step_size) and step_size > 0):
-        raise ValueError(f"step_size must be positive, got {step_size!r}")
-    if schedule not in SCHEDULES:
-        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
 
 
 def _norm(v: torch.Tensor, norm: str) -> float:
@@ -143,48 +216,81 @@ def _project(delta: torch.Tensor, rho: float, norm: str) -> torch.Tensor:
     return delta * (rho / n) if n > rho else delta
 
 
+def _scale(theta: torch.Tensor, space: ParamSpace, opts: SharpnessOptions) -> torch.Tensor | None:
+    """The diagonal of ``T`` for the adaptive convention, flat in the space's order (``None``: ``T = I``)."""
+    if opts.adaptive is None:
+        return None
+    if opts.adaptive == "andriushchenko2023":
+        return theta.abs()
+    # ASAM: |w| + η on weights; biases are left unscaled (T = 1), as Kwon et al. do.
+    parts = []
+    for name, piece in zip(space.names, theta.split(space.numels)):
+        parts.append(torch.ones_like(piece) if name.rsplit(".", 1)[-1] == "bias" else piece.abs() + opts.adaptive_eta)
+    return torch.cat(parts)
+
+
 def sharpness(
     model: nn.Module,
     probe: Probe,
     rho: float = 0.05,
     method: str = "sam",
     norm: str = "l2",
-    adaptive: bool = False,
+    adaptive: str | bool = False,
     *,
-    steps: int = 10,
+    steps: int = 100,
+    tol: float = 1e-3,
     num_samples: int = 10,
     seed: int = 0,
     params: ParamsArg = None,
-    step_size: float = 1.0,
+    step_size: float = math.inf,
     schedule: str = "cosine",
+    adaptive_eta: float = 0.01,
 ) -> SharpnessResult:
-    """Sharpness ``L(θ + ε) − L(θ)`` of the probe loss in a ρ-ball (see the module docstring).
+    """Sharpness ``L(θ + ε) − L(θ)`` of the probe loss (see the module docstring).
 
     Args:
         model: the model; left exactly as it was.
         probe: the fixed samples and loss.
-        rho: radius of the ball (of ``δ``; ``ε = diag(|θ|)δ`` when ``adaptive``).
+        rho: radius of the ball of ``δ`` (``ε = Tδ``) for "sam"/"ascent"; the per-coordinate standard
+            deviation of ``δ`` for "average".
         method: ``"sam"``, ``"ascent"`` or ``"average"``.
         norm: ``"l2"`` or ``"linf"``.
-        adaptive: scale the perturbation elementwise by ``|θ|`` (ASAM).
-        steps: ascent steps for ``"ascent"`` (each costs one gradient pass).
+        adaptive: ``False``, ``"asam"`` (Kwon et al. 2021) or ``"andriushchenko2023"`` (see the module docstring).
+        steps: cap on ascent steps for ``"ascent"`` (each costs one gradient pass).
+        tol: ascent stops once ``|L_k − L_{k−1}| ≤ tol·|L_k − L(θ)|``.
         num_samples: random perturbations for ``"average"`` (each costs one forward pass).
         seed: seed of the random start ("ascent" at a stationary point) and of the samples ("average").
         params: restrict the perturbation to a subset of parameters.
-        step_size: first ascent step as a fraction of ρ.
-        schedule: ``"cosine"`` (step size decays to a tenth) or ``"constant"``.
+        step_size: ascent step as a fraction of ρ; ``inf`` (default) jumps to the boundary point.
+        schedule: for a finite ``step_size``: ``"cosine"`` (decays to a tenth over ``steps``) or ``"constant"``.
+        adaptive_eta: ASAM's η.
 
     Returns:
         A :class:`SharpnessResult`.
 
     Raises:
-        ValueError: for ``rho ≤ 0``, an unknown method/norm/schedule, ``steps < 1`` or ``num_samples < 2``.
+        TypeError, ValueError: for bad options (see :class:`SharpnessOptions`).
     """
-    _check(rho, method, norm, steps, num_samples, step_size, schedule)
-    rho = float(rho)
+    opts = SharpnessOptions(
+        rho=rho,
+        method=method,
+        norm=norm,
+        adaptive=adaptive,
+        steps=steps,
+        tol=tol,
+        num_samples=num_samples,
+        step_size=step_size,
+        schedule=schedule,
+        adaptive_eta=adaptive_eta,
+    )
+    return _sharpness(model, probe, opts, seed, params)
+
+
+def _sharpness(model: nn.Module, probe: Probe, opts: SharpnessOptions, seed: int, params: ParamsArg) -> SharpnessResult:
+    rho, norm = opts.rho, opts.norm
     with probe.session(model, params) as s:
         theta = s.theta
-        scale = theta.abs() if adaptive else None
+        scale = _scale(theta, s.space, opts)
 
         def eps(delta: torch.Tensor) -> torch.Tensor:
             return delta * scale if scale is not None else delta
@@ -194,77 +300,108 @@ def sharpness(
             return g * scale if scale is not None else g
 
         stderr = None
+        converged = None
         used = 0
         count = 0
-        if method == "average":
+        if opts.method == "average":
             base = s.loss()
             gen = generator(seed)
             diffs = []
             sq = []
-            for _ in range(num_samples):
+            for _ in range(opts.num_samples):
                 if norm == "l2":
-                    z = torch.randn(theta.numel(), generator=gen, dtype=torch.float64)
-                    delta = z * (rho / math.sqrt(theta.numel()))
+                    delta = torch.randn(theta.numel(), generator=gen, dtype=torch.float64) * rho
                 else:
-                    delta = (torch.rand(theta.numel(), generator=gen, dtype=torch.float64) * 2 - 1) * rho
+                    # Uniform on [−√3ρ, √3ρ]: the same per-coordinate standard deviation ρ as the ℓ2 draw.
+                    width = math.sqrt(3.0) * rho
+                    delta = (torch.rand(theta.numel(), generator=gen, dtype=torch.float64) * 2 - 1) * width
                 delta = delta.to(device=theta.device, dtype=theta.dtype)
                 sq.append(_norm(delta, norm))
                 diffs.append(s.loss(theta + eps(delta)) - base)
             d = torch.tensor(diffs, dtype=torch.float64)
             value = float(d.mean())
-            stderr = float(d.std(unbiased=True) / math.sqrt(num_samples))
+            stderr = float(d.std(unbiased=True) / math.sqrt(opts.num_samples))
             perturbed = base + value
-            count = num_samples
+            count = opts.num_samples
             pnorm = math.sqrt(sum(v * v for v in sq) / len(sq)) if norm == "l2" else max(sq)
         else:
             base, g = s.loss_and_grad()
             u = _ascent_direction(tgrad(g), norm)
-            if method == "sam":
+            if opts.method == "sam":
                 delta = rho * u if u is not None else torch.zeros_like(theta)
                 perturbed = s.loss(theta + eps(delta)) if u is not None else base
                 used = 1
             else:
-                if u is None:
-                    # A stationary point: start from a random point on the sphere / vertex of the box.
-                    gen = generator(seed)
-                    r = torch.randn(theta.numel(), generator=gen, dtype=torch.float64).to(theta)
-                    u = _ascent_direction(r, norm)
-                delta = rho * u
-                best_loss, best_delta = -math.inf, delta
-                for k in range(steps):
-                    loss_k, g_k = s.loss_and_grad(theta + eps(delta))
-                    used += 1
-                    if loss_k > best_loss:
-                        best_loss, best_delta = loss_k, delta
-                    if k == steps - 1:
-                        break
-                    u = _ascent_direction(tgrad(g_k), norm)
-                    if u is None:
-                        break  # a stationary point of the perturbed loss: no ascent direction left
-                    frac = k / max(steps - 2, 1)
-                    eta = (
-                        step_size
-                        if schedule == "constant"
-                        else step_size * (0.1 + 0.45 * (1 + math.cos(math.pi * frac)))
-                    )
-                    new = _project(delta + eta * rho * u, rho, norm)
-                    if torch.equal(new, delta):
-                        break  # a fixed point of projected ascent
-                    delta = new
-                perturbed, delta = best_loss, best_delta
+                perturbed, delta, used, converged = _ascent(s, theta, base, u, eps, tgrad, opts, seed)
             pnorm = _norm(delta, norm)
         return SharpnessResult(
             value=perturbed - base,
             base_loss=base,
             perturbed_loss=perturbed,
             rho=rho,
-            method=method,
+            method=opts.method,
             norm=norm,
-            adaptive=bool(adaptive),
+            adaptive=opts.adaptive,
             steps=used,
             stderr=stderr,
             num_grads=s.num_grads,
             num_forwards=s.num_forwards,
             num_samples=count,
             perturbation_norm=pnorm,
+            converged=converged,
         )
+
+
+def _ascent(
+    s: ProbeSession,
+    theta: torch.Tensor,
+    base: float,
+    u: torch.Tensor | None,
+    eps: Callable[[torch.Tensor], torch.Tensor],
+    tgrad: Callable[[torch.Tensor], torch.Tensor],
+    opts: SharpnessOptions,
+    seed: int,
+) -> tuple[float, torch.Tensor, int, bool]:
+    """Projected ascent from the SAM point; returns (best loss, its δ, steps used, converged)."""
+    rho, norm = opts.rho, opts.norm
+    if u is None:
+        # A stationary point: start from a random point on the sphere / vertex of the box.
+        r = torch.randn(theta.numel(), generator=generator(seed), dtype=torch.float64).to(theta)
+        u = _ascent_direction(r, norm)
+    delta = rho * u
+    best_loss, best_delta = -math.inf, delta
+    previous = None
+    used = 0
+    converged = False
+    for k in range(opts.steps):
+        loss_k, g_k = s.loss_and_grad(theta + eps(delta))
+        used += 1
+        if loss_k > best_loss:
+            best_loss, best_delta = loss_k, delta
+        # Relative to the sharpness value, not the loss: a loss of 2 with a sharpness of 1e-3 must
+        # still resolve the sharpness.
+        if previous is not None and abs(loss_k - previous) <= opts.tol * abs(loss_k - base):
+            converged = True
+            break
+        previous = loss_k
+        if k == opts.steps - 1:
+            break
+        u = _ascent_direction(tgrad(g_k), norm)
+        if u is None:
+            converged = True  # a stationary point of the perturbed loss: no ascent direction left
+            break
+        if math.isinf(opts.step_size):
+            new = rho * u  # the limit of Π(δ + ηρu) as η → ∞
+        else:
+            frac = k / max(opts.steps - 2, 1)
+            eta = (
+                opts.step_size
+                if opts.schedule == "constant"
+                else opts.step_size * (0.1 + 0.45 * (1 + math.cos(math.pi * frac)))
+            )
+            new = _project(delta + eta * rho * u, rho, norm)
+        if torch.equal(new, delta):
+            converged = True  # a fixed point of projected ascent: the next step would repeat this one
+            break
+        delta = new
+    return best_loss, best_delta, used, converged

@@ -36,9 +36,9 @@ from torch.func import functional_call, vmap
 
 from ignite_landscape import distributed
 from ignite_landscape.measures.directions import check_directions
-from ignite_landscape.probe import Probe, ProbeSession, _classifies
+from ignite_landscape.probe import Probe, ProbeSession, _tree_map
 
-__all__ = ["LossSliceResult", "loss_slice", "grid_coordinates"]
+__all__ = ["LossSliceResult", "SliceOptions", "loss_slice", "grid_coordinates"]
 
 logger = logging.getLogger(__name__)
 
@@ -125,6 +125,45 @@ def grid_coordinates(steps: int, span: tuple[float, float] = (-1.0, 1.0)) -> tor
     return coords
 
 
+@dataclass(frozen=True)
+class SliceOptions:
+    """The grid options of :func:`loss_slice`, validated once (the :class:`~ignite_landscape.LossSlice`
+    handler builds the same object at construction, so a grid that cannot work is refused before training).
+
+    Attributes:
+        steps: grid points per direction (``≥ 2``; odd for a symmetric span).
+        span: ``(low, high)`` with ``low ≤ 0 ≤ high`` and ``0`` on the grid.
+        batch_points: grid points per vmap call (``None`` or 1: one at a time).
+
+    Raises:
+        TypeError: for a non-int ``steps``/``batch_points`` or a span that is not a pair of numbers.
+        ValueError: for ``steps < 2``, an empty or non-finite span, a span whose grid misses 0, or
+            ``batch_points < 1``.
+    """
+
+    steps: int = 21
+    span: tuple[float, float] = (-1.0, 1.0)
+    batch_points: int | None = None
+
+    def __post_init__(self) -> None:
+        span = self.span
+        if not isinstance(span, (tuple, list)) or len(span) != 2:
+            raise TypeError(f"span must be a pair (low, high), got {span!r}")
+        if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in span):
+            raise TypeError(f"span must hold two numbers, got {span!r}")
+        object.__setattr__(self, "span", (float(span[0]), float(span[1])))
+        grid_coordinates(self.steps, self.span)  # the grid checks: steps, an ordered finite span, 0 on the grid
+        if self.batch_points is not None:
+            if isinstance(self.batch_points, bool) or not isinstance(self.batch_points, int):
+                raise TypeError(f"batch_points must be an int or None, got {type(self.batch_points).__name__}")
+            if self.batch_points < 1:
+                raise ValueError(f"batch_points must be at least 1, got {self.batch_points}")
+
+    def coords(self) -> torch.Tensor:
+        """The grid along each direction (see :func:`grid_coordinates`)."""
+        return grid_coordinates(self.steps, self.span)
+
+
 def _as_direction_list(directions: object) -> list[Mapping[str, torch.Tensor]]:
     if isinstance(directions, Mapping):
         return [directions]
@@ -162,15 +201,20 @@ def loss_slice(
         ValueError: for more than two directions, directions of another model, bad ``steps``/``span``
             or ``batch_points < 1``.
     """
+    return _loss_slice(model, probe, directions, SliceOptions(steps, span, batch_points))
+
+
+def _loss_slice(
+    model: nn.Module,
+    probe: Probe,
+    directions: Mapping[str, torch.Tensor] | Sequence[Mapping[str, torch.Tensor]],
+    opts: SliceOptions,
+) -> LossSliceResult:
     dirs = _as_direction_list(directions)
     if not 1 <= len(dirs) <= 2:
         raise ValueError(f"directions must hold one or two directions, got {len(dirs)}")
-    if batch_points is not None:
-        if isinstance(batch_points, bool) or not isinstance(batch_points, int):
-            raise TypeError(f"batch_points must be an int or None, got {type(batch_points).__name__}")
-        if batch_points < 1:
-            raise ValueError(f"batch_points must be at least 1, got {batch_points}")
-    coords = grid_coordinates(steps, span)
+    batch_points = opts.batch_points
+    coords = opts.coords()
     names = check_directions(model, dirs)
     dims = len(dirs)
     grid = [coords.clone() for _ in range(dims)]
@@ -222,7 +266,7 @@ def loss_slice(
             else:
                 accs[done:] = rest[1]
 
-    shape = (steps,) * dims
+    shape = (opts.steps,) * dims
     loss = losses.view(shape)
     accuracy = accs.view(shape) if classify else None
     center = tuple(int((c == 0).nonzero()[0]) for c in grid)
@@ -261,7 +305,6 @@ def _evaluate_sequential(
     """
     probe = s.probe
     batches = probe.batches()
-    total = float(probe.global_num_samples)
     train_mode = probe.model_mode == "train"
     work = torch.empty_like(theta)
     tensors = {f"model.{n}": t for n, t in zip(s.space.names, s.space.split(work))}
@@ -271,11 +314,12 @@ def _evaluate_sequential(
     # after the sweep saves a handful of small ops and a sync per point, which show on small models.
     losses: list[list[torch.Tensor]] = [[] for _ in batches]
     corrects: list[list[torch.Tensor]] = [[] for _ in batches]
+    counted = torch.zeros((), dtype=torch.float64, device=theta.device)
     classify = True
 
     def sweep(model: nn.Module) -> None:
-        nonlocal classify
-        for c in points:
+        nonlocal classify, counted
+        for k, c in enumerate(points):
             # θ + a·d₀ (+ b·d₁) in the reused buffer; exactly θ at the centre.
             src = theta
             for ci, d in zip(c, flat_dirs):
@@ -288,12 +332,14 @@ def _evaluate_sequential(
                 if train_mode:
                     torch.manual_seed(probe.seed + s.batch_offset + i)  # the dropout masks of ProbeSession.forward
                 out = model(*inputs[i])
-                loss = probe.loss_fn(out, y)
-                probe.check_loss(loss)
-                losses[i].append(loss)
-                classify = classify and _classifies(out, y)
+                losses[i].append(s.batch_objective(out, y, i))
                 if classify:
-                    corrects[i].append((out.argmax(dim=1) == y).sum())
+                    cc = probe.count_correct(out, y)
+                    classify = not isinstance(cc, str)
+                    if classify:
+                        corrects[i].append(cc[0])
+                        if k == 0:  # the targets counted do not depend on the point
+                            counted = counted + cc[1].double()
 
     # A rank that fails mid-sweep still joins the reduction, so the others never wait forever.
     with distributed.Lockstep() as step, torch.no_grad():
@@ -301,52 +347,49 @@ def _evaluate_sequential(
     s.num_forwards += len(points)
     # Summed over batches in order, as ProbeSession.evaluate does: the centre equals it bit for bit.
     stats = torch.zeros(len(points), 2, dtype=torch.float64, device=theta.device)
-    for i, (_, _, n) in enumerate(batches):
-        stats[:, 0] += torch.stack(losses[i]).double() * n
+    for i in range(len(batches)):
+        stats[:, 0] += torch.stack(losses[i]).double()
         if classify:
             stats[:, 1] += torch.stack(corrects[i]).double()
-    not_classify = torch.full((1,), 0.0 if classify else 1.0, dtype=torch.float64, device=theta.device)
-    stats, not_classify = step.all_reduce(stats, not_classify)
-    stats = stats.cpu()
-    return stats[:, 0] / total, (stats[:, 1] / total if float(not_classify) == 0 else None)
+    flags = torch.stack([counted, torch.tensor(0.0 if classify else 1.0, dtype=torch.float64, device=theta.device)])
+    stats, flags = step.all_reduce(stats, flags)
+    stats, flags = stats.cpu(), flags.cpu()
+    ok = float(flags[1]) == 0 and float(flags[0]) > 0
+    return stats[:, 0], (stats[:, 1] / float(flags[0]) if ok else None)
 
 
 def _evaluate_batched(s: ProbeSession, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Mean loss and accuracy at each row of ``points`` (a ``(B, P)`` stack), with one vmap per probe batch."""
-    loss_fn = s.probe.loss_fn
-    batches = s.probe.batches()
-    total = float(s.probe.global_num_samples)
+    """Probe loss and accuracy at each row of ``points`` (a ``(B, P)`` stack), with one vmap per probe batch."""
+    probe = s.probe
+    batches = probe.batches()
     per_param = [
         t.reshape(points.shape[0], *shape) for t, shape in zip(points.split(s.space.numels, dim=1), s.space.shapes)
     ]
     loss_sum = torch.zeros(points.shape[0], dtype=torch.float64, device=points.device)
     correct = torch.zeros(points.shape[0], dtype=torch.float64, device=points.device)
+    counted = torch.zeros((), dtype=torch.float64, device=points.device)
     classify = True
     with distributed.Lockstep() as step, torch.no_grad():
-        for i, (x, y, n) in enumerate(batches):
+        for i, (x, y, _) in enumerate(batches):
 
-            def f(*ps: torch.Tensor, x=x, y=y, i=i) -> tuple[torch.Tensor, torch.Tensor]:
+            def f(*ps: torch.Tensor, x: object = x, y: object = y, i: int = i) -> tuple[torch.Tensor, object]:
                 out = s.forward(x, ps, i)
-                return loss_fn(out, y), out
+                return s.batch_objective(out, y, i), out
 
             losses, outs = vmap(f)(*per_param)
             if losses.shape != (points.shape[0],):
                 raise ValueError(f"loss_fn must return a scalar, got shape {tuple(losses.shape[1:])}")
-            loss_sum += losses.double() * n
-            if classify:
-                c = _correct_batched(outs, y)
-                if c is None:
+            loss_sum += losses.double()
+            for b in range(points.shape[0] if classify else 0):
+                cc = probe.count_correct(_tree_map(lambda t, b=b: t[b], outs), y)
+                if isinstance(cc, str):
                     classify = False
-                else:
-                    correct += c
+                    break
+                correct[b] += cc[0].double()
+                if b == 0:
+                    counted = counted + cc[1].double()
     s.num_forwards += points.shape[0]
-    not_classify = torch.full_like(loss_sum, 0.0 if classify else 1.0)
-    stats, flags = step.all_reduce(torch.stack([loss_sum, correct]), not_classify)
-    return (stats[0] / total).cpu(), ((stats[1] / total).cpu() if bool((flags == 0).all()) else None)
-
-
-def _correct_batched(outs: object, y: object) -> torch.Tensor | None:
-    """Correct top-1 predictions per point for stacked outputs ``(B, n, C)``; ``None`` if not classification."""
-    if not isinstance(outs, torch.Tensor) or outs.dim() != 3 or not _classifies(outs[0], y):
-        return None
-    return (outs.argmax(dim=2) == y).sum(dim=1).double()
+    flags = torch.stack([counted, torch.tensor(0.0 if classify else 1.0, dtype=torch.float64, device=points.device)])
+    stats, flags = step.all_reduce(torch.stack([loss_sum, correct]), flags)
+    ok = float(flags[1]) == 0 and float(flags[0]) > 0
+    return stats[0].cpu(), ((stats[1] / float(flags[0])).cpu() if ok else None)

@@ -36,11 +36,14 @@ from ignite_landscape.linalg import (
 from ignite_landscape.measures.diagonal import ExactUnsupportedError, diagonal_result, session_hessian_diagonal
 from ignite_landscape.params import ParamsArg, ParamSpace
 from ignite_landscape.probe import Probe, ProbeSession
+from ignite_landscape.validation import check_choice, check_int, check_positive
 
 __all__ = [
     "HessianEigenvalues",
     "HessianTraceResult",
     "HessianDensityResult",
+    "TraceOptions",
+    "DensityOptions",
     "LayerCurvature",
     "hessian_eigenvalues",
     "hessian_trace",
@@ -221,6 +224,30 @@ class HessianTraceResult:
         }
 
 
+@dataclass(frozen=True)
+class TraceOptions:
+    """The method and budget of :func:`hessian_trace`, validated once (the
+    :class:`~ignite_landscape.HessianTrace` handler builds the same object at construction).
+
+    Attributes:
+        method: ``"hutch++"``, ``"hutchinson"``, ``"exact"`` or ``"auto"``.
+        num_hvps: budget of Hessian-vector products: at least 6 for Hutch++ and ``"auto"`` (which may
+            fall back to it: a sketch, its products and a Hutchinson part of at least 2), at least 2 for
+            Hutchinson (for a standard error), unused by ``"exact"``.
+
+    Raises:
+        TypeError: for a non-int ``num_hvps``.
+        ValueError: for an unknown method or a budget too small for it.
+    """
+
+    method: str = "hutch++"
+    num_hvps: int = 60
+
+    def __post_init__(self) -> None:
+        check_choice("method", self.method, (*TRACE_METHODS, "exact", "auto"))
+        check_int("num_hvps", self.num_hvps, {"hutchinson": 2, "exact": 1}.get(self.method, 6))
+
+
 def hessian_trace(
     model: nn.Module,
     probe: Probe,
@@ -249,11 +276,7 @@ def hessian_trace(
         ImportError: for ``method="exact"`` without BackPACK (``pip install "ignite_landscape[exact]"``).
         ValueError: for an unknown method or curvature, or ``method="exact"`` on an unsupported network.
     """
-    methods = (*TRACE_METHODS, "exact", "auto")
-    if method not in methods:
-        raise ValueError(f"method must be one of {methods}, got {method!r}")
-    if isinstance(num_hvps, bool) or not isinstance(num_hvps, int):
-        raise TypeError(f"num_hvps must be an int, got {type(num_hvps).__name__}")
+    TraceOptions(method, num_hvps)
     check_curvature(curvature)
     if method == "exact" and curvature != "hessian":
         raise ValueError(f"method='exact' computes the Hessian's trace: use curvature='hessian', got {curvature!r}")
@@ -331,6 +354,34 @@ class HessianDensityResult:
         }
 
 
+@dataclass(frozen=True)
+class DensityOptions:
+    """The quadrature options of :func:`hessian_density`, validated once (the
+    :class:`~ignite_landscape.HessianDensity` handler builds the same object at construction).
+
+    Attributes:
+        num_steps: Lanczos steps per run (``≥ 1``).
+        num_runs: random start vectors (``≥ 1``).
+        grid_size: points of the density grid (``≥ 2``).
+        sigma: Gaussian smoothing width (positive), or ``None`` for 1% of the node range.
+
+    Raises:
+        TypeError, ValueError: for an option of the wrong type or value (naming it).
+    """
+
+    num_steps: int = 30
+    num_runs: int = 4
+    grid_size: int = 512
+    sigma: float | None = None
+
+    def __post_init__(self) -> None:
+        check_int("num_steps", self.num_steps, 1)
+        check_int("num_runs", self.num_runs, 1)
+        check_int("grid_size", self.grid_size, 2)
+        if self.sigma is not None:
+            object.__setattr__(self, "sigma", check_positive("sigma", self.sigma))
+
+
 def hessian_density(
     model: nn.Module,
     probe: Probe,
@@ -356,8 +407,7 @@ def hessian_density(
         seed: seed of the start vectors.
         curvature: ``"hessian"``, ``"ggn"``, ``"fisher"`` or ``"empirical_fisher"``.
     """
-    if grid_size < 2:
-        raise ValueError(f"grid_size must be at least 2, got {grid_size}")
+    DensityOptions(num_steps, num_runs, grid_size, sigma)
     check_curvature(curvature)
     with probe.session(model, params) as s:
         q: Quadrature = stochastic_lanczos_quadrature(
@@ -375,8 +425,6 @@ def hessian_density(
     width = hi - lo if hi > lo else max(abs(hi), 1.0)
     if sigma is None:
         sigma = 0.01 * width
-    elif not sigma > 0:
-        raise ValueError(f"sigma must be positive, got {sigma}")
     grid = torch.linspace(lo - 5 * sigma, hi + 5 * sigma, grid_size, dtype=torch.float64)
     density = gaussian_density(q, grid, sigma) if finite else torch.full_like(grid, float("nan"))
     return HessianDensityResult(
@@ -423,17 +471,33 @@ def layerwise_curvature(
     trace_hvps: int = 30,
     exact_below: int = 64,
     seed: int = 0,
+    trace_method: str = "hutch++",
 ) -> list[LayerCurvature]:
     """Top eigenvalue and trace of the Hessian block of each layer that owns trainable parameters.
 
     Blocks with at most ``exact_below`` parameters are formed densely from HVPs against unit vectors
-    (exact); larger ones use Lanczos (λ_max) and Hutch++ (trace).
+    (exact); larger ones use Lanczos (λ_max) and Hutch++ (trace). With ``trace_method="exact"`` every
+    trace comes from one exact Hessian diagonal (:func:`~ignite_landscape.hessian_diagonal`; it raises
+    where that is unsupported); ``"auto"`` uses it where supported and Hutch++ otherwise.
     """
+    if trace_method not in ("hutch++", "exact", "auto"):
+        raise ValueError(f"trace_method must be one of ('hutch++', 'exact', 'auto'), got {trace_method!r}")
+    exact_traces: dict[str, float] = {}
+    if trace_method != "hutch++":
+        with probe.session(model) as s:
+            try:
+                exact_traces = diagonal_result(session_hessian_diagonal(s), s.space).layer_traces
+            except (ImportError, ExactUnsupportedError):
+                if trace_method == "exact":
+                    raise
     rows = []
     for owner, names in ParamSpace.from_model(model).module_groups().items():
         with probe.session(model, names) as s:
             n = s.space.numel
-            if n <= exact_below:
+            if owner in exact_traces and n > exact_below:
+                lres = lanczos(s.hvp, n, k=1, tol=tol, seed=seed, dtype=s.dtype, device=s.base[0].device)
+                lam, tr, err = float(lres.eigenvalues[0]), exact_traces[owner], 0.0
+            elif n <= exact_below:
                 eye = torch.eye(n, dtype=s.dtype, device=s.base[0].device)
                 H = torch.stack([s.hvp(eye[i]) for i in range(n)]).double().cpu()
                 H = 0.5 * (H + H.T)
