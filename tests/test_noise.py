@@ -211,3 +211,56 @@ def test_probe_population_size():
         Probe((x, y), F.cross_entropy, population_size=0)
     with pytest.raises(ValueError, match="population_size"):
         gradient_noise_scale(mlp(), Probe((x, y), F.cross_entropy, num_samples=10), population_size=5)
+
+
+def test_handler_smooths_numerator_and_denominator_separately():
+    from ignite.engine import Engine, Events
+
+    from ignite_landscape import GradientNoiseScale
+
+    model = mlp(seed=4)
+    x, y = classification_data(40, (5,))
+    probe = Probe((x, y), F.cross_entropy)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+
+    def step(engine, batch):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+
+    trainer = Engine(step)
+    beta = 0.6
+    handler = GradientNoiseScale(model, probe, smoothing=beta)
+    handler.attach(trainer, Events.EPOCH_COMPLETED)
+    trainer.run([0], max_epochs=4)
+    tr = [f.scalars["trace_sigma"] for f in handler.history]
+    gs = [f.scalars["grad_norm_sq"] for f in handler.history]
+    assert len(set(tr)) == 4  # the weights moved: every firing differs
+    for t, firing in enumerate(handler.history, 1):
+        weights = [(1 - beta) * beta ** (t - k) for k in range(1, t + 1)]
+        norm = sum(weights)  # = 1 − β^t: the bias correction
+        tr_s = sum(w * v for w, v in zip(weights, tr)) / norm
+        g_s = sum(w * v for w, v in zip(weights, gs)) / norm
+        torch.testing.assert_close(firing.scalars["trace_sigma_smoothed"], tr_s, rtol=1e-12, atol=0)
+        torch.testing.assert_close(firing.scalars["grad_norm_sq_smoothed"], g_s, rtol=1e-12, atol=0)
+        torch.testing.assert_close(firing.scalars["b_simple_smoothed"], tr_s / g_s, rtol=1e-12, atol=0)
+        torch.testing.assert_close(firing.scalars["b_simple"], tr[t - 1] / gs[t - 1], rtol=1e-12, atol=0)
+    # The averages survive a checkpoint: a resumed handler continues them.
+    resumed = GradientNoiseScale(model, probe, smoothing=beta)
+    resumed.load_state_dict(handler.state_dict())
+    assert resumed.smoothed() == handler.smoothed()
+
+
+def test_digits_main_job_logs_only_finite_scalars(tmp_path):
+    # Every handler of the main job, at small settings: no inf or NaN reaches the event file (the noise
+    # scale was logged as inf once the infinite-population estimate of ‖G‖² went negative).
+    from examples import digits
+    from ignite_landscape.report import load_run
+
+    argv = ["--epochs", "2", "--probe-samples", "128", "--slice-steps", "3", "--top-k", "2", "--trace-hvps", "6"]
+    argv += ["--density-steps", "3", "--every", "1", "--output-dir", str(tmp_path), "--run-name", "finite"]
+    run = load_run(digits.main(argv))
+    landscape = [tag for tag in run.scalars if tag.startswith("landscape/")]
+    assert "landscape/noise_scale/b_simple" in landscape and "landscape/noise_scale/b_simple_smoothed" in landscape
+    for tag, series in run.scalars.items():
+        assert bool(torch.isfinite(torch.as_tensor(series.values)).all()), (tag, series.values)

@@ -173,3 +173,40 @@ def test_bad_directions():
         loss_slice(model, probe, random_directions(small_cnn(), 2))
     with pytest.raises(TypeError, match="directions"):
         loss_slice(model, probe, torch.zeros(3))
+
+
+def test_handler_renormalises_its_fixed_draw_against_the_current_weights_at_every_firing():
+    # Weight norms drift between firings (here: a layer grows, as without weight decay); each slice must
+    # still be filter-normalised to the weights of its own moment, along the same raw draw.
+    from ignite.engine import Engine, Events
+
+    from ignite_landscape import LossSlice
+
+    model = mlp(seed=1)
+    x, y = classification_data(24, (5,))
+    probe = Probe((x, y), F.cross_entropy)
+    trainer = Engine(lambda e, b: None)
+    snapshots = []
+
+    @trainer.on(Events.EPOCH_STARTED)
+    def drift(engine):
+        with torch.no_grad():
+            model[0].weight.mul_(1.5)
+            model[0].weight[0].mul_(3.0)
+
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: snapshots.append(copy.deepcopy(model)))
+    handler = LossSlice(model, probe, dims=2, steps=5, seed=3)
+    handler.attach(trainer)
+    trainer.run([0], max_epochs=3)
+    for firing, then in zip(handler.history, snapshots):
+        expected = loss_slice(then, probe, random_directions(then, 2, seed=3), steps=5)
+        torch.testing.assert_close(firing.result.loss, expected.loss, rtol=1e-12, atol=0)
+    # The directions now are filter-normalised to the current weights, not to those of the first firing.
+    w = model[0].weight.detach()
+    for d in handler.directions:
+        torch.testing.assert_close(d["0.weight"].norm(dim=1), w.norm(dim=1), rtol=1e-12, atol=0)
+    # Only the raw draw is kept and saved; a resumed handler slices the same way.
+    again = LossSlice(model, probe, dims=2, steps=5, seed=3)
+    again.load_state_dict(handler.state_dict())
+    for a, b in zip(again.directions, handler.directions):
+        assert all(torch.equal(a[n], b[n]) for n in a)
