@@ -268,7 +268,7 @@ def definitions_markdown(config: dict[str, Any], probe_samples: int) -> str:
         f"batch size {config['batch_size']}",
         "stability threshold": "(2 + 2β)/η" if beta else "2/η",
         "sharpness": f"SAM step, ℓ2 ball, ρ = {config['rho']:g}: L(θ + ρ·g/‖g‖) − L(θ)",
-        "slice directions": "random Gaussian, filter-normalized, biases and BatchNorm zeroed; drawn once and kept",
+        "slice directions": "one Gaussian draw, filter-normalized to the weights of each firing, biases and BN zeroed",
         "slice span": f"[-1, 1] per direction, {config['slice_steps']} points",
         "connectivity reference": "the weights at the previous firing"
         + (", BatchNorm statistics recomputed along the path" if config["model"] == "resnet" else ""),

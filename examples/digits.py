@@ -115,7 +115,7 @@ def definitions_markdown(args: argparse.Namespace, probe_samples: int) -> str:
         "optimizer": f"SGD, η = {args.lr:g}, momentum β = {args.momentum:g}, batch size {args.batch_size}",
         "stability threshold": "(2 + 2β)/η" if args.momentum else "2/η",
         "sharpness": f"SAM step, ℓ2 ball, ρ = {args.rho:g}: L(θ + ρ·g/‖g‖) − L(θ)",
-        "slice directions": "random Gaussian, filter-normalized, biases zeroed; drawn once and kept",
+        "slice directions": "one Gaussian draw, filter-normalized to the current weights at each firing, biases zeroed",
         "slice span": f"[-1, 1] per direction, {args.slice_steps} points",
         "connectivity reference": "the weights at the previous firing",
         "Hessian": f"top {args.top_k} eigenvalues by Lanczos on exact HVPs of the mean probe loss",

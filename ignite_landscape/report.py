@@ -6,7 +6,8 @@ holds ``events.out.tfevents.*`` files; a folder of such folders is expanded), an
 - ``training_curves.png``: training loss, test loss and test accuracy per epoch;
 - ``spectrum.png``: λ_1 … λ_k over training with the stability threshold 2/η, and the final SLQ density;
 - ``metric_comparison.png``: every geometry quantity over training, one line per run;
-- ``connectivity.png``: loss along the linear path between the weights of consecutive firings;
+- ``connectivity.png``: loss along the linear path from the connectivity reference (the weights at
+  attach time by default; the previous firing's with ``reference="previous"``) to the current weights;
 - ``slice1d.png``, ``contour.png``, ``surface.png``: the 1D slices and the last 2D slice of each run;
 - ``correlation.png``: geometry against test accuracy, with n, Pearson r, Kendall τ and bootstrap CIs;
 - ``summary_table.png`` and ``summary.md``: the final numbers of every run and the correlation table.
@@ -538,7 +539,8 @@ METRICS: tuple[_Metric, ...] = (
     _Metric(
         "loss_barrier",
         "loss barrier",
-        "max over α of L((1−α)a+αb) − [(1−α)L(a)+αL(b)] between the weights of consecutive firings",
+        "max over α of L((1−α)a+αb) − [(1−α)L(a)+αL(b)] (chord barrier, Entezari et al. 2022) from the "
+        "reference a (weights at attach, or at the previous firing with reference='previous') to the current b",
         _tag("landscape/connectivity/loss_barrier"),
     ),
     _Metric(
@@ -1191,7 +1193,7 @@ def figure_overview(run: RunData, path: Path, accuracy_tag: str | None = None) -
         fig,
         [
             _probe_note(run) + "; " + _sharpness_note(run),
-            "barrier: linear path between consecutive firings; " + _slice_note(run),
+            "barrier: linear path from the reference (attach time, or the previous firing) to now; " + _slice_note(run),
         ],
     )
     return _save(fig, path)
