@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["DecomposedLoss", "Decomposition", "decompose", "check_row_mean", "NORMALIZERS"]
+__all__ = ["DecomposedLoss", "Decomposition", "ObjectiveError", "decompose", "check_row_mean", "NORMALIZERS"]
 
 NORMALIZERS = ("rows", None)
 
@@ -79,6 +79,11 @@ _FUNCTIONAL: dict[Callable[..., Any], type[nn.Module]] = {
     F.multi_margin_loss: nn.MultiMarginLoss,
     F.multilabel_margin_loss: nn.MultiLabelMarginLoss,
 }
+
+
+class ObjectiveError(ValueError):
+    """``loss_fn`` cannot be computed exactly over the probe in chunks (an undeclared loss that is not a
+    per-row mean, or one that cannot be checked)."""
 
 
 def _rows(y: Any) -> int:
@@ -316,7 +321,7 @@ def _scalar(loss: Any) -> float:
     return float(loss.double())
 
 
-def check_row_mean(loss_fn: Callable[[Any, Any], torch.Tensor], y_pred: Any, y: Any) -> bool:
+def check_row_mean(loss_fn: Callable[[Any, Any], torch.Tensor], y_pred: Any, y: Any) -> str:
     """Check that ``loss_fn`` is a per-row mean on one batch: its loss equals the size-weighted mean of
     the losses of its two halves (to a few hundred rounding errors of the loss's dtype).
 
@@ -326,17 +331,17 @@ def check_row_mean(loss_fn: Callable[[Any, Any], torch.Tensor], y_pred: Any, y: 
         y: the batch's targets.
 
     Returns:
-        True when checked and consistent; False when this batch cannot tell (fewer than 2 rows, or a
-        non-finite loss).
+        ``"checked"`` when checked and consistent; ``"small"`` (fewer than 2 rows) or ``"nonfinite"`` (a
+        NaN or infinite loss) when this batch cannot tell.
 
     Raises:
-        ValueError: naming ``loss_fn`` and the fix, when the loss is not a per-row mean.
+        ObjectiveError: (a ``ValueError``) naming ``loss_fn`` and the fix, when the loss is not a per-row mean.
     """
     n = _rows(y)
     if n < 2:
-        return False
+        return "small"
     if _leading_sizes(y_pred) != {n} or _leading_sizes(y) != {n}:
-        raise ValueError(
+        raise ObjectiveError(
             f"loss_fn {_name(loss_fn)}: cannot check that it is a per-row mean because the model output and the "
             f"targets do not share a leading sample dimension of {n} rows. {_FIX}"
         )
@@ -346,17 +351,17 @@ def check_row_mean(loss_fn: Callable[[Any, Any], torch.Tensor], y_pred: Any, y: 
             _scalar(loss_fn(_split(y_pred, lo, hi), _split(y, lo, hi))) for lo, hi in ((0, n), (0, h), (h, n))
         )
     if not all(math.isfinite(v) for v in (whole, a, b)):
-        return False
+        return "nonfinite"
     dtype = getattr(_first_tensor(y_pred), "dtype", torch.float32)
     eps = torch.finfo(dtype).eps if dtype.is_floating_point else torch.finfo(torch.float32).eps
     scale = max(abs(whole), abs(a), abs(b), 1e-30)
     mean = (h * a + (n - h) * b) / n
     if abs(whole - mean) <= 500 * eps * scale:
-        return True
+        return "checked"
     hint = ""
     if abs(whole - (a + b)) <= 500 * eps * scale:
         hint = " It behaves like a sum over rows: declare it as il.DecomposedLoss(loss_fn, normalizer=None)."
-    raise ValueError(
+    raise ObjectiveError(
         f"loss_fn {_name(loss_fn)} is not a per-row mean: on a probe batch of {n} rows it gives {whole:.8g}, "
         f"but the size-weighted mean of its two halves is {mean:.8g}, so the probe cannot compute it over all "
         f"its samples exactly in chunks.{hint} {_FIX}"

@@ -40,7 +40,7 @@ from torch.func import functional_call
 
 from ignite_landscape import distributed
 from ignite_landscape.execution import probe_execution
-from ignite_landscape.objective import Decomposition, check_row_mean, decompose
+from ignite_landscape.objective import Decomposition, ObjectiveError, check_row_mean, decompose
 from ignite_landscape.params import ParamsArg, ParamSpace, model_device, unwrap_model
 from ignite_landscape.restore import RNGState, preserved_state
 
@@ -412,12 +412,30 @@ class Probe:
         self.check_loss(total)
         return total / self._normalizer
 
-    def check_row_mean(self, output: Any, y: Any) -> bool:
+    def check_row_mean(self, output: Any, y: Any) -> str:
         """For an undeclared ``loss_fn``: check on one chunk that it is a per-row mean (see
-        :func:`~ignite_landscape.objective.check_row_mean`); ``True`` when that chunk could tell."""
+        :func:`~ignite_landscape.objective.check_row_mean`); ``"checked"`` when that chunk could tell."""
         if not self.decomposition.needs_check:
-            return True
+            return "checked"
         return check_row_mean(self.loss_fn, self.transform(output), y)
+
+    def check_objective(self, model: nn.Module) -> None:
+        """Check now, on ``model``, what the first session would: that an undeclared ``loss_fn`` is a
+        per-row mean (one forward pass over the probe, once per probe; nothing for a torch loss or a
+        :class:`~ignite_landscape.objective.DecomposedLoss`). Handlers call it at construction.
+
+        Raises:
+            ObjectiveError: (a ``ValueError``) naming ``loss_fn`` and the fix when it is not a per-row mean.
+        """
+        if self._row_mean_checked:
+            return
+        try:
+            with self.session(model):
+                pass
+        except ObjectiveError:
+            raise
+        except Exception as e:  # the model cannot run yet (e.g. lazy modules): the first session checks
+            logger.debug("Probe: loss_fn check deferred to the first session (%r)", e)
 
     def count_correct(self, output: Any, y: Any) -> tuple[torch.Tensor, torch.Tensor] | str:
         """``(correct, counted)`` top-1 predictions on one chunk, or why accuracy cannot be computed.
@@ -629,19 +647,23 @@ class ProbeSession:
     def _check_row_mean(self) -> None:
         # An undeclared loss_fn is computed as a per-row mean; refuse it now, before any number is
         # reported, if a chunk shows otherwise (one forward pass, once per probe).
-        checked = 0
+        counts = torch.zeros(2, dtype=torch.float64, device=self.probe.device)  # checked, non-finite
         with distributed.Lockstep() as step, torch.no_grad():
             for i, (x, y, _) in enumerate(self.probe.batches()):
-                checked += self.probe.check_row_mean(self.forward(x, self.base, i), y)
+                status = self.probe.check_row_mean(self.forward(x, self.base, i), y)
+                counts[0] += status == "checked"
+                counts[1] += status == "nonfinite"
         self.num_forwards += 1
-        (count,) = step.all_reduce(torch.tensor([float(checked)], dtype=torch.float64, device=self.probe.device))
-        if float(count) == 0:
-            raise ValueError(
+        (counts,) = step.all_reduce(counts)
+        if float(counts[0]) > 0:
+            self.probe._row_mean_checked = True
+        elif float(counts[1]) == 0:
+            raise ObjectiveError(
                 f"loss_fn {getattr(self.probe.loss_fn, '__name__', type(self.probe.loss_fn).__name__)}: cannot "
-                "check that it is a per-row mean (every probe batch has one row or a non-finite loss); use "
-                "batch_size >= 2, or declare it as il.DecomposedLoss(total_fn, normalizer=...)"
+                "check that it is a per-row mean (every probe batch has one row); use batch_size >= 2, or declare "
+                "it as il.DecomposedLoss(total_fn, normalizer=...)"
             )
-        self.probe._row_mean_checked = True
+        # Otherwise every loss is NaN/inf (so is every result): check again on the next session.
 
     def __exit__(self, *exc: Any) -> None:
         self._graph = None

@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.data.distributed import DistributedSampler
 
-from ignite_landscape import Probe, hessian_eigenvalues
+from ignite_landscape import HessianSpectrum, Probe, hessian_eigenvalues
 from ignite_landscape.objective import DecomposedLoss, decompose
 from tests.helpers import dense_hessian, mlp
 
@@ -208,10 +208,14 @@ def test_a_callable_that_is_not_a_per_row_mean_is_refused_with_the_fix():
         masked.evaluate(model)
     with pytest.raises(ValueError, match="not a per-row mean"):  # every session refuses it, not only the first
         masked.evaluate(model)
+    with pytest.raises(ValueError, match="not a per-row mean"):  # a handler refuses it at construction
+        HessianSpectrum(model, masked)
     model, (x, y) = mlp(), _regression()
     summed = Probe((x, y), lambda out, t: ((out - t) ** 2).sum(), batch_size=CHUNK)
     with pytest.raises(ValueError, match=r"normalizer=None"):
         summed.evaluate(model)
+    with pytest.raises(ValueError, match="batch_size >= 2"):  # one row per chunk: nothing to check on
+        Probe((x, y), lambda out, t: ((out - t) ** 2).mean(), batch_size=1).evaluate(model)
     with pytest.raises(ValueError, match="reduction='none'"):
         Probe((x, y), nn.MSELoss(reduction="none"))
     with pytest.raises(TypeError, match="output_transform"):
@@ -394,4 +398,4 @@ def test_two_processes_compute_the_one_batch_objective(tmp_path):
             torch.testing.assert_close(hv, H @ v, rtol=1e-10, atol=1e-12)
             assert normalizer == pytest.approx(float(W[ys[ys != PAD]].sum()), rel=1e-12)
             assert accuracy is not None
-    assert all(run["masked"] in ("ValueError", "RankFailure") for run in runs)
+    assert all(run["masked"] in ("ObjectiveError", "RankFailure") for run in runs)

@@ -289,6 +289,9 @@ class LandscapeHandler:
             )
         self.model = model
         self.probe = probe
+        # An undeclared loss_fn is checked to be a per-row mean now, so a loss the probe cannot compute
+        # exactly is refused at construction instead of failing at every firing.
+        probe.check_objective(model)
         self.name = name
         self.params = params
         self.seed = seed
