@@ -33,6 +33,7 @@ __all__ = [
     "interpolation_figure",
     "spectrum_figure",
     "finite_grid",
+    "layer_heatmap_figure",
 ]
 
 
@@ -157,6 +158,8 @@ def density_figure(result: Any, *, title: str = "Hessian eigenvalue density (SLQ
     floor = max(float(np.nanmax(dens)) * 1e-8, 1e-30) if np.isfinite(dens).any() else 1e-30
     ax.semilogy(grid, np.clip(dens, floor, None), color="C0")
     nodes = _np(result.nodes).ravel()
+    if getattr(result, "mask", None) is not None:  # padded nodes of runs that ended early are no eigenvalues
+        nodes = nodes[_np(result.mask).ravel().astype(bool)]
     ax.plot(nodes, np.full_like(nodes, floor), "|", color="C3", markersize=10, alpha=0.6)
     ax.axvline(0.0, color="0.6", lw=0.8, ls=":")
     ax.set_xlabel("eigenvalue")
@@ -218,4 +221,38 @@ def spectrum_figure(
     ax.set_title(title)
     if k or threshold is not None:
         ax.legend(fontsize="small")
+    return fig
+
+
+def layer_heatmap_figure(
+    labels: Sequence[str],
+    firings: Sequence[str],
+    values: Sequence[Any],
+    *,
+    quantity: str = "trace",
+    title: str = "Per-layer curvature",
+) -> Figure:
+    """A layers × firings heatmap of one per-layer quantity (rows: layers, columns: firings).
+
+    Args:
+        labels: layer names (rows).
+        firings: column labels (e.g. ``"epoch 3"``).
+        values: one sequence of per-layer values per firing (a column each).
+        quantity: what the colour shows (for the colour bar).
+        title: figure title.
+
+    Colours are ``sign(v)·log10(1 + |v|)`` so that layers whose curvature differs by orders of magnitude
+    (and the occasional negative trace) stay readable on one scale.
+    """
+    grid = np.stack([_np(v) for v in values], axis=1) if len(values) else np.zeros((len(labels), 0))
+    shown = np.sign(grid) * np.log10(1.0 + np.abs(np.nan_to_num(grid)))
+    fig = Figure(figsize=(max(4.0, 0.5 * len(firings) + 3.0), max(2.5, 0.35 * len(labels) + 1.5)))
+    ax = fig.add_subplot(1, 1, 1)
+    image = ax.imshow(shown, aspect="auto", cmap="viridis", interpolation="nearest")
+    ax.set_yticks(range(len(labels)), labels=list(labels))
+    step = max(1, len(firings) // 12)
+    ax.set_xticks(range(0, len(firings), step), labels=list(firings)[::step], rotation=45, ha="right")
+    ax.set_title(title)
+    fig.colorbar(image, ax=ax, label=f"sign·log10(1+|{quantity}|)")
+    fig.tight_layout()
     return fig

@@ -51,6 +51,7 @@ from ignite.handlers.tensorboard_logger import TensorboardLogger
 
 from ignite_landscape.handlers.base import Firing
 from ignite_landscape.measures.connectivity import Interpolation
+from ignite_landscape.measures.layerwise import LAYER_QUANTITIES, LayerwiseCurvatureResult
 from ignite_landscape.measures.sharpness import SharpnessResult
 from ignite_landscape.measures.slices import LossSliceResult
 from ignite_landscape.measures.spectrum import HessianDensityResult, HessianEigenvalues, HessianTraceResult
@@ -266,6 +267,7 @@ class LandscapeLogHandler(BaseHandler):
         self.log_scale = log_scale
         self._logged: dict[str, Firing] = {}
         self._slices: dict[str, list[tuple[str, Any]]] = {}
+        self._layers: dict[str, list[tuple[str, LayerwiseCurvatureResult]]] = {}
         self._layout_writers: set[int] = set()
         self._warned_order = False
 
@@ -356,6 +358,22 @@ class LandscapeLogHandler(BaseHandler):
         elif isinstance(result, Interpolation):
             if self.figures:
                 writer.add_figure(f"{tag}/interpolation", plots.interpolation_figure(result), step, close=True)
+        elif isinstance(result, LayerwiseCurvatureResult):
+            # Layers × firings: the log handler keeps the per-layer values of every firing it wrote.
+            history = self._layers.setdefault(name, [])
+            history.append((f"epoch {firing.epoch}", result))
+            if self.figures:
+                labels = history[-1][1].labels()
+                columns = [(c, r) for c, r in history if r.labels() == labels]
+                for quantity in LAYER_QUANTITIES:
+                    fig = plots.layer_heatmap_figure(
+                        labels,
+                        [c for c, _ in columns],
+                        [r.values(quantity) for _, r in columns],
+                        quantity=quantity,
+                        title=f"{name}: {quantity} per layer",
+                    )
+                    writer.add_figure(f"{tag}/{quantity}_heatmap", fig, step, close=True)
         data = _curve_data(result)
         if data is not None and self.text:
             # The raw curve, so `python -m ignite_landscape report` can redraw it (a figure cannot be re-plotted).

@@ -22,6 +22,13 @@ Example:
 
 from ignite_landscape.handlers.base import Firing, LandscapeHandler
 from ignite_landscape.handlers.connectivity import ModeConnectivity
+from ignite_landscape.handlers.curvature import (
+    BatchSharpness,
+    DirectionalCurvature,
+    GGNOutliers,
+    GradientOverlap,
+    LayerwiseCurvature,
+)
 from ignite_landscape.handlers.noise import GradientNoiseScale
 from ignite_landscape.handlers.sharpness import Sharpness
 from ignite_landscape.handlers.slices import LossSlice
@@ -37,4 +44,9 @@ __all__ = [
     "LossSlice",
     "ModeConnectivity",
     "GradientNoiseScale",
+    "DirectionalCurvature",
+    "BatchSharpness",
+    "GradientOverlap",
+    "LayerwiseCurvature",
+    "GGNOutliers",
 ]

@@ -40,8 +40,8 @@ from ignite_landscape.probe import Probe
 
 __all__ = [
     "DIRECTIONS",
-    "DirectionalCurvature",
-    "BatchSharpness",
+    "DirectionalCurvatureResult",
+    "BatchSharpnessResult",
     "directional_curvature",
     "batch_sharpness",
     "minibatch_indices",
@@ -51,7 +51,7 @@ DIRECTIONS = ("gradient", "update")
 
 
 @dataclass
-class DirectionalCurvature:
+class DirectionalCurvatureResult:
     """The curvature ``dᵀCd/‖d‖²`` along one direction.
 
     Attributes:
@@ -99,7 +99,7 @@ def directional_curvature(
     curvature: str = "hessian",
     params: ParamsArg = None,
     seed: int = 0,
-) -> DirectionalCurvature:
+) -> DirectionalCurvatureResult:
     """The curvature ``dᵀCd/‖d‖²`` of the probe objective along ``d``.
 
     Args:
@@ -141,16 +141,16 @@ def directional_curvature(
                 raise ValueError("direction is zero: the curvature along it is undefined")
         norm = float(torch.linalg.vector_norm(d.double()))
         if norm == 0.0 or not math.isfinite(norm):
-            return DirectionalCurvature(float("nan"), kind, norm, curvature, 0)
+            return DirectionalCurvatureResult(float("nan"), kind, norm, curvature, 0)
         u = d / norm
         matvec = curvature_operator(s, curvature, seed)
         before = s.num_hvps
         value = float(torch.dot(u.double(), matvec(u).double()))
-        return DirectionalCurvature(value, kind, norm, curvature, s.num_hvps - before)
+        return DirectionalCurvatureResult(value, kind, norm, curvature, s.num_hvps - before)
 
 
 @dataclass
-class BatchSharpness:
+class BatchSharpnessResult:
     """Mean curvature of mini-batch losses along their own gradients.
 
     Attributes:
@@ -230,7 +230,7 @@ def batch_sharpness(
     lr: float | None = None,
     params: ParamsArg = None,
     seed: int = 0,
-) -> BatchSharpness:
+) -> BatchSharpnessResult:
     """Mean over mini-batches of the mini-batch loss's curvature along the mini-batch gradient.
 
     Each mini-batch ``B`` (rows from :func:`minibatch_indices`) is evaluated as one batch with the probe's
@@ -281,7 +281,7 @@ def batch_sharpness(
     finite = torch.tensor([v for v in values if math.isfinite(v)], dtype=torch.float64)
     mean = float(finite.mean()) if finite.numel() else float("nan")
     stderr = float(finite.std(unbiased=True) / math.sqrt(finite.numel())) if finite.numel() > 1 else float("nan")
-    return BatchSharpness(
+    return BatchSharpnessResult(
         value=mean,
         stderr=stderr,
         values=values,

@@ -31,11 +31,11 @@ from ignite_landscape.linalg import lanczos
 from ignite_landscape.params import ParamsArg
 from ignite_landscape.probe import Probe
 
-__all__ = ["GradientOverlap", "gradient_overlap"]
+__all__ = ["GradientOverlapResult", "gradient_overlap"]
 
 
 @dataclass
-class GradientOverlap:
+class GradientOverlapResult:
     """The gradient's overlap with the top-k eigenspace.
 
     Attributes:
@@ -81,7 +81,7 @@ def gradient_overlap(
     seed: int = 0,
     eigenvectors: torch.Tensor | None = None,
     eigenvalues: torch.Tensor | None = None,
-) -> GradientOverlap:
+) -> GradientOverlapResult:
     """``‖P_k g‖²/‖g‖²`` for the top-k eigenvectors of the curvature and the probe gradient ``g``.
 
     Args:
@@ -149,7 +149,7 @@ def gradient_overlap(
     sq = float(torch.dot(g, g))
     if sq == 0.0 or not math.isfinite(sq):
         nan = torch.full((k,), float("nan"), dtype=torch.float64)
-        return GradientOverlap(float("nan"), nan, lam, math.sqrt(sq), curvature, used, reused)
+        return GradientOverlapResult(float("nan"), nan, lam, math.sqrt(sq), curvature, used, reused)
     per_vector = ((U @ g) ** 2 / sq).cpu()
     value = float(torch.sum((Q.T @ g) ** 2) / sq)
-    return GradientOverlap(value, per_vector, lam, math.sqrt(sq), curvature, used, reused)
+    return GradientOverlapResult(value, per_vector, lam, math.sqrt(sq), curvature, used, reused)
