@@ -89,13 +89,9 @@ class Sharpness(LandscapeHandler):
             adaptive_eta=adaptive_eta,
         )
         super().__init__(model, probe, **kwargs)
-
-    def __getattr__(self, name: str) -> Any:
-        # handler.rho, handler.method, ...: the validated options.
-        options = self.__dict__.get("options")
-        if options is not None and name in {f.name for f in dataclasses.fields(options)}:
-            return getattr(options, name)
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        # handler.rho, handler.method, ...: the validated (normalised) options, for reading.
+        for f in dataclasses.fields(self.options):
+            setattr(self, f.name, getattr(self.options, f.name))
 
     def expected_keys(self) -> list[str]:
         return ["value", "base_loss", "perturbed_loss"]

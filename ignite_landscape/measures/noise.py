@@ -160,9 +160,8 @@ def _result(
     trace_sigma: float, probe_sq: float, n: int, population: float, estimator: str, small: int, chunk: int
 ) -> NoiseScale:
     # Finite-population correction: E‖ḡ‖² = ‖G‖² + (1/n − 1/N)·tr(Σ) for n of N samples without replacement.
+    # (With the whole population, N = n, the factor is exactly 0.0 and ‖G‖² = ‖ḡ‖² to the bit.)
     grad_sq = probe_sq - (1.0 / n - 1.0 / population) * trace_sigma
-    if population == n:
-        grad_sq = probe_sq  # the whole population: exact, without a rounding residue
     return NoiseScale(
         _ratio(trace_sigma, grad_sq), trace_sigma, grad_sq, estimator, n, small, probe_sq, population, chunk
     )
