@@ -197,3 +197,30 @@ def test_layerwise_heatmap_and_scalars_in_tensorboard(tmp_path):
     assert values[-1] == pytest.approx(float(H[:n0, :n0].trace()), rel=1e-5)  # float32 event values
     lam = [e.value for e in acc.Scalars("landscape/layers/lambda_max/2")]
     assert lam[-1] == pytest.approx(float(torch.linalg.eigvalsh(H[n0:, n0:])[-1]), rel=1e-5)
+
+
+def test_spectrum_trace_and_density_handlers_take_curvature():
+    model = mlp()
+    x, y = classification_data(24, (5,))
+    probe = il.Probe((x, y), F.cross_entropy, batch_size=7)
+    trainer = Engine(lambda engine, batch: None)
+    handlers = [
+        il.HessianSpectrum(model, probe, k=2, tol=1e-10, warm_start=False, curvature="ggn"),
+        il.HessianTrace(model, probe, num_hvps=9, curvature="empirical_fisher"),
+        il.HessianDensity(model, probe, num_steps=6, num_runs=1, curvature="fisher"),
+    ]
+    for h in handlers:
+        h.attach(trainer, Events.EPOCH_COMPLETED)
+    trainer.run([0], max_epochs=1)
+    m = trainer.state.metrics
+    ggn = il.hessian_eigenvalues(model, probe, k=2, tol=1e-10, curvature="ggn")
+    assert m["landscape/hessian/lambda_1"] == float(ggn.eigenvalues[0])
+    assert m["landscape/trace/value"] == il.hessian_trace(model, probe, num_hvps=9, curvature="empirical_fisher").value
+    dens = il.hessian_density(model, probe, num_steps=6, num_runs=1, curvature="fisher")
+    assert m["landscape/density/lambda_max"] == dens.lambda_max
+    with pytest.raises(ValueError, match="curvature"):
+        il.HessianTrace(model, probe, method="exact", curvature="ggn")
+    with pytest.raises(ValueError, match="curvature"):
+        il.HessianSpectrum(model, probe, curvature="hessian-ggn")
+    with pytest.raises(ValueError, match="curvature"):
+        il.HessianDensity(model, probe, curvature="")

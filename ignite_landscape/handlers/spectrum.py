@@ -40,6 +40,7 @@ import torch
 from ignite.engine import Engine
 from torch import nn
 
+from ignite_landscape.curvature import check_curvature
 from ignite_landscape.handlers.base import LandscapeHandler, _check_choice, _check_int, _check_positive
 from ignite_landscape.linalg.random import gaussian
 from ignite_landscape.measures.spectrum import (
@@ -184,6 +185,8 @@ class HessianSpectrum(LandscapeHandler):
             since eval-mode curvature with stale running statistics can be orders of magnitude off the
             stability threshold; a warning says so once, and the scalar ``train_mode`` (1 or 0) records
             the mode whenever ``optimizer=`` is given.
+        curvature: the matrix whose eigenvalues are tracked: ``"hessian"``, ``"ggn"``, ``"fisher"`` or
+            ``"empirical_fisher"`` (the stability threshold and the preconditioned sharpness refer to the Hessian).
         **kwargs: ``name``, ``params``, ``seed``, ``on_error``, ``progress`` (see :class:`LandscapeHandler`).
 
     Example:
@@ -216,9 +219,11 @@ class HessianSpectrum(LandscapeHandler):
         optimizer: torch.optim.Optimizer | None = None,
         preconditioned: bool | None = None,
         model_mode: str | None = None,
+        curvature: str = "hessian",
         **kwargs: Any,
     ) -> None:
         super().__init__(model, probe, **kwargs)
+        self.curvature = check_curvature(curvature)
         _check_int("k", k, 1)
         _check_choice("which", which, _WHICH)
         _check_positive("tol", tol)
@@ -288,6 +293,7 @@ class HessianSpectrum(LandscapeHandler):
             seed=self.seed,
             v0=self._v0(self.eigenvectors, 0),
             return_eigenvectors=self.warm_start,
+            curvature=self.curvature,
         )
         ok = bool(torch.isfinite(result.eigenvalues).all()) and result.eigenvectors is not None
         self.eigenvectors = result.eigenvectors.detach().clone() if ok else None
@@ -377,6 +383,7 @@ class HessianTrace(LandscapeHandler):
         method: ``"hutch++"``, ``"hutchinson"``, ``"exact"`` or ``"auto"`` (as in :func:`hessian_trace`).
         num_hvps: budget of Hessian-vector products per firing (at least 6 for Hutch++ and ``"auto"``, 2 for
             Hutchinson).
+        curvature: ``"hessian"``, ``"ggn"``, ``"fisher"`` or ``"empirical_fisher"`` (``"exact"`` is for the Hessian).
         **kwargs: ``name``, ``params``, ``seed``, ``on_error``, ``progress``.
 
     Example:
@@ -390,20 +397,37 @@ class HessianTrace(LandscapeHandler):
     default_name = "trace"
 
     def __init__(
-        self, model: nn.Module, probe: Probe, *, method: str = "hutch++", num_hvps: int = 60, **kwargs: Any
+        self,
+        model: nn.Module,
+        probe: Probe,
+        *,
+        method: str = "hutch++",
+        num_hvps: int = 60,
+        curvature: str = "hessian",
+        **kwargs: Any,
     ) -> None:
         # The same checks hessian_trace() makes: a budget too small for the method fails here, not at every firing.
         TraceOptions(method, num_hvps)
+        check_curvature(curvature)
+        if method == "exact" and curvature != "hessian":
+            raise ValueError(f"method='exact' computes the Hessian's trace: use curvature='hessian', got {curvature!r}")
         super().__init__(model, probe, **kwargs)
         self.method = method
         self.num_hvps = num_hvps
+        self.curvature = curvature
 
     def expected_keys(self) -> list[str]:
         return ["value", "stderr"]
 
     def compute(self, engine: Engine) -> Any:
         return hessian_trace(
-            self.model, self.probe, method=self.method, num_hvps=self.num_hvps, params=self.params, seed=self.seed
+            self.model,
+            self.probe,
+            method=self.method,
+            num_hvps=self.num_hvps,
+            params=self.params,
+            seed=self.seed,
+            curvature=self.curvature,
         )
 
 
@@ -419,6 +443,8 @@ class HessianDensity(LandscapeHandler):
         num_runs: random start vectors.
         grid_size: points of the smoothed density.
         sigma: Gaussian smoothing width (default 1% of the spectrum's range).
+        curvature: ``"hessian"``, ``"ggn"``, ``"fisher"`` or ``"empirical_fisher"``
+            (see :mod:`ignite_landscape.curvature`).
         **kwargs: ``name``, ``params``, ``seed``, ``on_error``, ``progress``.
 
     Example:
@@ -440,9 +466,11 @@ class HessianDensity(LandscapeHandler):
         num_runs: int = 4,
         grid_size: int = 512,
         sigma: float | None = None,
+        curvature: str = "hessian",
         **kwargs: Any,
     ) -> None:
         options = DensityOptions(num_steps, num_runs, grid_size, sigma)  # as hessian_density() checks them
+        self.curvature = check_curvature(curvature)
         super().__init__(model, probe, **kwargs)
         self.num_steps = num_steps
         self.num_runs = num_runs
@@ -462,4 +490,5 @@ class HessianDensity(LandscapeHandler):
             sigma=self.sigma,
             params=self.params,
             seed=self.seed,
+            curvature=self.curvature,
         )
