@@ -852,7 +852,7 @@ class _SavedBytes:
     def exceeded(self) -> bool:
         return self.bytes > self.limit
 
-    def pack(self, t: torch.Tensor) -> torch.Tensor:
+    def pack(self, t: torch.Tensor) -> tuple[torch.Tensor, int]:
         try:
             storage = t.untyped_storage()
             key = storage.data_ptr()
@@ -861,10 +861,24 @@ class _SavedBytes:
                 self.bytes += storage.nbytes()
         except (RuntimeError, NotImplementedError):
             self.bytes += t.numel() * t.element_size()
-        return t
+        # Never keep ``t`` itself: a tensor saved by its own backward node (the output of ReLU, softmax,
+        # exp) would then hold that node through its grad_fn, a reference cycle inside autograd's C++
+        # graph that Python's collector cannot see, so every cached graph would outlive its session.
+        # A detached alias shares the storage and the version counter; autograd re-attaches the
+        # grad_fn or grad accumulator on unpack.
+        return t.detach(), t._version
 
     @staticmethod
-    def unpack(t: torch.Tensor) -> torch.Tensor:
+    def unpack(packed: tuple[torch.Tensor, int]) -> torch.Tensor:
+        t, version = packed
+        # With saved-tensor hooks autograd skips its own check that a saved tensor was not modified in
+        # place since it was saved (it cannot know what the hook returns): redo it, or an in-place op
+        # (``nn.ReLU(inplace=True)`` on a saved tensor) would silently corrupt the gradient.
+        if t._version != version:
+            raise RuntimeError(
+                "a tensor saved for the gradient graph was modified by an in-place operation "
+                f"(version {t._version}, saved at version {version}); the Hessian-vector product would be wrong"
+            )
         return t
 
 

@@ -311,7 +311,7 @@ class LandscapeLogHandler(BaseHandler):
                     self._write_result(writer, name, f, result, step)
                 except Exception as exc:  # a drawing problem must not stop training
                     _log.warning("LandscapeLogHandler: could not write %r (%s: %s)", name, type(exc).__name__, exc)
-        if self.text:
+        if self.text and any(not f.skipped for _, f in fresh):  # a skipped firing logs its count only
             writer.add_text("landscape/summary", summary_table(firings), step)
 
     # -- per result type ------------------------------------------------------------------------

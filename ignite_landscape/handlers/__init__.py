@@ -21,6 +21,7 @@ Example:
 """
 
 from ignite_landscape.handlers.base import Firing, LandscapeHandler
+from ignite_landscape.handlers.budget import Budget
 from ignite_landscape.handlers.connectivity import ModeConnectivity
 from ignite_landscape.handlers.curvature import (
     BatchSharpness,
@@ -35,6 +36,7 @@ from ignite_landscape.handlers.slices import LossSlice
 from ignite_landscape.handlers.spectrum import HessianDensity, HessianSpectrum, HessianTrace
 
 __all__ = [
+    "Budget",
     "Firing",
     "LandscapeHandler",
     "HessianSpectrum",

@@ -50,6 +50,7 @@ from ignite.engine.events import CallableEventWithFilter, RemovableEventHandle
 from torch import nn
 
 from ignite_landscape import distributed
+from ignite_landscape.handlers.budget import Budget
 from ignite_landscape.params import ParamsArg, ParamSpace, model_device, unwrap_model
 from ignite_landscape.probe import Probe
 from ignite_landscape.restore import preserved_state
@@ -74,6 +75,8 @@ class Firing:
         seconds: wall time of the computation.
         scalars: the scalars written to ``engine.state.metrics`` (without the ``landscape/<name>/`` prefix).
         error: ``"ExceptionType: message"`` when the computation failed, else ``None``.
+        skipped: True for a firing that a :class:`~ignite_landscape.Budget` skipped (its only scalar
+            is the running count ``skipped``; it is never appended to the history).
     """
 
     epoch: int
@@ -82,6 +85,7 @@ class Firing:
     seconds: float
     scalars: dict[str, float] = field(default_factory=dict)
     error: str | None = None
+    skipped: bool = False
 
     @property
     def failed(self) -> bool:
@@ -302,6 +306,10 @@ class LandscapeHandler:
             raise TypeError(f"guard must be a bool, got {type(guard).__name__}")
         self.guard = guard
         self.history: list[Firing] = []
+        self.budget: Budget | None = None
+        self.skipped = 0
+        self._pending_budget_state: Mapping[str, Any] | None = None
+        self._last_skipped = False
         self._last_key: tuple[int, int, int, int] | None = None
         self._run_count = 0
 
@@ -338,6 +346,7 @@ class LandscapeHandler:
         event: Any = Events.EPOCH_COMPLETED,
         *,
         every: int | None = None,
+        budget: Budget | float | None = None,
     ) -> RemovableEventHandle:
         """Run this handler on ``event`` of ``engine``.
 
@@ -346,14 +355,24 @@ class LandscapeHandler:
             event: any Ignite event, filtered event (``Events.EPOCH_COMPLETED(every=5)``,
                 ``Events.ITERATION_COMPLETED(once=[10, 100])``) or ``|``-combination of them.
             every: shorthand for ``event(every=every)``.
+            budget: a :class:`~ignite_landscape.Budget`, possibly shared with other handlers, or a
+                fraction (a budget of this handler's own): a firing whose expected cost would push the
+                landscape time above that fraction of the training time so far is skipped (counted in
+                :attr:`skipped`, logged as ``landscape/<name>/skipped``). The first firing and firings
+                on ``Events.COMPLETED`` always run.
 
         Returns:
             The handle of the registration (``handle.remove()`` detaches it).
 
         Raises:
             TypeError: if ``engine`` is not an Ignite ``Engine`` or ``event`` not an Ignite event.
-            ValueError: if ``every`` is not a positive int or the engine does not know the event.
+            ValueError: if ``every`` is not a positive int or the engine does not know the event, or
+                a fractional ``budget`` is not positive.
         """
+        if budget is not None and not isinstance(budget, Budget):
+            if isinstance(budget, bool) or not isinstance(budget, (int, float)):
+                raise TypeError(f"budget must be an ignite_landscape.Budget or a fraction, got {type(budget).__name__}")
+            budget = Budget(budget)
         if not isinstance(engine, Engine):
             raise TypeError(f"engine must be an ignite.engine.Engine, got {type(engine).__name__}")
         if every is not None:
@@ -369,6 +388,12 @@ class LandscapeHandler:
                     f"event must be an Ignite event such as Events.EPOCH_COMPLETED(every=5), got {type(e).__name__}"
                 )
         self._on_attach(engine)
+        if budget is not None:
+            self.budget = budget
+            budget.attach(engine)
+            if self._pending_budget_state is not None:
+                budget.load_state_dict(self._pending_budget_state)
+                self._pending_budget_state = None
         handle = engine.add_event_handler(event, self)
         if not engine.has_event_handler(self._on_started, Events.STARTED):
             engine.add_event_handler(Events.STARTED, self._on_started)
@@ -382,15 +407,22 @@ class LandscapeHandler:
         """Compute once per moment of ``engine``, record the result, never kill training (by default)."""
         state = engine.state
         key = (id(engine), self._run_count, state.epoch, state.iteration)
-        if key == self._last_key:
-            logger.debug("%s: already computed at epoch %d, iteration %d", self.name, state.epoch, state.iteration)
+        # A moment the budget skipped still runs on COMPLETED (the final state is always measured).
+        if key == self._last_key and not (self._last_skipped and engine.last_event_name == Events.COMPLETED):
+            logger.debug("%s: already handled epoch %d, iteration %d", self.name, state.epoch, state.iteration)
             return
         self._last_key = key
+        self._last_skipped = False
         if getattr(state, "landscape", None) is None:
             state.landscape = {}
         if getattr(state, "landscape_firings", None) is None:
             state.landscape_firings = {}
-        start = time.perf_counter()
+        if self.budget is not None and not self._budget_allows(engine):
+            self._last_skipped = True
+            self._skip(state)
+            return
+        clock = time.perf_counter if self.budget is None else self.budget.clock
+        start = clock()
         error = None
         try:
             with (
@@ -414,7 +446,9 @@ class LandscapeHandler:
             )
             result = None
             scalars = {k: math.nan for k in self._nan_keys()}
-        seconds = time.perf_counter() - start
+        seconds = clock() - start
+        if self.budget is not None:
+            self.budget.spend(self.name, seconds)
         if error is None:
             bad = [k for k, v in scalars.items() if not math.isfinite(v)]
             # Every rank holds the same scalars: one warning per job. (Failures above differ by rank: all log.)
@@ -441,6 +475,31 @@ class LandscapeHandler:
         self.history.append(firing)
         state.landscape_firings[self.name] = firing
 
+    def _budget_allows(self, engine: Engine) -> bool:
+        if engine.last_event_name == Events.COMPLETED or not self.history:
+            return True
+        costs = [f.seconds for f in self.history]
+        # Every rank must take the same decision: a skipped firing on one rank would leave the others
+        # waiting in the measure's collectives.
+        if distributed.all_agree(self.budget.allows(self.name, costs)):
+            return True
+        self.budget.skip(self.name, costs)
+        return False
+
+    def _skip(self, state: Any) -> None:
+        # Only the count is published: the latest result and scalars stay those of the last firing that ran.
+        self.skipped += 1
+        state.metrics[f"landscape/{self.name}/skipped"] = float(self.skipped)
+        state.landscape_firings[self.name] = Firing(
+            epoch=int(state.epoch),
+            iteration=int(state.iteration),
+            result=None,
+            seconds=0.0,
+            scalars={"skipped": float(self.skipped)},
+            skipped=True,
+        )
+        logger.debug("%s: skipped at iteration %d to stay within %r", self.name, state.iteration, self.budget)
+
     def _nan_keys(self) -> list[str]:
         for firing in reversed(self.history):
             if not firing.failed:
@@ -454,7 +513,7 @@ class LandscapeHandler:
 
     # -- serialisation --------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """History, seed and handler-specific state (directions, eigenvectors, reference weights)."""
+        """History, seed, skip count, budget totals and handler-specific state (directions, eigenvectors...)."""
         return {
             "version": _STATE_VERSION,
             "class": type(self).__name__,
@@ -462,6 +521,8 @@ class LandscapeHandler:
             "seed": self.seed,
             "history": [_firing_to_plain(f) for f in self.history],
             "extra": to_plain(self._extra_state()),
+            "skipped": self.skipped,
+            "budget": None if self.budget is None else self.budget.state_dict(),
         }
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
@@ -479,6 +540,14 @@ class LandscapeHandler:
             logger.info("%s: using the saved seed %s instead of %s", self.name, state_dict["seed"], self.seed)
             self.seed = int(state_dict["seed"])
         self.history = [_firing_from_plain(f) for f in state_dict["history"]]
+        self.skipped = int(state_dict.get("skipped", 0))
+        budget_state = state_dict.get("budget")
+        if budget_state is not None:
+            # Before attach (the usual order with Checkpoint.load_objects) the budget is not known yet.
+            if self.budget is not None:
+                self.budget.load_state_dict(budget_state)
+            else:
+                self._pending_budget_state = budget_state
         self._load_extra_state(from_plain(state_dict["extra"]))
 
     def __repr__(self) -> str:
