@@ -370,6 +370,7 @@ def check_row_mean(loss_fn: Callable[[Any, Any], torch.Tensor], y_pred: Any, y: 
 
 _FIX = (
     "Fix: pass the torch loss module (e.g. nn.CrossEntropyLoss(weight=..., ignore_index=...)), which the probe "
-    "decomposes exactly, or declare the loss as il.DecomposedLoss(total_fn, normalizer=...) with total_fn the "
-    "loss summed over samples and normalizer 'rows', None or a function of the targets."
+    "decomposes exactly (reshape the model output with Probe(..., output_transform=...) if needed), or declare "
+    "the loss as il.DecomposedLoss(total_fn, normalizer=...) with total_fn the loss summed over samples and "
+    "normalizer 'rows', None or a function of the targets."
 )

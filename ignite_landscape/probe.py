@@ -2,9 +2,11 @@
 
 A :class:`Probe` takes the first ``num_samples`` samples of some data once and keeps exactly those,
 so a quantity measured at epoch 3 and at epoch 30 is measured on the same samples. Every loss,
-gradient and Hessian-vector product (HVP) over the probe is the exact sample-weighted mean over
-its samples, whatever the batch split (for a mean-reduced ``loss_fn``; in ``model_mode="train"``
-BatchNorm's batch statistics make the loss itself depend on the split).
+gradient and Hessian-vector product (HVP) over the probe is of one objective, what ``loss_fn``
+returns on all probe samples as one batch, ``L(θ) = loss_fn(output_transform(model(X)), y)``,
+computed exactly whatever the batch split (:mod:`ignite_landscape.objective`: any reduction, class
+weights, ignored targets; in ``model_mode="train"`` BatchNorm's batch statistics make the model's
+output itself depend on the split).
 
 Computations run inside a :class:`ProbeSession`, opened with :meth:`Probe.session`. The session
 evaluates the model *functionally* (``torch.func.functional_call`` with tensors it owns), so the
@@ -410,7 +412,7 @@ class Probe:
         exactly ``L(θ)``; it works under ``torch.func`` transforms (``vmap``, ``grad``)."""
         total = self.decomposition.total(self.transform(output), y)
         self.check_loss(total)
-        return total / self._normalizer
+        return total / self.normalizer  # fixed once the layout is (collective on first use, like layout())
 
     def check_row_mean(self, output: Any, y: Any) -> str:
         """For an undeclared ``loss_fn``: check on one chunk that it is a per-row mean (see
