@@ -59,7 +59,8 @@ def probe_execution(model: nn.Module, device: torch.device | None) -> Iterator[N
 
     with ExitStack() as stack:
         for device_type in sorted({"cpu", device.type if device is not None else "cpu"}):
-            stack.enter_context(torch.autocast(device_type=device_type, enabled=False))
+            if torch.amp.is_autocast_available(device_type):  # autocast(device_type=...) raises otherwise
+                stack.enter_context(torch.autocast(device_type=device_type, enabled=False))
         stack.enter_context(sdpa_kernel(SDPBackend.MATH))
         if any(is_compiled(m) for m in model.modules()):
             stack.enter_context(torch.compiler.set_stance("force_eager"))
