@@ -546,7 +546,8 @@ METRICS: tuple[_Metric, ...] = (
     _Metric(
         "noise_scale",
         "B_simple",
-        "gradient noise scale tr(Σ)/‖G‖² (McCandlish et al. 2018), in samples",
+        "gradient noise scale tr(Σ)/‖G‖² (McCandlish et al. 2018), in samples; ‖G‖² with the "
+        "finite-population correction for the probe's share of the data set",
         _tag("landscape/noise_scale/b_simple"),
     ),
 )

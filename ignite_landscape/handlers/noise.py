@@ -3,8 +3,8 @@
 Following McCandlish et al.'s advice, the handler also smooths the numerator ``tr(Σ)`` and the
 denominator ``‖G‖²`` *separately* across firings, with bias-corrected exponential moving averages of
 weight ``smoothing``, and logs ``b_simple_smoothed`` = (smoothed ``tr(Σ)``)/(smoothed ``‖G‖²``) next to
-the raw ``b_simple``: a ratio of averages, which stays finite when one firing's ``‖G‖²`` estimate
-is noisy, where an average of ratios would not.
+the raw ``b_simple``: a ratio of averages, finite as long as the averaged ``‖G‖²`` is positive,
+even at a firing whose own ``‖G‖²`` estimate is not (an average of ratios would be ``inf`` then).
 
 Example:
     >>> import torch
