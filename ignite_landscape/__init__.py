@@ -22,6 +22,7 @@ from ignite_landscape.handlers import (
     ModeConnectivity,
     Sharpness,
 )
+from ignite_landscape.loggers import LandscapeArtifactHandler
 from ignite_landscape.measures import (
     BatchSharpnessResult,
     DirectionalCurvatureResult,
@@ -73,6 +74,7 @@ __all__ = [
     "ModeConnectivity",
     "GradientNoiseScale",
     "LandscapeLogHandler",
+    "LandscapeArtifactHandler",
     "Interpolation",
     "LossSliceResult",
     "NoiseScale",
