@@ -7,7 +7,8 @@ writes every result computed since its previous call, at the trainer's iteration
 fired it; ``global_step_transform=`` chooses another step):
 
 * scalars ``landscape/<name>/<quantity>`` (the values in ``engine.state.metrics``),
-* histograms of the Hessian eigenvalues and of the SLQ spectral density,
+* histograms of the Hessian eigenvalues, of the SLQ spectral density and of any distribution a result
+  exposes through a ``histograms()`` method (the per-sample gradient norms of the gradient statistics),
 * figures: the 1D slice (current over earlier ones, shared axes), the 2D slice as filled contours,
   the SLQ density and the interpolation path,
 * the 2D slice as a 3D mesh (``add_mesh``): vertex colours by loss, a camera that frames the whole
@@ -374,6 +375,14 @@ class LandscapeLogHandler(BaseHandler):
                         title=f"{name}: {quantity} per layer",
                     )
                     writer.add_figure(f"{tag}/{quantity}_heatmap", fig, step, close=True)
+        extra = getattr(result, "histograms", None)
+        if self.histograms and callable(extra):
+            # A result that exposes distributions (per-sample gradient norms) gets one histogram each.
+            for key, values in extra().items():
+                values = torch.as_tensor(values).detach().cpu().double().numpy()
+                values = values[np.isfinite(values)]
+                if values.size:
+                    writer.add_histogram(f"{tag}/{key}", values, step)
         data = _curve_data(result)
         if data is not None and self.text:
             # The raw curve, so `python -m ignite_landscape report` can redraw it (a figure cannot be re-plotted).
@@ -385,6 +394,8 @@ class LandscapeLogHandler(BaseHandler):
         nodes = result.nodes.detach().cpu().double().numpy().ravel()
         mass = (result.weights.detach().cpu().double() / result.weights.shape[0]).numpy().ravel()
         keep = np.isfinite(nodes) & np.isfinite(mass)
+        if getattr(result, "mask", None) is not None:  # padded nodes of runs that ended early are no eigenvalues
+            keep &= result.mask.detach().cpu().numpy().ravel()
         nodes, mass = nodes[keep], mass[keep]
         if nodes.size == 0:
             return

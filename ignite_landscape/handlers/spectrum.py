@@ -42,7 +42,7 @@ from torch import nn
 
 from ignite_landscape.curvature import check_curvature
 from ignite_landscape.handlers.base import LandscapeHandler, _check_choice, _check_int, _check_positive
-from ignite_landscape.linalg.random import gaussian
+from ignite_landscape.linalg.random import generator
 from ignite_landscape.measures.spectrum import (
     DensityOptions,
     HessianEigenvalues,
@@ -99,14 +99,25 @@ def stability_threshold(optimizer: torch.optim.Optimizer, group: Mapping[str, An
 
 
 def adam_preconditioner(
-    optimizer: torch.optim.Optimizer, model: nn.Module, space: ParamSpace
+    optimizer: torch.optim.Optimizer, model: nn.Module, space: ParamSpace, reference_lr: float | None = None
 ) -> dict[str, torch.Tensor] | None:
-    """``P = √v̂ + ε`` per selected parameter from Adam's state, or ``None`` before the first step.
+    """Adam's preconditioner ``P`` per selected parameter, or ``None`` before the first step.
 
-    This is exactly the denominator of PyTorch's Adam/AdamW update (``max_exp_avg_sq`` with AMSGrad).
+    After step ``t`` PyTorch's Adam/AdamW moved by ``−η m̂/(√v̂ + ε)`` with ``m̂ = m/(1 − β₁ᵗ)`` and
+    ``v̂ = v/(1 − β₂ᵗ)`` (``max_exp_avg_sq`` with AMSGrad). Written as ``−η P⁻¹ m`` on the raw
+    exponential average ``m`` — the form whose stability threshold on a quadratic is
+    ``(2 + 2β₁)/((1 − β₁)η)`` — the preconditioner is ``P = (1 − β₁ᵗ)·(√v̂ + ε)``, as in Cohen et al.
+    2022 ("Adaptive gradient methods at the edge of stability"); the first-moment bias correction
+    matters early in training (``1 − 0.9¹⁰ ≈ 0.65``).
+
+    Parameter groups with different learning rates ``η_g`` are folded into ``P``: the update of group
+    ``g`` is ``−η_ref (P·η_ref/η_g)⁻¹ m``, so ``P`` is scaled by ``η_ref/η_g`` and one threshold with
+    ``η_ref`` applies to all (``reference_lr``; default the learning rate of the first selected parameter).
+    Also ``None`` when a selected group has ``η_g ≤ 0`` (it does not move: no finite ``P`` describes it).
     """
     named = dict(unwrap_model(model).named_parameters())
     groups = _groups(optimizer, model, space)
+    eta_ref = float(groups[0]["lr"]) if reference_lr is None else float(reference_lr)
     out: dict[str, torch.Tensor] = {}
     for name, group in zip(space.names, groups):
         st = optimizer.state.get(named[name], {})
@@ -116,9 +127,12 @@ def adam_preconditioner(
         step = float(st["step"])
         if step < 1:
             return None
-        beta2 = float(group["betas"][1])
+        beta1, beta2 = float(group["betas"][0]), float(group["betas"][1])
         v_hat = st[key].detach().double() / (1 - beta2**step)
-        out[name] = v_hat.sqrt() + float(group["eps"])
+        eta = float(group["lr"])
+        if not eta > 0:
+            return None
+        out[name] = (v_hat.sqrt() + float(group["eps"])) * ((1 - beta1**step) * eta_ref / eta)
     return out
 
 
@@ -172,10 +186,14 @@ class HessianSpectrum(LandscapeHandler):
         which: ``"largest"``, ``"smallest"`` or ``"both"``.
         tol: relative residual tolerance of Lanczos.
         max_iter: cap on Hessian-vector products per firing.
-        warm_start: start Lanczos from the sum of the previous firing's eigenvectors plus a little
-            noise (``warm_start_noise`` of its norm, drawn from a seeded private generator) instead of a
-            random vector. The converged values are the same up to ``tol``; it usually takes fewer HVPs.
-        warm_start_noise: relative size of the random part of the warm start.
+        warm_start: put the previous firing's eigenvectors in the start block, next to the random
+            vectors every start holds. It changes the cost, not the answer: convergence also asks the
+            random exploration beyond the wanted eigenvalues to be resolved, so an eigenvalue that has
+            overtaken the old k-th is found at the firing where it does (see :func:`hessian_eigenvalues`).
+            What it saves depends on how far the eigenvectors move between firings: measured in
+            ``benchmarks/bench_tracking.py``.
+        warm_start_noise: relative size of a seeded random perturbation of each old eigenvector
+            (default 0: the random start vectors already catch what the old ones miss).
         optimizer: the training optimizer, for the stability threshold (SGD, Adam, AdamW).
         preconditioned: also compute the preconditioned sharpness (default: for Adam/AdamW).
         model_mode: ``"eval"`` or ``"train"``: the mode the eigenvalues are measured in, on the probe's
@@ -215,7 +233,7 @@ class HessianSpectrum(LandscapeHandler):
         *,
         max_iter: int | None = None,
         warm_start: bool = True,
-        warm_start_noise: float = 0.1,
+        warm_start_noise: float = 0.0,
         optimizer: torch.optim.Optimizer | None = None,
         preconditioned: bool | None = None,
         model_mode: str | None = None,
@@ -272,14 +290,17 @@ class HessianSpectrum(LandscapeHandler):
     def _v0(self, previous: torch.Tensor | None, salt: int) -> torch.Tensor | None:
         if not self.warm_start or previous is None or previous.shape[-1] != self.space.numel:
             return None
-        v = previous.reshape(-1, self.space.numel).sum(0)
-        norm = torch.linalg.vector_norm(v)
-        if not torch.isfinite(norm) or norm == 0:
+        block = previous.reshape(-1, self.space.numel)
+        norms = torch.linalg.vector_norm(block, dim=1, keepdim=True)
+        if not bool(torch.isfinite(block).all()) or not bool((norms > 0).all()):
             return None
-        # The random part keeps directions the old eigenvectors miss (an eigenvalue that overtakes
-        # the old top k) inside the Krylov space; it is seeded so a resumed run draws the same.
-        noise = gaussian(v.numel(), self.seed + 7919 * (len(self.history) + 1) + salt, dtype=v.dtype, device=v.device)
-        return v / norm + self.warm_start_noise * noise / torch.linalg.vector_norm(noise)
+        block = block / norms
+        if self.warm_start_noise > 0:
+            # Seeded per firing, so a resumed run draws the same perturbation.
+            g = generator(self.seed + 7919 * (len(self.history) + 1) + salt)
+            noise = torch.randn(block.shape, generator=g, dtype=torch.float64).to(block)
+            block = block + self.warm_start_noise * noise / torch.linalg.vector_norm(noise, dim=1, keepdim=True)
+        return block
 
     def compute(self, engine: Engine) -> HessianEigenvalues:
         result = hessian_eigenvalues(
@@ -325,12 +346,19 @@ class HessianSpectrum(LandscapeHandler):
             return out
         groups = _groups(self.optimizer, self.model, self.space)
         lrs = sorted({float(g["lr"]) for g in groups})
-        if len(lrs) > 1 and not self._warned_lrs:
+        group = groups[0]
+        # Adam's per-group learning rates are folded into its preconditioner (adam_preconditioner);
+        # SGD's plain λ_max has no such place, and Adam's threshold needs one β₁.
+        mixed = len(lrs) > 1 and not _is_adam(self.optimizer)
+        mixed |= _is_adam(self.optimizer) and len({float(g["betas"][0]) for g in groups}) > 1
+        if mixed and not self._warned_lrs:
             logger.warning(
-                "HessianSpectrum: the selected parameters have several learning rates %s; using %s", lrs, lrs[0]
+                "HessianSpectrum: the selected parameters have several learning rates %s (or Adam betas); the "
+                "threshold uses the first parameter's group (lr %s)",
+                lrs,
+                float(group["lr"]),
             )
             self._warned_lrs = True
-        group = groups[0]
         lr = float(group["lr"])
         out["lr"] = lr
         out["train_mode"] = 1.0 if self.model_mode == "train" else 0.0

@@ -1,22 +1,38 @@
-"""Lanczos with full reorthogonalization for extreme eigenpairs of a symmetric operator.
+"""Extreme eigenpairs of a symmetric operator: block Krylov–Rayleigh–Ritz with exact residuals.
 
-The operator is any ``matvec(v) -> A v`` on flat vectors; nothing here knows about models.
+The operator is any ``matvec(v) -> A v`` on flat vectors; nothing here knows about models (a Hessian,
+a Gauss–Newton matrix or a preconditioned operator are all just a ``matvec``).
 
-Every new Lanczos vector is orthogonalized twice against all previous ones (classical
-Gram-Schmidt, "twice is enough"), so no spurious copies of converged eigenvalues appear, unlike
-plain three-term Lanczos or power iteration. After each step the Ritz pairs of the tridiagonal
-matrix ``T_j`` are computed; the residual of Ritz pair ``(θ_i, y_i)`` is ``‖A y_i − θ_i y_i‖ =
-β_j |s_{j,i}|`` and the iteration stops when every wanted pair has a residual ``≤ tol·|θ_i|``.
-When the Krylov space becomes invariant (``β_j ≈ 0``) the iteration restarts with a random vector
-orthogonal to it, so eigenvalues the start vector did not reach (repeated ones included) are still
-found; no shift is used, so negative eigenvalues come out as they are.
+:func:`lanczos` keeps an orthonormal basis ``V`` (twice-is-enough Gram–Schmidt against every earlier
+vector), the products ``W = A V`` and the projected matrix ``T = V A Vᵀ``. Each step it takes the
+Ritz pairs ``(θ, y = Vᵀ s)`` of ``T``, computes every wanted residual ``‖A y − θ y‖ = ‖Wᵀ s − θ Vᵀ s‖``
+explicitly from the stored products, and grows the basis by the residuals of the pairs that have not
+converged (converged pairs cost nothing more: soft locking). Started from one vector this is exactly
+Lanczos with full reorthogonalization; started from a block it is block Lanczos with the converged
+columns dropped. Why this design:
+
+* **Multiplicity.** A Krylov space grown from one vector holds one direction of each eigenspace, so
+  single-vector Lanczos finds one copy of a repeated eigenvalue. The start block always holds
+  ``num_random`` random vectors (2 by default), so eigenvalues of multiplicity up to ``num_random``
+  (above the part of the spectrum a warm start already holds) come out with their multiplicity.
+* **Warm starts never change the answer.** A warm start puts last time's eigenvectors in the start
+  block *next to* the random vectors, and convergence asks for more than small wanted residuals: the
+  first Ritz pair *beyond* the wanted ones (the guard) must converge too, to the looser
+  ``guard_tol``. That pair is the top of what the random vectors have explored outside the wanted
+  space, so an eigenvalue that has overtaken the old k-th one — which a warm start otherwise never
+  meets — is reached before the iteration may stop, as in a cold start.
+* **Honest residuals.** The residuals are recomputed from the stored products, not read off a
+  recurrence (which keeps shrinking below what the arithmetic can deliver), and floored at
+  ``16·ε·max|θ|`` (ε of the working dtype), so ``converged`` never claims more than float32 gives.
+
+The price is memory: ``V`` and ``W`` hold ``2 × max_iter`` vectors of length ``n``.
 
 Example:
     >>> import torch
-    >>> A = torch.diag(torch.arange(1.0, 11.0, dtype=torch.float64))
-    >>> res = lanczos(lambda v: A @ v, 10, k=2, tol=1e-10, dtype=torch.float64)
+    >>> A = torch.diag(torch.tensor([1.0, 2.0, 3.0, 5.0, 5.0, 4.0], dtype=torch.float64))
+    >>> res = lanczos(lambda v: A @ v, 6, k=3, tol=1e-10, dtype=torch.float64)
     >>> [round(x, 8) for x in res.eigenvalues.tolist()]
-    [10.0, 9.0]
+    [5.0, 5.0, 4.0]
 """
 
 from __future__ import annotations
@@ -35,6 +51,13 @@ __all__ = ["WHICH", "LanczosResult", "lanczos", "lanczos_tridiagonal", "tridiago
 WHICH = ("largest", "smallest", "both")
 MatVec = Callable[[torch.Tensor], torch.Tensor]
 
+# Floor of a reported residual, in units of eps(dtype)·max|θ|: a matvec in floating point is only
+# accurate to a modest multiple of that, so no residual below it can be trusted.
+PRECISION_FACTOR = 16.0
+# A new direction whose part outside the basis is below this share of its norm adds nothing
+# reliable (it is rounding noise or nearly in the span) and is not worth a matvec.
+_MIN_NEW = 1e-2
+
 
 @dataclass
 class LanczosResult:
@@ -43,11 +66,12 @@ class LanczosResult:
     Attributes:
         eigenvalues: float64, descending for ``"largest"`` and ``"both"`` (the k largest then the k
             smallest), ascending for ``"smallest"``.
-        residuals: ``‖A y − θ y‖`` of each Ritz pair, same order.
-        converged: whether each residual met ``tol·|θ|``.
+        residuals: ``‖A y − θ y‖`` of each Ritz pair, recomputed from the operator's products and
+            floored at the working precision (see the module docstring), same order.
+        converged: whether each residual met ``tol·|θ|`` (and the guard pair its looser tolerance).
         num_matvecs: operator applications used.
         eigenvectors: unit Ritz vectors, one row per eigenvalue, when asked for.
-        ritz_values: every Ritz value of the final tridiagonal matrix, ascending.
+        ritz_values: every Ritz value of the final projected matrix, ascending.
     """
 
     eigenvalues: torch.Tensor
@@ -148,14 +172,81 @@ def lanczos_tridiagonal(
     return alphas, betas, basis[: len(alphas)]
 
 
-def _wanted(m: int, k: int, which: str) -> list[int]:
-    k = min(k, m)
+def _ends(m: int, k: int, which: str) -> list[tuple[list[int], int | None]]:
+    """Per wanted end: the wanted Ritz indices (outermost first) and the guard index just inside them."""
+    top = (list(range(m - 1, m - 1 - min(k, m), -1)), m - 1 - k if m > k else None)
+    bottom = (list(range(min(k, m))), k if m > k else None)
     if which == "largest":
-        return list(range(m - 1, m - 1 - k, -1))
+        return [top]
     if which == "smallest":
-        return list(range(k))
-    top = list(range(m - 1, m - 1 - k, -1))
-    return top + [i for i in range(min(k, m) - 1, -1, -1) if i not in top]
+        return [bottom]
+    if m < 2 * k:
+        # Not yet enough Ritz values for two disjoint ends: ask for all of them, guard nothing yet.
+        return [(list(range(m - 1, -1, -1)), None)]
+    guard_top = top[1] if top[1] is not None and top[1] >= k else None
+    guard_bottom = bottom[1] if bottom[1] is not None and bottom[1] < m - k else None
+    return [(top[0], guard_top), (list(range(k - 1, -1, -1)), guard_bottom)]
+
+
+class _Subspace:
+    """Orthonormal basis ``V``, products ``W = A V`` and projected matrix ``T = V A Vᵀ`` (float64)."""
+
+    def __init__(self, matvec: MatVec, n: int, cap: int, dtype: torch.dtype, device: torch.device | str | None):
+        self.matvec = matvec
+        self.cap = cap
+        self.V = torch.empty(cap, n, dtype=dtype, device=device)
+        self.W = torch.empty(cap, n, dtype=dtype, device=device)
+        self.T = torch.zeros(cap, cap, dtype=torch.float64)
+        self.m = 0
+        self.finite = True
+
+    def extend(self, block: torch.Tensor, limit: int | None = None) -> int:
+        """Add the directions of ``block`` (rows) that are new to the basis, at most ``limit`` of them;
+        returns how many were added."""
+        added = 0
+        for x in block:
+            if self.m >= self.cap or not self.finite or (limit is not None and added >= limit):
+                break
+            norm = torch.linalg.vector_norm(x)
+            if not torch.isfinite(norm) or norm == 0:
+                continue
+            q = x / norm
+            basis = self.V[: self.m]
+            for _ in range(2):  # twice is enough for orthogonality to working precision
+                q = q - basis.T @ (basis @ q)
+            rest = float(torch.linalg.vector_norm(q))
+            if rest <= _MIN_NEW:
+                continue
+            q = q / rest
+            w = self.matvec(q)
+            m = self.m
+            self.V[m] = q
+            self.W[m] = w
+            h = (self.V[: m + 1] @ w).to(torch.float64).cpu()
+            if not bool(torch.isfinite(h).all()):
+                self.finite = False
+            self.T[m, : m + 1] = h
+            self.T[: m + 1, m] = h
+            self.m += 1
+            added += 1
+        return added
+
+    def ritz(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Ritz values (ascending, float64) and their coefficient vectors (columns)."""
+        T = self.T[: self.m, : self.m]
+        return torch.linalg.eigh(0.5 * (T + T.T))
+
+    def residuals(self, theta: torch.Tensor, S: torch.Tensor, idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Residual vectors ``A y − θ y`` (rows) of the Ritz pairs ``idx`` from the stored products, and norms."""
+        coeffs = S[:, idx].to(dtype=self.V.dtype, device=self.V.device)
+        ay = coeffs.T @ self.W[: self.m]
+        y = coeffs.T @ self.V[: self.m]
+        r = ay - theta[idx].to(dtype=self.V.dtype, device=self.V.device)[:, None] * y
+        return r, torch.linalg.vector_norm(r.to(torch.float64), dim=1).cpu()
+
+    def vectors(self, S: torch.Tensor, idx: list[int]) -> torch.Tensor:
+        coeffs = S[:, idx].to(dtype=self.V.dtype, device=self.V.device)
+        return (coeffs.T @ self.V[: self.m]).contiguous()
 
 
 def lanczos(
@@ -171,8 +262,10 @@ def lanczos(
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
     return_eigenvectors: bool = False,
+    num_random: int = 2,
+    guard_tol: float | None = None,
 ) -> LanczosResult:
-    """Extreme eigenvalues of the symmetric ``n × n`` operator ``matvec``.
+    """Extreme eigenvalues of the symmetric ``n × n`` operator ``matvec``, with their multiplicity.
 
     Args:
         matvec: ``v -> A v`` on flat vectors of length ``n``.
@@ -180,68 +273,133 @@ def lanczos(
         k: how many eigenvalues at each wanted end.
         which: ``"largest"``, ``"smallest"`` (algebraic: negative eigenvalues come first) or
             ``"both"`` (k at each end).
-        tol: stop when every wanted Ritz residual is ``≤ tol·|θ|``.
-        max_iter: maximum operator applications (default ``min(n, max(100, 4k))``).
-        v0: start vector (e.g. the sum of last time's eigenvectors); random Gaussian by default.
-        seed: seed of the random start and restart vectors.
-        dtype: dtype of the Lanczos vectors (the operator's).
-        device: device of the Lanczos vectors.
+        tol: stop when every wanted residual is ``≤ tol·|θ|`` (and the guard pair has converged).
+        max_iter: maximum operator applications, which is also the size of the basis kept
+            (default ``min(n, max(100, 6k))``).
+        v0: a start vector or a block of them (rows), e.g. last time's eigenvectors. Random vectors
+            are always added next to it, so it can change the cost but not which eigenvalues are found.
+        seed: seed of the random start vectors.
+        dtype: dtype of the basis (the operator's).
+        device: device of the basis.
         return_eigenvectors: also return the Ritz vectors.
+        num_random: random vectors in the start block (``≥ 1``); eigenvalues of multiplicity up to
+            this are found with their multiplicity.
+        guard_tol: relative residual the first Ritz pair beyond the wanted ones must reach before
+            the iteration may stop, relative to the larger of its own and the k-th eigenvalue (default
+            ``max(tol, 1e-2)``): resolving the top of the rest of the spectrum to 1% is what makes a
+            missed eigenvalue above the k-th show up.
 
     Raises:
         ValueError: on ``k < 1``, ``k ≥ n`` (``2k > n`` for ``"both"``), unknown ``which``,
-            ``tol ≤ 0`` or ``max_iter < 1``.
+            ``tol ≤ 0``, ``max_iter < 1``, ``num_random < 1``, ``guard_tol ≤ 0`` or a ``v0`` of the
+            wrong size.
+        TypeError: on a non-integer ``k`` or ``num_random``.
     """
-    if isinstance(k, bool) or not isinstance(k, int):
-        raise TypeError(f"k must be an int, got {type(k).__name__}")
+    for name, value in (("k", k), ("num_random", num_random)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
     if which not in WHICH:
         raise ValueError(f"which must be one of {WHICH}, got {which!r}")
     if k < 1 or k >= n or (which == "both" and 2 * k > n):
         raise ValueError(f"k must satisfy 1 <= k < number of parameters ({n}), got k={k}")
     if not tol > 0:
         raise ValueError(f"tol must be positive, got {tol}")
+    if num_random < 1:
+        raise ValueError(f"num_random must be at least 1, got {num_random}")
+    if guard_tol is None:
+        guard_tol = max(tol, 1e-2)
+    elif not guard_tol > 0:
+        raise ValueError(f"guard_tol must be positive, got {guard_tol}")
     if max_iter is None:
-        max_iter = min(n, max(100, 4 * k))
+        max_iter = min(n, max(100, 6 * k))
     if max_iter < 1:
         raise ValueError(f"max_iter must be positive, got {max_iter}")
     need = 2 * k if which == "both" else k
-    max_iter = max(min(max_iter, n), need)
-    if v0 is None:
-        v0 = gaussian(n, seed, dtype=dtype, device=device)
-    else:
-        v0 = v0.detach().reshape(-1).to(dtype=dtype, device=device)
-        if v0.numel() != n:
-            raise ValueError(f"v0 must have {n} entries, got {v0.numel()}")
-
-    def converged_now(alphas: list[float], betas: list[float], j: int) -> bool:
-        m = len(alphas)
-        if m < need:
-            return False
-        theta, S = tridiagonal_eigh(alphas, betas)
-        res = abs(betas[-1]) * S[-1].abs()
-        idx = _wanted(m, k, which)
-        floor = 1e-12 * float(theta.abs().max())
-        return bool(all(res[i] <= tol * max(abs(theta[i]), floor) for i in idx))
-
-    alphas, betas, basis = lanczos_tridiagonal(matvec, v0, max_iter, restart_seed=seed + 1, stop=converged_now)
-    m = len(alphas)
-    if not all(math.isfinite(a) for a in alphas) or not all(math.isfinite(b) for b in betas):
+    cap = min(max(max_iter, need + 1), n)
+    starts = []
+    if v0 is not None:
+        v0 = v0.detach().to(dtype=dtype, device=device)
+        v0 = v0.reshape(1, -1) if v0.dim() <= 1 else v0.reshape(v0.shape[0], -1)
+        if v0.shape[1] != n:
+            raise ValueError(f"v0 must have {n} entries per vector, got {v0.shape[1]}")
+        starts.append(v0)
+    starts.append(torch.stack([gaussian(n, seed + 7919 * i, dtype=dtype, device=device) for i in range(num_random)]))
+    space = _Subspace(matvec, n, cap, dtype, device)
+    space.extend(torch.cat(starts))
+    eps = torch.finfo(dtype).eps
+    restarts = 0
+    while space.finite:
+        theta, S = space.ritz()
+        m = space.m
+        scale = float(theta.abs().max())
+        floor = PRECISION_FACTOR * eps * scale
+        tiny = 1e-12 * scale
+        # Unconverged pairs with their residual relative to what they must reach.
+        active: dict[int, float] = {}
+        for wanted, guard in _ends(m, k, which):
+            _, res = space.residuals(theta, S, wanted)
+            res = res.clamp_min(floor)
+            for i, r in zip(wanted, res.tolist()):
+                need_i = tol * max(abs(float(theta[i])), tiny)
+                if not r <= need_i:
+                    active[i] = r / need_i
+            if guard is not None and m < n:
+                _, gres = space.residuals(theta, S, [guard])
+                need_g = guard_tol * max(abs(float(theta[guard])), abs(float(theta[wanted[-1]])), tiny)
+                if not max(float(gres[0]), floor) <= need_g:
+                    active[guard] = math.inf  # the exploration goes first: it is what finds newcomers
+            elif m < n:
+                active[-1] = math.inf  # not enough Ritz values yet: keep growing
+        if not active or m >= cap:
+            break
+        # Grow by at most num_random directions a step, the least converged first: from a random block
+        # that is block Lanczos; from a warm block it refines k old vectors for the price of a few.
+        idx = sorted((i for i in active if i >= 0), key=lambda i: -active[i]) or list(range(m - 1, -1, -1))
+        block, _ = space.residuals(theta, S, idx)
+        if space.extend(block, limit=num_random) == 0:
+            # The residuals lie in the basis (an invariant subspace, or rounding): explore a fresh
+            # random direction instead, so eigenvalues it did not reach can still be found.
+            restarts += 1
+            fresh = gaussian(n, seed + 7919 * (num_random + restarts), dtype=dtype, device=device)
+            if space.extend(fresh[None]) == 0:
+                break
+    m = space.m
+    count = need
+    if not space.finite:
         warnings.warn(
             "lanczos: the operator returned non-finite values; eigenvalues are NaN", RuntimeWarning, stacklevel=2
         )
-        count = 2 * k if which == "both" else k
         nan = torch.full((count,), float("nan"), dtype=torch.float64)
         return LanczosResult(nan, nan.clone(), torch.zeros(count, dtype=torch.bool), m)
-    theta, S = tridiagonal_eigh(alphas, betas)
-    last_beta = abs(betas[-1]) if len(betas) == m else 0.0
-    res_all = last_beta * S[-1].abs()
-    idx = _wanted(m, k, which)
-    floor = 1e-12 * float(theta.abs().max())
+    theta, S = space.ritz()
+    scale = float(theta.abs().max())
+    floor = PRECISION_FACTOR * eps * scale
+    tiny = 1e-12 * scale
+    idx: list[int] = []
+    conv: list[bool] = []
+    residuals: list[float] = []
+    for wanted, guard in _ends(m, k, which):
+        _, res = space.residuals(theta, S, wanted)
+        res = res.clamp_min(floor)
+        guard_ok = True
+        if guard is not None and m < n:
+            _, gres = space.residuals(theta, S, [guard])
+            bound = max(abs(float(theta[guard])), abs(float(theta[wanted[-1]])), tiny)
+            guard_ok = max(float(gres[0]), floor) <= guard_tol * bound
+        elif m < n:
+            guard_ok = False
+        idx += wanted
+        residuals += res.tolist()
+        conv += [guard_ok and r <= tol * max(abs(float(theta[i])), tiny) for i, r in zip(wanted, res.tolist())]
+    if which == "both" and m < 2 * k:
+        idx = idx[:k] + idx[-k:] if len(idx) >= 2 * k else idx
     eig = theta[idx]
-    res = res_all[idx]
-    conv = res <= tol * torch.clamp(eig.abs(), min=floor)
-    vecs = None
-    if return_eigenvectors:
-        coeffs = S[:, idx].to(dtype=basis.dtype, device=basis.device)
-        vecs = (basis.T @ coeffs).T.contiguous()
-    return LanczosResult(eig, res, conv, m, vecs, theta)
+    vecs = space.vectors(S, idx) if return_eigenvectors else None
+    return LanczosResult(
+        eig,
+        torch.tensor(residuals, dtype=torch.float64)[: len(idx)],
+        torch.tensor(conv, dtype=torch.bool)[: len(idx)],
+        m,
+        vecs,
+        theta,
+    )

@@ -35,15 +35,32 @@ class Quadrature:
     """Nodes and weights of SLQ, one row per random start vector.
 
     Attributes:
-        nodes: ``(runs, m)`` Ritz values; rows shorter than ``m`` (an invariant subspace was found)
-            are padded with 0 and weight 0.
+        nodes: ``(runs, m)`` Ritz values; rows shorter than ``m`` (the Krylov space became invariant:
+            a small or low-rank operator) are padded with 0 and weight 0.
         weights: ``(runs, m)`` quadrature weights, each row summing to 1.
         num_matvecs: operator applications used.
+        mask: ``(runs, m)``, True at real nodes and False at padding. Everything that reads node
+            positions (extremes, grids) must read only these: a padded 0 is not an eigenvalue.
     """
 
     nodes: torch.Tensor
     weights: torch.Tensor
     num_matvecs: int
+    mask: torch.Tensor | None = None
+
+    def real_nodes(self) -> torch.Tensor:
+        """The nodes that are Ritz values (padding dropped), flattened."""
+        return self.nodes[self.mask] if self.mask is not None else self.nodes.reshape(-1)
+
+    @property
+    def lambda_min(self) -> float:
+        """Smallest real node."""
+        return float(self.real_nodes().min())
+
+    @property
+    def lambda_max(self) -> float:
+        """Largest real node."""
+        return float(self.real_nodes().max())
 
     def moment(self, r: int) -> float:
         """Estimate of ``(1/n) tr(A^r)``: the mean over runs of ``Σ_j τ_j θ_j^r``."""
@@ -65,7 +82,7 @@ class Quadrature:
 
         The tolerance matters: a quadrature node for the cluster at zero may sit just below it.
         """
-        cut = -tol * float(self.nodes.abs().max())
+        cut = -tol * float(self.real_nodes().abs().max())
         return float((self.weights * (self.nodes < cut)).sum(dim=1).mean())
 
 
@@ -101,6 +118,7 @@ def stochastic_lanczos_quadrature(
         start_vectors = [rademacher(n, seed + 104729 * r, dtype=dtype, device=device) for r in range(num_runs)]
     nodes = torch.zeros(len(start_vectors), m, dtype=torch.float64)
     weights = torch.zeros_like(nodes)
+    mask = torch.zeros(nodes.shape, dtype=torch.bool)
     used = 0
     for r, v in enumerate(start_vectors):
         alphas, betas, _ = lanczos_tridiagonal(matvec, v, m, restart_seed=None)
@@ -112,7 +130,8 @@ def stochastic_lanczos_quadrature(
         theta, S = tridiagonal_eigh(alphas, betas)
         nodes[r, : len(alphas)] = theta
         weights[r, : len(alphas)] = S[0] ** 2
-    return Quadrature(nodes, weights, used)
+        mask[r, : len(alphas)] = True
+    return Quadrature(nodes, weights, used, mask)
 
 
 def gaussian_density(quadrature: Quadrature, grid: torch.Tensor, sigma: float) -> torch.Tensor:

@@ -55,13 +55,15 @@ __all__ = [
 
 @dataclass
 class HessianEigenvalues:
-    """Extreme Hessian eigenvalues found by Lanczos.
+    """Extreme Hessian eigenvalues found by block Krylov–Rayleigh–Ritz (Lanczos).
 
     Attributes:
         eigenvalues: float64; descending for ``"largest"`` and ``"both"`` (k largest, then k smallest
-            descending), ascending for ``"smallest"``.
-        residuals: Ritz residual ``‖Hy − θy‖`` of each.
-        converged: whether each residual met ``tol·|θ|``.
+            descending), ascending for ``"smallest"``; a repeated eigenvalue appears once per copy.
+        residuals: ``‖Hy − θy‖`` of each, recomputed from the products and never below the working
+            precision (``16·ε·max|θ|``); each eigenvalue lies within its residual of a true one.
+        converged: whether each residual met ``tol·|θ|`` and the exploration beyond the wanted ones
+            was enough to rule out a missed eigenvalue above them (see :func:`hessian_eigenvalues`).
         num_hvps: Hessian-vector products used.
         which: the end(s) asked for.
         space: the parameters spanning the operator.
@@ -131,7 +133,14 @@ def hessian_eigenvalues(
     return_eigenvectors: bool = False,
     curvature: str = "hessian",
 ) -> HessianEigenvalues:
-    """Extreme eigenvalues of the probe-loss Hessian by Lanczos with full reorthogonalization.
+    """Extreme eigenvalues of the probe-loss Hessian, with their multiplicity.
+
+    Block Krylov–Rayleigh–Ritz with full reorthogonalization on exact Hessian-vector products (see
+    :func:`ignite_landscape.linalg.lanczos`): the start block holds two random vectors (next to ``v0``),
+    so an eigenvalue of multiplicity two is reported twice; ``residuals`` are recomputed from the
+    products and floored at the working precision, and ``converged`` also requires the first Ritz
+    pair beyond the wanted ones to be resolved to 1%, so a warm start cannot stop before an
+    eigenvalue it never saw would show up.
 
     Args:
         model: the model; left exactly as it was.
@@ -141,8 +150,9 @@ def hessian_eigenvalues(
         tol: stop when each wanted Ritz residual is ``≤ tol·|λ|``.
         max_iter: cap on Hessian-vector products.
         params: restrict to a subset of parameters (e.g. ``"conv1"``), see :class:`ParamSpace`.
-        seed: seed of the random start vector.
-        v0: start vector (flat, in the order of the selected parameters), e.g. for warm starts.
+        seed: seed of the random start vectors.
+        v0: start vector or block of them (rows, flat in the order of the selected parameters), e.g.
+            last time's eigenvectors; random vectors are always added, so it changes the cost, not the answer.
         return_eigenvectors: also return the Ritz vectors.
         curvature: the matrix: ``"hessian"``, ``"ggn"``, ``"fisher"`` or ``"empirical_fisher"`` (see
             :mod:`ignite_landscape.curvature`; ``num_hvps`` then counts its products).
@@ -319,6 +329,9 @@ class HessianDensityResult:
         trace: SLQ's estimate of ``tr(H)`` (``P · Σ τ θ``).
         num_hvps: Hessian-vector products used.
         num_params: dimension of the Hessian.
+        mask: ``(runs, m)``, False at the padding of runs that ended early (an invariant Krylov
+            space: a small or low-rank Hessian); padded nodes are 0 with weight 0 and are not
+            eigenvalues, so the extremes and the grid ignore them.
     """
 
     nodes: torch.Tensor
@@ -331,16 +344,20 @@ class HessianDensityResult:
     trace: float
     num_hvps: int
     num_params: int
+    mask: torch.Tensor | None = None
+
+    def _real(self) -> torch.Tensor:
+        return self.nodes[self.mask] if self.mask is not None else self.nodes.reshape(-1)
 
     @property
     def lambda_max(self) -> float:
         """Largest node: a lower bound on λ_max that converges fast."""
-        return float(self.nodes.max())
+        return float(self._real().max())
 
     @property
     def lambda_min(self) -> float:
-        """Smallest node."""
-        return float(self.nodes.min())
+        """Smallest node: an upper bound on λ_min."""
+        return float(self._real().min())
 
     def scalars(self) -> dict[str, float]:
         """Named scalars for logging."""
@@ -421,7 +438,7 @@ def hessian_density(
         )
         used, n = s.num_hvps, s.space.numel
     finite = torch.isfinite(q.nodes).all()
-    lo, hi = (float(q.nodes.min()), float(q.nodes.max())) if finite else (0.0, 1.0)
+    lo, hi = (q.lambda_min, q.lambda_max) if finite else (0.0, 1.0)
     width = hi - lo if hi > lo else max(abs(hi), 1.0)
     if sigma is None:
         sigma = 0.01 * width
@@ -438,6 +455,7 @@ def hessian_density(
         trace=n * q.moment(1) if finite else float("nan"),
         num_hvps=used,
         num_params=n,
+        mask=q.mask,
     )
 
 
@@ -531,8 +549,9 @@ def preconditioned_eigenvalues(
     """Extreme eigenvalues of ``P⁻¹H`` for a diagonal positive preconditioner ``P``.
 
     ``P⁻¹H`` is not symmetric, but it is similar to ``P^{-1/2} H P^{-1/2}`` (same eigenvalues), which
-    is, so Lanczos runs on ``v ↦ d ⊙ H(d ⊙ v)`` with ``d = P^{-1/2}``. With ``P = diag(√v̂ + ε)`` from
-    Adam's state this is the preconditioned sharpness whose edge of stability is
+    is, so Lanczos runs on ``v ↦ d ⊙ H(d ⊙ v)`` with ``d = P^{-1/2}``. With Adam's preconditioner
+    ``P = (1 − β₁ᵗ)·diag(√v̂ + ε)`` (see :func:`~ignite_landscape.handlers.spectrum.adam_preconditioner`)
+    this is the preconditioned sharpness whose edge of stability is
     ``(2 + 2β₁)/((1 − β₁)η)`` (Cohen et al. 2022, "Adaptive gradient methods at the edge of stability").
 
     Args:
@@ -541,7 +560,7 @@ def preconditioned_eigenvalues(
         preconditioner: the diagonal of ``P``, flat (order of the selected parameters) or ``{name: tensor}``;
             every entry must be finite and positive.
         k, which, tol, max_iter, params, seed: as in :func:`hessian_eigenvalues`.
-        v0: start vector for the symmetric operator (e.g. last time's eigenvector).
+        v0: start vector or block for the symmetric operator (e.g. last time's eigenvector).
         return_eigenvectors: also return the eigenvectors ``y`` of the symmetric operator (those of
             ``P⁻¹H`` are ``P^{-1/2} y``).
 

@@ -1,0 +1,159 @@
+"""Top-k Hessian eigenvalues tracked over training: warm-started against cold starts, checked against eigsh.
+
+Two parts, in one process:
+
+1. Tracking: the digits CNN trained with SGD from its initialization, the top ``k`` eigenvalues of the
+   probe loss measured every ``--every`` iterations by two ``HessianSpectrum`` handlers on the same trainer,
+   one warm-started (the default), one with ``warm_start=False``. Per firing: HVPs of each, and the largest
+   relative error of each against ``scipy.sparse.linalg.eigsh`` (tol 1e-10) on a float64 copy of the model
+   (the exact function, not float32's rounding of it). Last line: the ratio of total HVPs, warm / cold.
+2. A newcomer: a diagonal operator with old top five {10, 9.5, 9, 8.5, 8}, a bulk up to 7 and a new
+   eigenvalue 8.2 on a direction the old eigenvectors do not contain, warm-started from the old
+   eigenvectors with no noise: 8.2 must be found at that call.
+
+Example:
+    python benchmarks/bench_tracking.py                      # 12 firings, probe of 256 samples
+    python benchmarks/bench_tracking.py --quick              # a smoke run (2 firings, 32 samples)
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from ignite.engine import Engine, Events
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import ignite_landscape as il  # noqa: E402
+from examples.models import DigitsCNN, digits_loaders  # noqa: E402
+from ignite_landscape.linalg import lanczos  # noqa: E402
+
+__all__ = ["reference_eigenvalues", "newcomer", "main"]
+
+
+def reference_eigenvalues(model: torch.nn.Module, probe_data: tuple[torch.Tensor, torch.Tensor], k: int) -> np.ndarray:
+    """Top-k eigenvalues (descending) by ARPACK's ``eigsh`` at tol 1e-10 on a float64 copy of the model."""
+    from scipy.sparse.linalg import LinearOperator, eigsh
+
+    model64 = copy.deepcopy(model).double()
+    x, y = probe_data
+    probe = il.Probe((x.double(), y), F.cross_entropy)
+    with probe.session(model64) as s:
+        n = s.space.numel
+
+        def mv(v: np.ndarray) -> np.ndarray:
+            return s.hvp(torch.from_numpy(np.ascontiguousarray(v).reshape(-1))).numpy()
+
+        op = LinearOperator((n, n), matvec=mv, dtype=np.float64)
+        values = eigsh(op, k=k, which="LA", tol=1e-10, return_eigenvectors=False)
+    return np.sort(values)[::-1]
+
+
+def newcomer(tol: float = 1e-6) -> tuple[list[float], list[float], int, int]:
+    """The constructed newcomer case: (cold eigenvalues, warm eigenvalues, cold matvecs, warm matvecs)."""
+    g = torch.Generator().manual_seed(3)
+    n = 20000
+    values = torch.cat(
+        [
+            torch.tensor([10.0, 9.5, 9.0, 8.5, 8.0, 8.2], dtype=torch.float64),
+            7 * torch.rand(n - 6, generator=g, dtype=torch.float64),
+        ]
+    )
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(4))
+    d = torch.empty_like(values)
+    d[perm] = values
+    old = torch.zeros(5, n, dtype=torch.float64)
+    old[torch.arange(5), perm[:5]] = 1.0  # the old top five's eigenvectors: they miss the 8.2 direction
+    cold = lanczos(lambda v: d * v, n, k=5, tol=tol, dtype=torch.float64)
+    warm = lanczos(lambda v: d * v, n, k=5, tol=tol, dtype=torch.float64, v0=old)
+    return cold.eigenvalues.tolist(), warm.eigenvalues.tolist(), cold.num_matvecs, warm.num_matvecs
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--firings", type=int, default=12)
+    p.add_argument("--every", type=int, default=3, help="iterations between firings")
+    p.add_argument("--samples", type=int, default=256, help="probe samples")
+    p.add_argument("--k", type=int, default=5)
+    p.add_argument("--tol", type=float, default=1e-5)
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--quick", action="store_true", help="2 firings on 32 samples (a smoke run)")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.firings, args.samples = 2, 32
+    torch.set_num_threads(args.threads)
+
+    torch.manual_seed(0)
+    model = DigitsCNN()
+    train, _ = digits_loaders(batch_size=32, seed=0)
+    x_probe, y_probe = (
+        train.dataset.tensors[0][: args.samples].clone(),
+        train.dataset.tensors[1][: args.samples].clone(),
+    )
+    probe = il.Probe((x_probe, y_probe), F.cross_entropy)
+    opt = torch.optim.SGD(model.parameters(), lr=args.lr)
+
+    def step(engine: Engine, batch: tuple[torch.Tensor, torch.Tensor]) -> float:
+        opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(model(batch[0]), batch[1])
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    trainer = Engine(step)
+    warm = il.HessianSpectrum(model, probe, k=args.k, tol=args.tol, name="warm", max_iter=400)
+    cold = il.HessianSpectrum(model, probe, k=args.k, tol=args.tol, name="cold", warm_start=False, max_iter=400)
+    event = Events.ITERATION_COMPLETED(every=args.every)
+    warm.attach(trainer, event)
+    cold.attach(trainer, event)
+    errors: list[tuple[float, float]] = []
+
+    @trainer.on(event)
+    def check(engine: Engine) -> None:
+        ref = reference_eigenvalues(model, (x_probe, y_probe), args.k)
+        out = []
+        for h in (warm, cold):
+            got = h.history[-1].result.eigenvalues.numpy()
+            out.append(float(np.max(np.abs(got - ref) / np.abs(ref))))
+        errors.append((out[0], out[1]))
+        if len(errors) == args.firings:
+            engine.terminate()
+
+    trainer.run(train, max_epochs=1000)
+    print(
+        f"DigitsCNN ({warm.space.numel} parameters), SGD lr {args.lr}, probe {args.samples}, "
+        f"top-{args.k}, tol {args.tol}"
+    )
+    print("firing  iteration  HVPs warm  HVPs cold  max rel err warm  max rel err cold  converged warm/cold")
+    tw = tc = 0
+    for i, (fw, fc, (ew, ec)) in enumerate(zip(warm.history, cold.history, errors), 1):
+        tw += fw.result.num_hvps
+        tc += fc.result.num_hvps
+        conv = f"{bool(fw.result.converged.all())}/{bool(fc.result.converged.all())}"
+        print(
+            f"{i:6d}  {fw.iteration:9d}  {fw.result.num_hvps:9d}  {fc.result.num_hvps:9d}  "
+            f"{ew:16.2e}  {ec:16.2e}  {conv}"
+        )
+    later_w = sum(f.result.num_hvps for f in warm.history[1:])
+    later_c = sum(f.result.num_hvps for f in cold.history[1:])
+    print(
+        f"total HVPs warm {tw}, cold {tc}: warm/cold = {tw / tc:.3f} "
+        f"(firings 2.. only: {later_w / max(later_c, 1):.3f})"
+    )
+    print(f"max rel error over all firings: warm {max(e[0] for e in errors):.2e}, cold {max(e[1] for e in errors):.2e}")
+
+    cold_vals, warm_vals, cold_n, warm_n = newcomer()
+    found = abs(warm_vals[-1] - 8.2) < 1e-6
+    print(f"newcomer: cold {np.round(cold_vals, 8).tolist()} ({cold_n} matvecs)")
+    print(f"newcomer: warm {np.round(warm_vals, 8).tolist()} ({warm_n} matvecs), 8.2 found: {found}")
+
+
+if __name__ == "__main__":
+    main()

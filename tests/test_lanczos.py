@@ -1,0 +1,113 @@
+"""The eigensolver against ground truth: multiplicity, warm starts that never miss, honest residuals, SLQ padding."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ignite_landscape import Probe, hessian_density
+from ignite_landscape.linalg import lanczos, stochastic_lanczos_quadrature
+from ignite_landscape.linalg.lanczos import PRECISION_FACTOR
+
+
+def _shuffled_diagonal(values: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    # A diagonal operator with its eigenvalues at random coordinates; Lanczos is basis-invariant, and the
+    # random start vectors make it as generic as a dense rotated matrix at a fraction of the cost.
+    perm = torch.randperm(len(values), generator=torch.Generator().manual_seed(seed))
+    d = torch.empty_like(values)
+    d[perm] = values
+    return d, perm
+
+
+def test_repeated_top_eigenvalue_found_with_its_multiplicity():
+    g = torch.Generator().manual_seed(0)
+    values = torch.cat([torch.tensor([10.0, 10.0, 9.0, 8.0]), torch.rand(2996, generator=g)]).double()
+    d, perm = _shuffled_diagonal(values, 1)
+    res = lanczos(lambda v: d * v, 3000, k=3, tol=1e-8, dtype=torch.float64, return_eigenvectors=True)
+    torch.testing.assert_close(res.eigenvalues, torch.tensor([10.0, 10.0, 9.0], dtype=torch.float64), rtol=1e-8, atol=0)
+    assert res.converged.all()
+    # The two Ritz vectors of 10 span its eigenspace, and every reported residual is the true one or above.
+    top = res.eigenvectors[:2][:, perm[:2]]
+    torch.testing.assert_close(top @ top.T, torch.eye(2, dtype=torch.float64), rtol=0, atol=1e-7)
+    for lam, y, r in zip(res.eigenvalues, res.eigenvectors, res.residuals):
+        assert float(torch.linalg.vector_norm(d * y - lam * y)) <= float(r) * (1 + 1e-6) + 1e-14
+
+
+def test_triple_eigenvalue_with_three_random_vectors():
+    values = torch.cat([torch.full((3,), 5.0), torch.tensor([4.0]), torch.linspace(0.0, 3.0, 496)]).double()
+    d, _ = _shuffled_diagonal(values, 2)
+    res = lanczos(lambda v: d * v, 500, k=4, tol=1e-8, dtype=torch.float64, num_random=3)
+    torch.testing.assert_close(
+        res.eigenvalues, torch.tensor([5.0, 5.0, 5.0, 4.0], dtype=torch.float64), rtol=1e-7, atol=0
+    )
+    assert res.converged.all()
+
+
+@pytest.fixture(scope="module")
+def newcomer():
+    # Old top five {10, 9.5, 9, 8.5, 8}, a bulk up to 7 and a new eigenvalue 8.2 on a direction the old
+    # eigenvectors do not contain: the new top five are {10, 9.5, 9, 8.5, 8.2}.
+    g = torch.Generator().manual_seed(3)
+    old = torch.tensor([10.0, 9.5, 9.0, 8.5, 8.0], dtype=torch.float64)
+    values = torch.cat([old, torch.tensor([8.2], dtype=torch.float64), 7 * torch.rand(19994, generator=g).double()])
+    d, perm = _shuffled_diagonal(values, 4)
+    old_vectors = torch.zeros(5, 20000, dtype=torch.float64)
+    old_vectors[torch.arange(5), perm[:5]] = 1.0
+    return d, old_vectors
+
+
+@pytest.mark.parametrize("noise", [0.0, 0.1])
+def test_warm_start_finds_an_eigenvalue_that_entered_the_top_k(newcomer, noise):
+    d, old_vectors = newcomer
+    expected = torch.tensor([10.0, 9.5, 9.0, 8.5, 8.2], dtype=torch.float64)
+    v0 = old_vectors + noise * torch.randn(old_vectors.shape, generator=torch.Generator().manual_seed(5)) / 141.0
+    cold = lanczos(lambda v: d * v, 20000, k=5, tol=1e-6, dtype=torch.float64)
+    warm = lanczos(lambda v: d * v, 20000, k=5, tol=1e-6, dtype=torch.float64, v0=v0)
+    for res in (cold, warm):
+        torch.testing.assert_close(res.eigenvalues, expected, rtol=1e-6, atol=0)
+        assert res.converged.all()
+    if noise == 0:
+        assert warm.num_matvecs < cold.num_matvecs  # exact old eigenvectors still save work
+
+
+def test_not_converged_when_the_budget_runs_out():
+    values = torch.linspace(0.0, 1.0, 400).double()
+    d, _ = _shuffled_diagonal(values, 6)
+    res = lanczos(lambda v: d * v, 400, k=3, tol=1e-10, dtype=torch.float64, max_iter=12)
+    assert res.num_matvecs == 12
+    assert not res.converged.any()
+    # Still honest: each reported value lies within its residual of an eigenvalue.
+    for lam, r in zip(res.eigenvalues, res.residuals):
+        assert float((values - lam).abs().min()) <= float(r) + 1e-12
+
+
+def test_float32_residuals_are_never_below_the_true_ones():
+    g = torch.Generator().manual_seed(7)
+    Q, _ = torch.linalg.qr(torch.randn(200, 200, generator=g, dtype=torch.float64))
+    values = torch.cat([torch.tensor([3.0, 2.0, 1.5]), torch.rand(197, generator=g)]).double()
+    A64 = (Q * values) @ Q.T
+    A32 = A64.float()
+    # Below float32's precision nothing can converge, and no residual may claim less than it delivers.
+    tight = lanczos(lambda v: A32 @ v, 200, k=3, tol=1e-9, dtype=torch.float32, max_iter=200, return_eigenvectors=True)
+    assert not tight.converged.any()
+    floor = PRECISION_FACTOR * torch.finfo(torch.float32).eps * 3.0
+    assert (tight.residuals >= floor * (1 - 1e-6)).all()
+    for res in (tight, lanczos(lambda v: A32 @ v, 200, k=3, tol=1e-4, dtype=torch.float32, return_eigenvectors=True)):
+        for lam, y, r in zip(res.eigenvalues, res.eigenvectors.double(), res.residuals):
+            y = y / y.norm()
+            assert float(torch.linalg.vector_norm(A64 @ y - lam * y)) <= float(r)
+        torch.testing.assert_close(res.eigenvalues, values[:3], rtol=0, atol=float(res.residuals.max()))
+
+
+def test_slq_ignores_padding_after_breakdown():
+    values = torch.tensor([1.0, 1.0, 1.0, 2.0, 2.0, 3.0], dtype=torch.float64)
+    q = stochastic_lanczos_quadrature(lambda v: values * v, 6, num_steps=6, num_runs=3, dtype=torch.float64)
+    assert q.mask.sum(dim=1).tolist() == [3, 3, 3]  # three distinct eigenvalues: the runs stop after three steps
+    assert q.lambda_min == pytest.approx(1.0, rel=1e-12) and q.lambda_max == pytest.approx(3.0, rel=1e-12)
+    # The same operator as a model's Hessian: linear least squares with H = XᵀX·2/N = diag(values).
+    x = torch.diag((3 * values).sqrt())
+    model = torch.nn.Linear(6, 1, bias=False).double()
+    probe = Probe((x, torch.zeros(6, 1, dtype=torch.float64)), F.mse_loss)
+    res = hessian_density(model, probe, num_steps=6, num_runs=2)
+    assert res.lambda_min == pytest.approx(1.0, rel=1e-10) and res.lambda_max == pytest.approx(3.0, rel=1e-10)
+    assert float(res.grid[0]) >= 1.0 - 5 * res.sigma - 1e-12
+    assert res.scalars()["lambda_min"] == pytest.approx(1.0, rel=1e-10)
