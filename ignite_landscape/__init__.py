@@ -13,6 +13,7 @@ from ignite_landscape.handlers import (
     GGNOutliers,
     GradientNoiseScale,
     GradientOverlap,
+    GradientStatistics,
     HessianDensity,
     HessianSpectrum,
     HessianTrace,
@@ -29,6 +30,7 @@ from ignite_landscape.measures import (
     ExactUnsupportedError,
     GGNDecomposition,
     GradientOverlapResult,
+    GradientStatisticsResult,
     HessianDensityResult,
     HessianDiagonal,
     HessianEigenvalues,
@@ -47,6 +49,7 @@ from ignite_landscape.measures import (
     ggn_decomposition,
     gradient_noise_scale,
     gradient_overlap,
+    gradient_statistics,
     hessian_density,
     hessian_diagonal,
     hessian_eigenvalues,
@@ -123,5 +126,8 @@ __all__ = [
     "gradient_overlap",
     "ggn_decomposition",
     "count_outliers",
+    "GradientStatistics",
+    "GradientStatisticsResult",
+    "gradient_statistics",
 ]
 __version__ = "0.1.0"

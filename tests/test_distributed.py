@@ -21,6 +21,7 @@ from torch import nn
 from ignite_landscape import distributed
 from ignite_landscape.measures import (
     gradient_noise_scale,
+    gradient_statistics,
     hessian_density,
     hessian_eigenvalues,
     hessian_trace,
@@ -83,6 +84,8 @@ def _measure(model: nn.Module, probe: Probe) -> dict[str, object]:
     out["density_nodes"] = hessian_density(model, probe, num_steps=6, num_runs=2, seed=1).nodes
     noise = gradient_noise_scale(model, probe)
     out["noise"] = (noise.trace_sigma, noise.grad_norm_sq)
+    stats = gradient_statistics(model, probe, chunk_size=4)
+    out["gradstats"] = (stats.fisher_trace, stats.gsnr, stats.trace_sigma, stats.sample_norms)
     out["interpolation"] = interpolate(model, unwrap_model(model).state_dict(), mlp(seed=1), probe, steps=3).loss
     return out
 

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from ignite_landscape import Probe, gradient_noise_scale
-from ignite_landscape.measures import noise
+from ignite_landscape.measures import persample
 from tests.helpers import classification_data, mlp, small_cnn
 
 
@@ -165,7 +165,7 @@ def test_chunks_bound_the_per_sample_gradients_held_at_once(monkeypatch):
     x, y = classification_data(37, (5,))
     probe = Probe((x, y), F.cross_entropy, batch_size=37)
     largest = []
-    real_vmap = noise.vmap
+    real_vmap = persample.vmap
 
     def counting_vmap(fn, *args, **kwargs):
         mapped = real_vmap(fn, *args, **kwargs)
@@ -177,7 +177,7 @@ def test_chunks_bound_the_per_sample_gradients_held_at_once(monkeypatch):
 
         return run
 
-    monkeypatch.setattr(noise, "vmap", counting_vmap)
+    monkeypatch.setattr(persample, "vmap", counting_vmap)
     results = {}
     for chunk in (1, 4, 37):
         largest.clear()
@@ -189,7 +189,7 @@ def test_chunks_bound_the_per_sample_gradients_held_at_once(monkeypatch):
         torch.testing.assert_close(results[chunk].grad_norm_sq, results[37].grad_norm_sq, rtol=1e-12, atol=0)
     # The default chunk fits CHUNK_BYTES: with room for 5 per-sample gradients, 5 at a time.
     numel = sum(p.numel() for p in model.parameters())
-    monkeypatch.setattr(noise, "CHUNK_BYTES", 5 * numel * 8 + 7)
+    monkeypatch.setattr(persample, "CHUNK_BYTES", 5 * numel * 8 + 7)
     largest.clear()
     res = gradient_noise_scale(model, probe)
     assert max(largest) == 5 and res.chunk_size == 5

@@ -30,6 +30,7 @@ from ignite_landscape.handlers.curvature import (
     GradientOverlap,
     LayerwiseCurvature,
 )
+from ignite_landscape.handlers.gradstats import GradientStatistics
 from ignite_landscape.handlers.noise import GradientNoiseScale
 from ignite_landscape.handlers.sharpness import Sharpness
 from ignite_landscape.handlers.slices import LossSlice
@@ -51,4 +52,5 @@ __all__ = [
     "GradientOverlap",
     "LayerwiseCurvature",
     "GGNOutliers",
+    "GradientStatistics",
 ]

@@ -14,6 +14,7 @@ from ignite_landscape.measures.directions import (
     pca_directions,
     random_directions,
 )
+from ignite_landscape.measures.gradstats import GradientStatisticsResult, gradient_statistics
 from ignite_landscape.measures.layerwise import LayerwiseCurvatureResult
 from ignite_landscape.measures.noise import NoiseScale, gradient_noise_scale
 from ignite_landscape.measures.outliers import GGNDecomposition, count_outliers, ggn_decomposition
@@ -65,4 +66,6 @@ __all__ = [
     "hessian_eigenvalues",
     "hessian_trace",
     "layerwise_curvature",
+    "GradientStatisticsResult",
+    "gradient_statistics",
 ]

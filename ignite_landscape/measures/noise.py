@@ -45,19 +45,17 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.func import grad, vmap
 
 from ignite_landscape import distributed
 from ignite_landscape.linalg import generator
+from ignite_landscape.measures.persample import CHUNK_BYTES, check_per_sample_mode, per_sample_moments
 from ignite_landscape.params import ParamsArg
-from ignite_landscape.probe import Probe, ProbeSession, _rows, _tree_cat, _tree_map
+from ignite_landscape.probe import Probe, ProbeSession, _tree_cat, _tree_map
 from ignite_landscape.validation import check_choice, check_int
 
 __all__ = ["NoiseScale", "NoiseOptions", "gradient_noise_scale", "NOISE_METHODS", "CHUNK_BYTES"]
 
 NOISE_METHODS = ("per_sample", "two_batch")
-# Default bound on the per-sample gradients held at once by "per_sample" (chunk_size=None).
-CHUNK_BYTES = 1 << 28
 
 
 @dataclass(frozen=True)
@@ -102,10 +100,8 @@ class NoiseOptions:
             raise ValueError("probe: the gradient noise scale needs at least 2 samples to estimate a covariance")
         if self.small_batch is not None and self.small_batch >= n:
             raise ValueError(f"small_batch must be in [1, {n}) (the probe's samples), got {self.small_batch}")
-        if self.method == "per_sample" and probe.model_mode == "train":
-            raise ValueError(
-                "method='per_sample' needs model_mode='eval' (batch statistics couple the samples); use 'two_batch'"
-            )
+        if self.method == "per_sample":
+            check_per_sample_mode(probe.model_mode, "use method='two_batch'")
         if self.population_size is not None and self.population_size < n:
             raise ValueError(f"population_size={self.population_size} is smaller than the probe's {n} samples")
 
@@ -213,59 +209,12 @@ def _noise_scale(model: nn.Module, probe: Probe, opts: NoiseOptions, seed: int, 
         return _two_batch(s, opts, seed)
 
 
-def _chunk_size(opts: NoiseOptions, s: ProbeSession) -> int:
-    if opts.chunk_size is not None:
-        return opts.chunk_size
-    return max(1, CHUNK_BYTES // (s.space.numel * s.base[0].element_size()))
-
-
 def _per_sample(s: ProbeSession, opts: NoiseOptions) -> NoiseScale:
-    n_total = s.probe.global_num_samples
-    chunk = _chunk_size(opts, s)
-
-    def sample_loss(ps: tuple[torch.Tensor, ...], x: object, y: object) -> torch.Tensor:
-        # g_i = n·∇(sample i's share of the probe objective): for a mean loss its own loss's gradient, and
-        # for any loss the per-sample gradients whose mean is the probe gradient.
-        one = _tree_map(lambda t: t.unsqueeze(0), x)
-        return s.batch_objective(s.forward(one, ps), _tree_map(lambda t: t.unsqueeze(0), y), 0) * n_total
-
-    per_sample_grad = vmap(grad(sample_loss), in_dims=(None, 0, 0))
-    params = tuple(s.base)
-    device = s.base[0].device
-    # Running mean of this rank's per-sample gradients and their centred sum of squared norms, merged
-    # chunk by chunk with Chan et al.'s pairwise update: exact, without the cancellation of
-    # Σ‖g_i‖² − n‖ḡ‖², and with at most ``chunk`` per-sample gradients alive at once.
-    mean = torch.zeros(s.space.numel, dtype=torch.float64, device=device)
-    m2 = torch.zeros((), dtype=torch.float64, device=device)
-    count = 0
-    # A rank whose share fails (or that holds no samples) still joins the reduction: no rank waits forever.
-    with distributed.Lockstep() as step:
-        for x, y, n in s.probe.batches():
-            for lo in range(0, n, chunk):
-                hi = min(lo + chunk, n)
-                c = hi - lo
-                gs = per_sample_grad(params, _rows(x, lo, hi), _rows(y, lo, hi))
-                parts = []
-                for g in gs:  # parameter by parameter: no (c, P) concatenation
-                    g = g.reshape(c, -1).double()
-                    mu = g.mean(dim=0)
-                    m2 += ((g - mu) ** 2).sum()
-                    parts.append(mu)
-                del gs
-                delta = torch.cat(parts) - mean
-                total = count + c
-                m2 += (delta @ delta) * (count * c / total)
-                mean += delta * (c / total)
-                count = total
-    s.num_grads += 1
-    (weighted,) = step.all_reduce(mean * count)
-    g_bar = weighted / n_total
-    # Between ranks: each rank's mean against the global one (zero in one process).
-    between = (mean - g_bar) @ (mean - g_bar) * count
-    m2_total = float(distributed.all_reduce((m2 + between).reshape(1)))
-    trace_sigma = m2_total / (n_total - 1)
-    probe_sq = float(g_bar @ g_bar)
-    return _result(trace_sigma, probe_sq, n_total, opts.population(s.probe), "per_sample", 1, chunk)
+    # The exact per-sample gradients, folded into running moments (shared with gradient_statistics).
+    m = per_sample_moments(s, opts.chunk_size)
+    trace_sigma = float(m.m2.sum()) / (m.num_samples - 1)
+    probe_sq = float(m.mean @ m.mean)
+    return _result(trace_sigma, probe_sq, m.num_samples, opts.population(s.probe), "per_sample", 1, m.chunk_size)
 
 
 def _two_batch(s: ProbeSession, opts: NoiseOptions, seed: int) -> NoiseScale:

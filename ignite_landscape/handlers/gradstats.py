@@ -1,0 +1,110 @@
+"""Handler for the gradient statistics: per-sample gradient norms, GSNR, Fisher trace, distance and update size.
+
+Example:
+    >>> import torch
+    >>> from ignite.engine import Engine
+    >>> from ignite_landscape import Probe
+    >>> model = torch.nn.Linear(4, 3)
+    >>> probe = Probe((torch.randn(16, 4), torch.randint(0, 3, (16,))), torch.nn.functional.cross_entropy)
+    >>> trainer = Engine(lambda engine, batch: None)
+    >>> _ = GradientStatistics(model, probe).attach(trainer)
+    >>> _ = trainer.run([0], max_epochs=1)
+    >>> trainer.state.metrics["landscape/gradstats/distance_from_init"]  # the weights never moved
+    0.0
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from ignite.engine import Engine
+from torch import nn
+
+from ignite_landscape.handlers.base import LandscapeHandler
+from ignite_landscape.measures.gradstats import (
+    GradientStatisticsResult,
+    GradStatsOptions,
+    _gradient_statistics,
+    initial_weights,
+)
+from ignite_landscape.params import unwrap_model
+from ignite_landscape.probe import Probe
+
+__all__ = ["GradientStatistics"]
+
+
+class GradientStatistics(LandscapeHandler):
+    """Per-sample gradient statistics on the probe and the length of the path (see
+    :func:`~ignite_landscape.gradient_statistics`).
+
+    Scalars: ``fisher_trace``, ``gsnr``, ``grad_norm``, ``trace_sigma``, ``sample_norm_mean``,
+    ``sample_norm_median``, ``sample_norm_max``, ``distance_from_init``, ``update_norm``, ``relative_update``
+    and per layer ``gsnr/<layer>``, ``update_norm/<layer>``, ``relative_update/<layer>``. The
+    :class:`~ignite_landscape.LandscapeLogHandler` writes the per-sample gradient norms as a histogram.
+
+    The handler keeps two copies of the selected weights on the model's device (``2 × P`` numbers, also
+    saved in its ``state_dict`` so a resumed run keeps measuring from the same ``θ₀``): ``θ₀``, taken once
+    when it is first attached, and the weights at its previous firing, overwritten in place at each
+    firing. ``update_norm`` is the change since the previous firing (at the first firing, since attach
+    time): attached to ``Events.ITERATION_COMPLETED`` it is the last optimizer step.
+
+    Args:
+        model: the trained model.
+        probe: the fixed samples, ``model_mode="eval"`` (at least 2).
+        chunk_size: per-sample gradients computed at once.
+        **kwargs: ``name``, ``params``, ``seed``, ``on_error``, ``progress`` (see :class:`LandscapeHandler`).
+
+    Raises:
+        TypeError, ValueError: for a bad ``chunk_size``, a train-mode probe or one of fewer than 2 samples.
+    """
+
+    default_name = "gradstats"
+
+    def __init__(self, model: nn.Module, probe: Probe, *, chunk_size: int | None = None, **kwargs: Any) -> None:
+        self.options = GradStatsOptions(chunk_size)
+        super().__init__(model, probe, **kwargs)
+        self.options.check_probe(probe)
+        self.chunk_size = chunk_size
+        self.initial: dict[str, torch.Tensor] | None = None
+        self.previous: dict[str, torch.Tensor] | None = None
+
+    def _on_attach(self, engine: Engine) -> None:
+        # θ₀ once: attaching again (or after load_state_dict restored it) keeps the first one.
+        if self.initial is None:
+            self.initial = initial_weights(self.model, self.space)
+        if self.previous is None:
+            self.previous = {k: v.clone() for k, v in self.initial.items()}
+
+    def expected_keys(self) -> list[str]:
+        return ["fisher_trace", "gsnr", "grad_norm", "distance_from_init", "update_norm", "relative_update"]
+
+    def compute(self, engine: Engine) -> GradientStatisticsResult:
+        if self.initial is None or self.previous is None:
+            raise RuntimeError("GradientStatistics fired before attach(): no initial weights")
+        result = _gradient_statistics(
+            self.model, self.probe, self.options, self.space, self.initial, self.previous, self.params
+        )
+        named = dict(unwrap_model(self.model).named_parameters())
+        with torch.no_grad():
+            for n, buf in self.previous.items():
+                buf.copy_(named[n])
+        return result
+
+    def _history_copy(self, result: GradientStatisticsResult) -> GradientStatisticsResult:
+        # The n per-sample norms go to TensorBoard from the latest result; the history keeps their summary.
+        return dataclasses.replace(result, sample_norms=None)
+
+    def _extra_state(self) -> dict[str, Any]:
+        return {"initial": self.initial, "previous": self.previous}
+
+    def _load_extra_state(self, state: Mapping[str, Any]) -> None:
+        for key in ("initial", "previous"):
+            saved = state.get(key)
+            if saved is None:
+                continue
+            self.space.flatten(saved)  # raises for another model's weights
+            named = dict(unwrap_model(self.model).named_parameters())
+            setattr(self, key, {n: saved[n].to(device=named[n].device, dtype=named[n].dtype) for n in self.space.names})
