@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import sys
 
 import pytest
@@ -165,3 +166,41 @@ def test_trace_arguments_are_checked():
         hessian_trace(model, probe, method="exactly")
     with pytest.raises(ValueError, match="curvature"):
         hessian_trace(model, probe, method="exact", curvature="ggn")
+
+
+class _InPlaceBetween(_FunctionalBetween):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.a(x)
+        h.mul_(2.0)  # same tensor object, but its data changed after module a returned it
+        return self.b(h)
+
+
+class _ViewBetween(_FunctionalBetween):
+    def __init__(self) -> None:
+        super().__init__()
+        self.b = nn.Linear(2, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(self.a(x)[:, :2])  # a view: shares storage, other shape
+
+
+@pytest.mark.parametrize("model", [_InPlaceBetween, _ViewBetween])
+def test_in_place_and_view_ops_between_modules_are_refused(model):
+    x, y = classification_data(6, (3,), classes=2)
+    probe = Probe((x.float(), y), F.cross_entropy)
+    # The in-place op is caught by torch inside BackPACK's hooks, the view by the chain check: both refused.
+    with pytest.raises(ExactUnsupportedError, match="input of module 'b'|cannot run this model"):
+        hessian_diagonal(model(), probe)
+
+
+def test_benchmark_reference_diagonal_is_the_dense_hessian_diagonal():
+    # benchmarks/bench_trace.py's reference (float64 GGN diagonal by per-sample Jacobians) equals the
+    # Hessian diagonal of a ReLU + max-pool network, where the output is linear in each single weight.
+    from benchmarks.bench_trace import reference_diagonal, spot_check
+
+    model, x, y = CASES["cnn_relu_maxpool"]()
+    model, x = model.float().eval(), x.float()  # the benchmark's float32 model and data, made float64 inside
+    ref = reference_diagonal(model, x, y, chunk=5)
+    dense = dense_hessian(copy.deepcopy(model).double(), x.double(), y, F.cross_entropy).diagonal()
+    assert float((ref - dense).abs().max()) <= 1e-12 * float(dense.abs().max())
+    assert spot_check(model, x, y, ref, count=6, seed=0) <= 1e-12

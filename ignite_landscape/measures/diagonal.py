@@ -208,11 +208,23 @@ def _check_modules(model: nn.Module, space: ParamSpace, train_mode: bool, dtype:
             )
 
 
+def _signature(t: Any) -> tuple[Any, ...] | None:
+    """What identifies the data a module received or produced: storage address, layout and version.
+
+    BackPACK's full backward hooks hand every module new tensor objects that alias the same storage, so
+    object identity cannot follow the chain; an operation between two modules shows up as other storage
+    (a new tensor), another shape or stride (a view) or a bumped version counter (an in-place op).
+    """
+    if not isinstance(t, torch.Tensor):
+        return None
+    return (t.data_ptr(), tuple(t.shape), tuple(t.stride()), t._version, t.dtype)
+
+
 class _Chain:
-    """Forward hooks on the leaf modules of a (copied) model that record the order of calls."""
+    """Forward hooks on the leaf modules of a (copied) model that record what each call received and returned."""
 
     def __init__(self, model: nn.Module) -> None:
-        self.calls: list[tuple[str, tuple[Any, ...], Any]] = []
+        self.calls: list[tuple[str, list[Any], Any]] = []
         self.handles = []
         for name, module in model.named_modules():
             if next(module.children(), None) is None:
@@ -220,7 +232,7 @@ class _Chain:
 
     def _hook(self, name: str) -> Any:
         def record(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
-            self.calls.append((name, inputs, output))
+            self.calls.append((name, [_signature(i) for i in inputs], _signature(output)))
 
         return record
 
@@ -232,15 +244,15 @@ class _Chain:
         names = [c[0] for c in calls]
         if len(set(names)) != len(names):
             raise ExactUnsupportedError("exact diagonal: a module is called more than once in the forward pass")
-        prev = x
+        prev = _signature(x)
         for name, inputs, output in calls:
-            if len(inputs) != 1 or inputs[0] is not prev:
+            if len(inputs) != 1 or inputs[0] is None or inputs[0] != prev:
                 raise ExactUnsupportedError(
                     f"exact diagonal: the input of module {name!r} is not the output of the module before it "
                     "(the forward applies operations outside modules, or is not a chain)"
                 )
             prev = output
-        if out is not prev:
+        if _signature(out) != prev:
             raise ExactUnsupportedError(
                 "exact diagonal: the model's output is not the output of its last module (it applies an "
                 "operation after it)"
@@ -286,15 +298,6 @@ def session_hessian_diagonal(s: ProbeSession) -> torch.Tensor:
     batches = probe.batches()
     if any(not isinstance(x, torch.Tensor) for x, _, _ in batches):
         raise ExactUnsupportedError("exact diagonal: the model input must be one tensor")
-    # The chain is checked on a plain forward pass of the copy before BackPACK is attached: its full
-    # backward hooks wrap every module's inputs and outputs in new tensor objects.
-    chain = _Chain(model)
-    try:
-        if batches:
-            with torch.no_grad():
-                chain.check(batches[0][0], model(batches[0][0]))
-    finally:
-        chain.remove()
     for module in model.modules():
         if next(module.children(), None) is None and type(module) is not nn.Identity:
             if hasattr(module, "inplace"):
@@ -303,17 +306,28 @@ def session_hessian_diagonal(s: ProbeSession) -> torch.Tensor:
     leaves = [named[n] for n in s.space.names]
     total = float(probe.num_samples)
     diag = [torch.zeros_like(p, dtype=torch.float64) for p in leaves]
-    with distributed.Lockstep() as step, torch.enable_grad(), _quiet():
-        for x, y, n in batches:
-            loss = loss_module(model(x), y)
-            probe.check_loss(loss)
-            with bp_context(DiagHessian()):
-                loss.backward()
-            for d, p in zip(diag, leaves):
-                if hasattr(p, "diag_h"):
-                    d += p.diag_h.detach().double() * (n / total)
-                    del p.diag_h
-                p.grad = None
+    # Every batch's forward pass is checked to be the chain of leaves before its backward runs.
+    chain = _Chain(model)
+    try:
+        with distributed.Lockstep() as step, torch.enable_grad(), _quiet():
+            for x, y, n in batches:
+                try:
+                    out = model(x)
+                    chain.check(x, out)
+                    loss = loss_module(out, y)
+                    probe.check_loss(loss)
+                    with bp_context(DiagHessian()):
+                        loss.backward()
+                except (RuntimeError, NotImplementedError) as exc:
+                    # e.g. an in-place op on a module's output, which BackPACK's hooks forbid
+                    raise ExactUnsupportedError(f"exact diagonal: BackPACK cannot run this model ({exc})") from exc
+                for d, p in zip(diag, leaves):
+                    if hasattr(p, "diag_h"):
+                        d += p.diag_h.detach().double() * (n / total)
+                        del p.diag_h
+                    p.grad = None
+    finally:
+        chain.remove()
     flat = torch.cat([d.reshape(-1) for d in diag])
     (flat,) = step.all_reduce(flat)
     return flat.to(s.dtype)
