@@ -150,6 +150,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--trace-hvps", type=int, default=30, help="Hessian-vector products per trace estimate (Hutch++)")
     p.add_argument("--density-steps", type=int, default=20, help="Lanczos steps per SLQ run (2 runs)")
     p.add_argument("--rho", type=float, default=0.05, help="sharpness radius ρ")
+    p.add_argument(
+        "--bn-samples",
+        type=int,
+        default=1024,
+        help="unaugmented training samples BatchNorm statistics are recomputed on at each connectivity point",
+    )
     p.add_argument("--max-train-samples", type=int, default=None, help="train on the first N samples (quick runs)")
     p.add_argument("--max-test-samples", type=int, default=None, help="evaluate on the first N test samples")
     p.add_argument("--data-dir", type=Path, default=Path("data"), help="folder holding cifar-10-batches-py")
@@ -173,6 +179,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "slice_steps",
         "trace_hvps",
         "density_steps",
+        "bn_samples",
     ):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
@@ -334,7 +341,14 @@ def training(local_rank: int, config: dict[str, Any]) -> dict[str, float]:
 
     probe = il.Probe(probe_loader, loss_fn, num_samples=config["probe_samples"], device=device)
     handler_names = [n for n in config["handlers"].split(",") if n]
-    bn_loader = probe_loader if any(isinstance(m, nn.BatchNorm2d) for m in model.modules()) else None
+    # A bounded subset: the whole 50k set would be run through the model at each of the 11 points of
+    # every connectivity firing (over 5 minutes per firing on the seed ResNet on a CPU).
+    bn_set = torch.utils.data.Subset(probe_set, range(min(config["bn_samples"], len(probe_set))))
+    bn_loader = (
+        torch.utils.data.DataLoader(bn_set, batch_size=min(256, config["bn_samples"]), shuffle=False)
+        if any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+        else None
+    )
     handlers = _landscape_handlers(handler_names, model, probe, optimizer, config, bn_loader)
     landscape_event = Events.EPOCH_COMPLETED(every=config["every"]) | Events.COMPLETED
     for handler in handlers.values():

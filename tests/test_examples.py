@@ -88,6 +88,7 @@ def test_missing_data_dir_without_download_is_a_clear_error(tmp_path: Path, caps
         (["--handlers", "hessian,bogus"], "unknown"),
         (["--model", "vgg"], "invalid choice"),
         (["--nproc-per-node", "2"], "--backend"),
+        (["--bn-samples", "0"], "--bn-samples must be at least 1"),
     ],
 )
 def test_cifar_bad_flags(argv: list[str], match: str, cifar_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -117,6 +118,25 @@ LANDSCAPE_TAGS = (
     "landscape/connectivity/loss_barrier",
     "landscape/noise_scale/b_simple",
 )
+
+
+def test_cifar_connectivity_recalibrates_batchnorm_on_a_bounded_subset(
+    cifar_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ignite_landscape as il
+
+    seen: list[object] = []
+
+    class Recording(il.ModeConnectivity):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            super().__init__(*args, **kwargs)
+            seen.append(self.bn_loader)
+
+    monkeypatch.setattr(il, "ModeConnectivity", Recording)
+    argv = _cifar_argv(cifar_dir, tmp_path, "resnet", 1, "--handlers", "connectivity", "--bn-samples", "5")
+    cifar10.main(argv)
+    (loader,) = seen
+    assert sum(len(y) for _, y in loader) == 5  # not the 16 training samples (50,000 on the real set)
 
 
 @pytest.mark.parametrize("model", ["vanilla", "resnet"])
