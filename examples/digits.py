@@ -35,8 +35,12 @@ __all__ = ["ALL_HANDLERS", "DEFAULT_HANDLERS", "parse_args", "run", "main"]
 
 logger = logging.getLogger("examples.digits")
 
-ALL_HANDLERS = ("hessian", "trace", "density", "sharpness", "slice1d", "slice2d", "connectivity", "noise_scale")
-DEFAULT_HANDLERS = ALL_HANDLERS
+DEFAULT_HANDLERS = ("hessian", "trace", "density", "sharpness", "slice1d", "slice2d", "connectivity", "noise_scale")
+# The curvature instruments (issue 13) on request: gradient overlap with the top-k eigenspace (reusing the
+# "hessian" handler's eigenvectors when both run), curvature along the gradient, batch sharpness against
+# 2/η, per-layer curvature, and the GGN decomposition with its outliers.
+CURVATURE_HANDLERS = ("overlap", "directional", "batch_sharpness", "layers", "ggn")
+ALL_HANDLERS = DEFAULT_HANDLERS + CURVATURE_HANDLERS
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -103,8 +107,18 @@ def _landscape_handlers(
         "slice2d": lambda: il.LossSlice(model, probe, dims=2, steps=args.slice_steps, seed=seed),
         "connectivity": lambda: il.ModeConnectivity(model, probe, reference="previous", seed=seed),
         "noise_scale": lambda: il.GradientNoiseScale(model, probe, seed=seed),
+        "overlap": lambda: il.GradientOverlap(model, probe, k=args.top_k, spectrum=built.get("hessian"), seed=seed),
+        "directional": lambda: il.DirectionalCurvature(model, probe, optimizer=optimizer, seed=seed),
+        "batch_sharpness": lambda: il.BatchSharpness(model, probe, args.batch_size, optimizer=optimizer, seed=seed),
+        "layers": lambda: il.LayerwiseCurvature(model, probe, seed=seed),
+        "ggn": lambda: il.GGNOutliers(model, probe, trace_hvps=args.trace_hvps, seed=seed),
     }
-    return {name: make[name]() for name in names}
+    built: dict[str, Any] = {}
+    # In ALL_HANDLERS order: "hessian" is built (and attached) before "overlap", which reuses its eigenvectors.
+    for name in ALL_HANDLERS:
+        if name in names:
+            built[name] = make[name]()
+    return built
 
 
 def definitions_markdown(args: argparse.Namespace, probe_samples: int) -> str:

@@ -12,7 +12,7 @@ from torch import nn
 
 import ignite_landscape as il
 from ignite_landscape.measures.persample import per_sample_gradients, per_sample_moments
-from tests.helpers import classification_data, mlp, small_cnn
+from tests.helpers import classification_data, dense_hessian, mlp, small_cnn
 
 WEIGHT = torch.tensor([0.5, 2.0, 1.25], dtype=torch.float64)
 
@@ -206,3 +206,73 @@ def test_handler_measures_distance_and_updates_between_firings():
     other.load_state_dict(handler.state_dict())
     other.attach(Engine(step))
     torch.testing.assert_close(torch.cat([v.reshape(-1) for v in other.initial.values()]), init, rtol=0, atol=0)
+
+
+# -- the curvature-aware noise scale B_noise = tr(HΣ)/(GᵀHG) ---------------------------------------------
+def dense_b_noise(model, x, y, population: float) -> tuple[float, float, float]:
+    """(tr(HΣ̂), GᵀHG estimate, B_noise) from the dense float64 Hessian and looped per-sample gradients."""
+    h = dense_hessian(model, x, y, F.cross_entropy)
+    g = loop_grads(model, x, y, "mean")
+    n = len(y)
+    g_bar = g.mean(0)
+    sigma = (g - g_bar).T @ (g - g_bar) / (n - 1)
+    trace_h_sigma = float(torch.trace(h @ sigma))
+    ghg = float(g_bar @ h @ g_bar) - (1 / n - 1 / population) * trace_h_sigma
+    return trace_h_sigma, ghg, trace_h_sigma / ghg
+
+
+@pytest.mark.parametrize("population", [None, math.inf, 100])
+@pytest.mark.parametrize("make,shape", [(mlp, (5,)), (small_cnn, (1, 6, 6))])
+def test_b_noise_equals_the_dense_computation(make, shape, population):
+    model = eval_model(make)
+    x, y = classification_data(21, shape, seed=6)
+    trace_h_sigma, ghg, b_noise = dense_b_noise(model, x, y, len(y) if population is None else population)
+    probe = il.Probe((x, y), F.cross_entropy, batch_size=8)
+    res = il.gradient_noise_scale(model, probe, population_size=population, chunk_size=5)
+    assert ghg > 0 and res.num_hvps == len(y) + 1
+    torch.testing.assert_close(res.trace_h_sigma, trace_h_sigma, rtol=1e-9, atol=0)
+    torch.testing.assert_close(res.grad_curvature, ghg, rtol=1e-9, atol=0)
+    torch.testing.assert_close(res.b_noise, b_noise, rtol=1e-9, atol=0)
+    assert {"b_noise", "trace_h_sigma", "grad_curvature"} <= set(res.scalars())
+
+
+def test_two_batch_b_noise_equals_the_dense_split_formula():
+    from ignite_landscape.linalg import generator
+
+    model = eval_model(mlp)
+    x, y = classification_data(24, (5,), seed=7)
+    n, small = len(y), 4
+    h = dense_hessian(model, x, y, F.cross_entropy)
+    g = loop_grads(model, x, y, "mean")
+    perm = torch.randperm(n, generator=generator(3))
+    batch_ghg = [float(g[idx].mean(0) @ h @ g[idx].mean(0)) for idx in perm.split(small)]
+    g_bar = g.mean(0)
+    trace_h_sigma = (sum(batch_ghg) / len(batch_ghg) - float(g_bar @ h @ g_bar)) / (1 / small - 1 / n)
+    probe = il.Probe((x, y), F.cross_entropy)
+    res = il.gradient_noise_scale(model, probe, method="two_batch", small_batch=small, seed=3)
+    torch.testing.assert_close(res.trace_h_sigma, trace_h_sigma, rtol=1e-9, atol=0)
+    torch.testing.assert_close(res.grad_curvature, float(g_bar @ h @ g_bar), rtol=1e-9, atol=0)  # N = n
+    # With batches of one sample the two-batch estimate is the per-sample one.
+    one = il.gradient_noise_scale(model, probe, method="two_batch", small_batch=1)
+    per_sample = il.gradient_noise_scale(model, probe)
+    torch.testing.assert_close(one.b_noise, per_sample.b_noise, rtol=1e-9, atol=0)
+
+
+def test_b_noise_off_costs_nothing_and_the_handler_asks_for_it():
+    model = eval_model(mlp)
+    probe = il.Probe(classification_data(16, (5,)), F.cross_entropy)
+    off = il.gradient_noise_scale(model, probe, b_noise=False)
+    assert off.b_noise is None and off.num_hvps == 0 and "b_noise" not in off.scalars()
+    with pytest.raises(TypeError, match="b_noise"):
+        il.gradient_noise_scale(model, probe, b_noise="yes")
+    with pytest.raises(TypeError, match="b_noise"):
+        il.GradientNoiseScale(model, probe, b_noise=None)
+    trainer = Engine(lambda e, b: None)
+    il.GradientNoiseScale(model, probe, name="plain").attach(trainer)
+    il.GradientNoiseScale(model, probe, b_noise=True).attach(trainer)
+    trainer.run([0], max_epochs=1)
+    metrics = trainer.state.metrics
+    assert "landscape/plain/b_noise" not in metrics
+    torch.testing.assert_close(
+        metrics["landscape/noise_scale/b_noise"], il.gradient_noise_scale(model, probe).b_noise, rtol=1e-12, atol=0
+    )

@@ -54,6 +54,9 @@ class GradientNoiseScale(LandscapeHandler):
         chunk_size: per-sample gradients held at once (``"per_sample"``).
         population_size: ``N`` of the finite-population correction (default: the probe's).
         smoothing: weight of the past in the moving averages, in ``[0, 1)`` (0: no smoothing).
+        b_noise: also compute the curvature-aware ``B_noise = tr(HΣ)/(GᵀHG)`` (scalars ``b_noise``,
+            ``trace_h_sigma``, ``grad_curvature``; not smoothed). Off by default: it costs one exact
+            Hessian-vector product per probe sample (``"per_sample"``) or per small batch (``"two_batch"``).
         **kwargs: ``name``, ``params``, ``seed``, ``on_error``, ``progress`` (see :class:`LandscapeHandler`).
 
     Raises:
@@ -72,16 +75,24 @@ class GradientNoiseScale(LandscapeHandler):
         chunk_size: int | None = None,
         population_size: int | float | None = None,
         smoothing: float = 0.8,
+        b_noise: bool = False,
         **kwargs: Any,
     ) -> None:
+        if not isinstance(b_noise, bool):
+            raise TypeError(f"b_noise must be a bool, got {type(b_noise).__name__}")
         self.options = NoiseOptions(
-            method=method, small_batch=small_batch, chunk_size=chunk_size, population_size=population_size
+            method=method,
+            small_batch=small_batch,
+            chunk_size=chunk_size,
+            population_size=population_size,
+            b_noise=b_noise,
         )
         self.smoothing = check_fraction("smoothing", smoothing)
         super().__init__(model, probe, **kwargs)
         self.options.check_probe(probe)
         self.method = method
         self.small_batch = small_batch
+        self.b_noise = b_noise
         # Exponential moving sums of tr(Σ) and ‖G‖² and the total weight, so the bias correction is exact.
         self._ema = [0.0, 0.0, 0.0]
 

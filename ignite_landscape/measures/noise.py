@@ -26,6 +26,21 @@ Two estimators of ``tr(Σ)`` and ``‖ḡ‖²`` (named in the result):
   probe gradient, ``tr(Σ) = (|G_s|² − |G_n|²)/(1/B_s − 1/n)``. Works in any mode (no per-sample
   gradients); with ``small_batch=1`` it equals the per-sample estimator.
 
+The curvature-aware noise scale ``B_noise = tr(HΣ)/(GᵀHG)`` (McCandlish et al., eq. 2.7: the batch size
+that the optimal step of a quadratic model of the loss calls critical; ``B_simple`` is its value for
+``H = I``) uses exact Hessian-vector products of the probe objective, so it is exact up to the
+estimates of ``Σ`` and ``G``, made as above with ``gᵀHg`` in place of ``‖g‖²``:
+
+* ``"per_sample"``: ``tr(HΣ) = (Σ_i g_iᵀHg_i − n·ḡᵀHḡ)/(n − 1)``, the trace of ``H`` times the sample
+  covariance, exactly: one HVP per sample (``n + 1`` in all), in the same pass as the moments.
+* ``"two_batch"``: ``tr(HΣ) = (mean_j g_jᵀHg_j − ḡᵀHḡ)/(1/B_s − 1/n)`` over the small batches ``j``
+  (``n/B_s + 1`` HVPs); with ``small_batch=1`` it equals the per-sample estimate.
+* ``GᵀHG ≈ ḡᵀHḡ − (1/n − 1/N)·tr(HΣ)`` (the finite-population correction), and ``b_noise = inf``
+  when that is not positive (no optimal step along ``G``).
+
+``b_noise=None`` computes it where it can (one process); ``False`` skips the HVPs (``b_noise`` is then
+``None``).
+
 Example:
     >>> import torch
     >>> from ignite_landscape import Probe
@@ -40,6 +55,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -69,6 +85,8 @@ class NoiseOptions:
             :data:`CHUNK_BYTES`).
         population_size: ``N`` for the finite-population correction: ``None`` uses
             ``probe.population_size``, ``math.inf`` assumes an infinite population.
+        b_noise: compute ``B_noise`` (``True``), skip it (``False``), or compute it where it can (``None``:
+            in one process).
 
     Raises:
         TypeError, ValueError: for an option of the wrong type or value (naming it).
@@ -78,9 +96,12 @@ class NoiseOptions:
     small_batch: int | None = None
     chunk_size: int | None = None
     population_size: int | float | None = None
+    b_noise: bool | None = None
 
     def __post_init__(self) -> None:
         check_choice("method", self.method, NOISE_METHODS)
+        if self.b_noise is not None and not isinstance(self.b_noise, bool):
+            raise TypeError(f"b_noise must be True, False or None, got {type(self.b_noise).__name__}")
         if self.small_batch is not None:
             check_int("small_batch", self.small_batch, 1)
             if self.method != "two_batch":
@@ -126,6 +147,12 @@ class NoiseScale:
         probe_grad_norm_sq: ``‖ḡ‖²`` of the probe gradient itself.
         population_size: ``N`` used by the correction (``inf`` when unknown).
         chunk_size: per-sample gradients held at once (``"per_sample"``; 0 for two-batch).
+        b_noise: ``trace_h_sigma / grad_curvature``, the curvature-aware noise scale (``inf`` when
+            ``grad_curvature`` is not positive; ``None`` when not computed).
+        trace_h_sigma: estimate of ``tr(HΣ)`` (``None`` when not computed).
+        grad_curvature: estimate of ``GᵀHG`` with the finite-population correction.
+        probe_grad_curvature: ``ḡᵀHḡ`` of the probe gradient itself.
+        num_hvps: Hessian-vector products spent on ``b_noise``.
     """
 
     b_simple: float
@@ -137,15 +164,39 @@ class NoiseScale:
     probe_grad_norm_sq: float = 0.0
     population_size: float = math.inf
     chunk_size: int = 0
+    b_noise: float | None = None
+    trace_h_sigma: float | None = None
+    grad_curvature: float | None = None
+    probe_grad_curvature: float | None = None
+    num_hvps: int = 0
 
     def scalars(self) -> dict[str, float]:
-        """Named scalars: ``b_simple``, ``trace_sigma``, ``grad_norm_sq``, ``probe_grad_norm_sq``."""
-        return {
+        """Named scalars: ``b_simple``, ``trace_sigma``, ``grad_norm_sq``, ``probe_grad_norm_sq`` (and when
+        computed ``b_noise``, ``trace_h_sigma``, ``grad_curvature``)."""
+        out = {
             "b_simple": self.b_simple,
             "trace_sigma": self.trace_sigma,
             "grad_norm_sq": self.grad_norm_sq,
             "probe_grad_norm_sq": self.probe_grad_norm_sq,
         }
+        if self.b_noise is not None:
+            out.update(b_noise=self.b_noise, trace_h_sigma=self.trace_h_sigma, grad_curvature=self.grad_curvature)
+        return out
+
+    def with_curvature(self, sum_ghg: float, probe_ghg: float, small: int, num_hvps: int) -> NoiseScale:
+        """This result with ``B_noise`` from the mean of ``g_jᵀHg_j`` over batches of ``small`` samples
+        (``sum_ghg`` over ``n/small`` batches) and the probe's ``ḡᵀHḡ`` (see the module docstring)."""
+        n, batches = self.num_samples, self.num_samples // small
+        trace_h_sigma = (sum_ghg / batches - probe_ghg) / (1.0 / small - 1.0 / n)
+        ghg = probe_ghg - (1.0 / n - 1.0 / self.population_size) * trace_h_sigma
+        return dataclasses.replace(
+            self,
+            b_noise=_ratio(trace_h_sigma, ghg),
+            trace_h_sigma=trace_h_sigma,
+            grad_curvature=ghg,
+            probe_grad_curvature=probe_ghg,
+            num_hvps=num_hvps,
+        )
 
 
 def _ratio(trace_sigma: float, grad_norm_sq: float) -> float:
@@ -171,6 +222,7 @@ def gradient_noise_scale(
     small_batch: int | None = None,
     chunk_size: int | None = None,
     population_size: int | float | None = None,
+    b_noise: bool | None = None,
     seed: int = 0,
     params: ParamsArg = None,
 ) -> NoiseScale:
@@ -187,6 +239,9 @@ def gradient_noise_scale(
             ``chunk_size × P`` numbers. Default: as many as fit in :data:`CHUNK_BYTES`.
         population_size: ``N`` of the finite-population correction; default ``probe.population_size``
             (``math.inf``: an infinite population).
+        b_noise: compute the curvature-aware ``B_noise`` (``True``; ``n + 1`` HVPs per-sample, ``n/B_s + 1``
+            two-batch), skip it (``False``), or compute it in one process and skip it under a process group
+            (``None``).
         seed: seed of the random split into small batches.
         params: restrict to a subset of parameters.
 
@@ -197,7 +252,9 @@ def gradient_noise_scale(
         ValueError: for an unknown method, a bad ``small_batch``/``chunk_size``/``population_size``,
             fewer than 2 samples, or ``"per_sample"`` with ``model_mode="train"``.
     """
-    opts = NoiseOptions(method=method, small_batch=small_batch, chunk_size=chunk_size, population_size=population_size)
+    opts = NoiseOptions(
+        method=method, small_batch=small_batch, chunk_size=chunk_size, population_size=population_size, b_noise=b_noise
+    )
     opts.check_probe(probe)
     return _noise_scale(model, probe, opts, seed, params)
 
@@ -209,12 +266,30 @@ def _noise_scale(model: nn.Module, probe: Probe, opts: NoiseOptions, seed: int, 
         return _two_batch(s, opts, seed)
 
 
+def _wants_b_noise(opts: NoiseOptions) -> bool:
+    if opts.b_noise is True and distributed.world_size() > 1:
+        # One HVP per sample would need every rank to take part in every other rank's products.
+        raise ValueError("b_noise=True runs in a single process; use b_noise=None or False under ignite.distributed")
+    return opts.b_noise is True or (opts.b_noise is None and distributed.world_size() == 1)
+
+
 def _per_sample(s: ProbeSession, opts: NoiseOptions) -> NoiseScale:
     # The exact per-sample gradients, folded into running moments (shared with gradient_statistics).
-    m = per_sample_moments(s, opts.chunk_size)
+    curvature = _wants_b_noise(opts)
+    ghg = [0.0]
+
+    def quadratic_forms(rows: torch.Tensor) -> None:
+        for g in rows:  # g_iᵀHg_i, one exact HVP each, while the chunk's gradients exist anyway
+            ghg[0] += float(g.double() @ s.hvp(g).double())
+
+    m = per_sample_moments(s, opts.chunk_size, visit=quadratic_forms if curvature else None)
     trace_sigma = float(m.m2.sum()) / (m.num_samples - 1)
     probe_sq = float(m.mean @ m.mean)
-    return _result(trace_sigma, probe_sq, m.num_samples, opts.population(s.probe), "per_sample", 1, m.chunk_size)
+    result = _result(trace_sigma, probe_sq, m.num_samples, opts.population(s.probe), "per_sample", 1, m.chunk_size)
+    if not curvature:
+        return result
+    probe_ghg = float(m.mean @ s.hvp(m.mean).double())
+    return result.with_curvature(ghg[0], probe_ghg, 1, m.num_samples + 1)
 
 
 def _two_batch(s: ProbeSession, opts: NoiseOptions, seed: int) -> NoiseScale:
@@ -230,7 +305,8 @@ def _two_batch(s: ProbeSession, opts: NoiseOptions, seed: int) -> NoiseScale:
     perm = torch.randperm(n_total, generator=generator(seed)).to(s.probe.device)
     k = n_total // small
     leaves = [t.detach().requires_grad_(True) for t in s.base]
-    sq = 0.0
+    curvature = _wants_b_noise(opts)
+    sq = ghg = 0.0
     with torch.enable_grad():
         for j in range(k):
             idx = perm[j * small : (j + 1) * small]
@@ -243,8 +319,13 @@ def _two_batch(s: ProbeSession, opts: NoiseOptions, seed: int) -> NoiseScale:
                 [(torch.zeros_like(p) if g is None else g).reshape(-1) for g, p in zip(gs, leaves)]
             ).double()
             sq += float(flat @ flat)
+            if curvature:
+                ghg += float(flat @ s.hvp(flat).double())
     s.num_grads += 1
     small_sq = sq / k
     full_sq = float(g_full @ g_full)
     trace_sigma = (small_sq - full_sq) / (1.0 / small - 1.0 / n_total)
-    return _result(trace_sigma, full_sq, n_total, opts.population(s.probe), "two_batch", small, 0)
+    result = _result(trace_sigma, full_sq, n_total, opts.population(s.probe), "two_batch", small, 0)
+    if not curvature:
+        return result
+    return result.with_curvature(ghg, float(g_full @ s.hvp(g_full).double()), small, k + 1)

@@ -29,7 +29,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -113,13 +113,21 @@ class PerSampleMoments:
     chunk_size: int
 
 
-def per_sample_moments(s: ProbeSession, chunk_size: int | None = None, *, norms: bool = False) -> PerSampleMoments:
+def per_sample_moments(
+    s: ProbeSession,
+    chunk_size: int | None = None,
+    *,
+    norms: bool = False,
+    visit: Callable[[torch.Tensor], None] | None = None,
+) -> PerSampleMoments:
     """Fold the exact per-sample gradients of the probe objective into :class:`PerSampleMoments`.
 
     Args:
         s: an open session on an eval-mode probe.
         chunk_size: per-sample gradients computed at once (default: :func:`chunk_size_for`).
         norms: also return every sample's squared gradient norm (``n`` numbers).
+        visit: called with each chunk's per-sample gradients as one ``(c, P)`` matrix (the session's dtype),
+            for statistics beyond the moments (a second ``c × P`` copy exists during the call).
 
     Raises:
         ValueError: on a ``model_mode="train"`` probe.
@@ -144,6 +152,8 @@ def per_sample_moments(s: ProbeSession, chunk_size: int | None = None, *, norms:
                 m2_parts.append(((g - mu) ** 2).sum(dim=0))
                 if norms:
                     sq += (g * g).sum(dim=1)
+            if visit is not None:
+                visit(torch.cat([g.reshape(c, -1) for g in gs], dim=1))
             del gs
             if norms:
                 local_sq.append(sq)
