@@ -144,7 +144,7 @@ def test_good_options_construct_and_run(model_and_probe):
         assert all(math.isfinite(v) for v in h.last.scalars.values()), h.name
 
 
-def test_probe_independent_checks_do_not_need_a_probe_sample_count():
+def test_option_errors_come_before_probe_errors():
     # Options are checked before the model and probe are looked at: the message names the option even
     # when the probe would also be refused.
     tiny = il.Probe((torch.randn(1, 5, dtype=torch.float64), torch.zeros(1, dtype=torch.long)), F.cross_entropy)
