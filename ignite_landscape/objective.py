@@ -33,6 +33,7 @@ from __future__ import annotations
 import copy
 import functools
 import math
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -41,7 +42,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["DecomposedLoss", "Decomposition", "ObjectiveError", "decompose", "check_row_mean", "NORMALIZERS"]
+__all__ = [
+    "DecomposedLoss",
+    "Decomposition",
+    "ObjectiveError",
+    "decompose",
+    "check_row_mean",
+    "check_on_fake_predictions",
+    "NORMALIZERS",
+]
 
 NORMALIZERS = ("rows", None)
 
@@ -366,6 +375,45 @@ def check_row_mean(loss_fn: Callable[[Any, Any], torch.Tensor], y_pred: Any, y: 
         f"but the size-weighted mean of its two halves is {mean:.8g}, so the probe cannot compute it over all "
         f"its samples exactly in chunks.{hint} {_FIX}"
     )
+
+
+def check_on_fake_predictions(loss_fn: Callable[[Any, Any], torch.Tensor], y: Any) -> str:
+    """Check ``loss_fn`` as :func:`check_row_mean` does, before any model exists, on random predictions
+    shaped for the targets ``y``: class scores ``(N, C, ...)`` for integer labels ``(N, ...)``, a tensor
+    like ``y`` for float targets.
+
+    A best effort at construction: a loss that cannot take such predictions (it wants a dict, another
+    shape) is left to the check on the model's real outputs in the first session. The predictions come
+    from a private generator; no global random stream is drawn from.
+
+    Returns:
+        :func:`check_row_mean`'s status, or ``"skipped"`` (also when the predictions would take more
+        than ``2**22`` elements: a large vocabulary is left to the first session).
+
+    Raises:
+        ObjectiveError: when the loss is not a per-row mean on these predictions.
+    """
+    if not isinstance(y, torch.Tensor) or y.dim() == 0 or y.shape[0] < 2:
+        return "skipped"
+    g = torch.Generator().manual_seed(0)
+    if y.is_floating_point():
+        shape = y.shape
+    elif y.dtype in (torch.int64, torch.int32, torch.int16, torch.uint8):
+        labels = y[y >= 0]
+        shape = torch.Size((y.shape[0], max(2, int(labels.max()) + 1) if labels.numel() else 2, *y.shape[1:]))
+    else:
+        return "skipped"
+    if shape.numel() > 1 << 22:
+        return "skipped"
+    fake = torch.randn(shape, generator=g, dtype=y.dtype if y.is_floating_point() else torch.float64).to(y.device)
+    try:
+        with warnings.catch_warnings():  # whatever the loss says about made-up predictions is not the user's concern
+            warnings.simplefilter("ignore")
+            return check_row_mean(loss_fn, fake, y)
+    except ObjectiveError:
+        raise
+    except Exception:  # the loss needs the model's own output (a dict, a shape): checked on the first session
+        return "skipped"
 
 
 _FIX = (

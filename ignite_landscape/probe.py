@@ -42,7 +42,13 @@ from torch.func import functional_call
 
 from ignite_landscape import distributed
 from ignite_landscape.execution import probe_execution
-from ignite_landscape.objective import Decomposition, ObjectiveError, check_row_mean, decompose
+from ignite_landscape.objective import (
+    Decomposition,
+    ObjectiveError,
+    check_on_fake_predictions,
+    check_row_mean,
+    decompose,
+)
 from ignite_landscape.params import ParamsArg, ParamSpace, model_device, unwrap_model
 from ignite_landscape.restore import RNGState, preserved_state
 
@@ -185,7 +191,8 @@ class Probe:
     Raises:
         TypeError: if ``data``, ``loss_fn``, ``prepare_batch`` or ``output_transform`` are of the wrong kind.
         ValueError: if ``num_samples``/``batch_size`` are not positive, ``model_mode`` is unknown,
-            ``loss_fn`` has ``reduction="none"`` or ``data`` yields no samples.
+            ``loss_fn`` has ``reduction="none"`` or is an undeclared callable that is not a per-row mean
+            on made-up predictions for the targets (``ObjectiveError``), or ``data`` yields no samples.
     """
 
     def __init__(
@@ -263,6 +270,11 @@ class Probe:
         self.batch_size = min(batch_size or first_batch, self.global_num_samples)
         if self.device is None:
             self.device = _tree_leaves(inputs)[0].device
+        if self.decomposition.needs_check:
+            n = _num_rows(targets)
+            for lo in range(0, n, self.batch_size):
+                if check_on_fake_predictions(loss_fn, _rows(targets, lo, min(lo + self.batch_size, n))) == "skipped":
+                    break
 
     def _take(self, data: Any, num_samples: int) -> tuple[Any, Any, int]:
         if _is_single_batch(data):

@@ -38,6 +38,22 @@ class Tagger(nn.Module):
         return self.b(torch.tanh(self.a(x))).transpose(1, 2)
 
 
+class DictTagger(Tagger):
+    """The tagger with a dict output, so a loss written for it cannot take made-up predictions."""
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"logits": super().forward(x)}
+
+
+def _masked_dict_loss(out: dict[str, torch.Tensor], t: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(out["logits"], t, ignore_index=PAD)  # a mean over tokens, not over rows
+
+
+def _dict_tagger() -> nn.Module:
+    torch.manual_seed(0)
+    return DictTagger().double()
+
+
 def _tagger() -> nn.Module:
     torch.manual_seed(0)
     return Tagger().double()
@@ -202,18 +218,22 @@ def test_objective_scale_relates_a_trainer_batch_to_the_probe():
 
 
 def test_a_callable_that_is_not_a_per_row_mean_is_refused_with_the_fix():
-    model, (x, y) = _tagger(), _tokens()
-    masked = Probe((x, y), lambda out, t: F.cross_entropy(out, t, ignore_index=PAD), batch_size=CHUNK)
+    x, y = _tokens()
+    # At construction, before any model exists: checked on made-up class scores for the targets.
     with pytest.raises(ValueError, match=r"loss_fn .* is not a per-row mean.*DecomposedLoss"):
-        masked.evaluate(model)
-    with pytest.raises(ValueError, match="not a per-row mean"):  # every session refuses it, not only the first
-        masked.evaluate(model)
-    with pytest.raises(ValueError, match="not a per-row mean"):  # a handler refuses it at construction
+        Probe((x, y), lambda out, t: F.cross_entropy(out, t, ignore_index=PAD), batch_size=CHUNK)
+    # A loss that needs the model's own output (a dict) is checked on it: by a handler at construction,
+    # and by every session until it passes.
+    model = _dict_tagger()
+    masked = Probe((x, y), _masked_dict_loss, batch_size=CHUNK)
+    with pytest.raises(ValueError, match=r"loss_fn _masked_dict_loss is not a per-row mean.*DecomposedLoss"):
         HessianSpectrum(model, masked)
+    for _ in range(2):
+        with pytest.raises(ValueError, match="not a per-row mean"):
+            masked.evaluate(model)
     model, (x, y) = mlp(), _regression()
-    summed = Probe((x, y), lambda out, t: ((out - t) ** 2).sum(), batch_size=CHUNK)
     with pytest.raises(ValueError, match=r"normalizer=None"):
-        summed.evaluate(model)
+        Probe((x, y), lambda out, t: ((out - t) ** 2).sum(), batch_size=CHUNK)
     with pytest.raises(ValueError, match="batch_size >= 2"):  # one row per chunk: nothing to check on
         Probe((x, y), lambda out, t: ((out - t) ** 2).mean(), batch_size=1).evaluate(model)
     with pytest.raises(ValueError, match="reduction='none'"):
@@ -281,7 +301,7 @@ def test_accuracy_that_cannot_be_computed_says_why_once(caplog):
         second = probe.evaluate(DictOut())
     assert first.accuracy is None and "output_transform" in first.accuracy_reason
     assert second.accuracy_reason == first.accuracy_reason
-    assert first.loss == pytest.approx(float(F.cross_entropy(base(x), y)), rel=1e-12)
+    assert first.loss == pytest.approx(float(F.cross_entropy(base(x).detach(), y)), rel=1e-12)
     said = [r for r in caplog.records if "no accuracy" in r.getMessage()]
     assert len(said) == 1 and said[0].levelno == logging.WARNING  # integer labels: accuracy was expected
     regression = Probe(_regression(), nn.MSELoss()).evaluate(mlp())
@@ -356,9 +376,9 @@ def _distributed_worker(local_rank: int, out_dir: str) -> None:
         with probe.session(model) as s:
             loss, grad = s.loss_and_grad()
             results[name] = (loss, grad, s.hvp(v), s.evaluate().accuracy, probe.normalizer)
-    masked = Probe((x, y), lambda out, t: F.cross_entropy(out, t, ignore_index=PAD), batch_size=CHUNK)
+    masked = Probe((x, y), _masked_dict_loss, batch_size=CHUNK)
     try:
-        masked.evaluate(model)
+        masked.evaluate(_dict_tagger())
         results["masked"] = None
     except Exception as e:  # every rank must raise, none may wait forever
         results["masked"] = type(e).__name__
