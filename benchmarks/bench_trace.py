@@ -18,6 +18,8 @@ Rows:
     * BackPACK DiagHessian: ``extend`` on an ``nn.Sequential`` of the model's layers, one
       ``loss.backward()`` inside ``with backpack(DiagHessian())``, summing ``diag_h`` (model built once, outside
       the timing: the cost a BackPACK user pays per call).
+    * ours exact ÷ BackPACK, separately: ``--pairs`` back-to-back pairs in alternating order, the median and
+      quartiles of the per-pair ratio (load from other jobs on the machine mostly cancels within a pair).
     * ours Hutch++ (60 HVPs): ``hessian_trace(model, probe, method="hutch++", num_hvps=60)``.
     * hessian-eigenthings Hutch++ (60): ``trace(HessianOperator(...), num_matvecs=60, method="hutch++")``, if installed.
 
@@ -39,6 +41,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -162,7 +165,26 @@ def measure(tools: list[tuple[str, Callable[[], Row]]], repeats: int) -> list[Ro
     return [Row(name, results[name].value, results[name].stderr, statistics.median(times[name])) for name, _ in tools]
 
 
-def run_size(model: nn.Module, samples: int, repeats: int, spot: int) -> list[Row]:
+def paired_ratio(a: Callable[[], Any], b: Callable[[], Any], pairs: int) -> tuple[float, float, float, float, float]:
+    """Median wall times of ``a`` and ``b`` run alternately ``pairs`` times, and the quartiles of the per-pair
+    ratio ``a/b`` (each pair runs back to back, so load from other jobs mostly cancels in the ratio)."""
+    ta, tb, ratios = [], [], []
+    for i in range(pairs):
+        first, second = (a, b) if i % 2 == 0 else (b, a)  # alternate the order within pairs
+        t0 = time.perf_counter()
+        first()
+        t1 = time.perf_counter()
+        second()
+        t2 = time.perf_counter()
+        da, db = (t1 - t0, t2 - t1) if i % 2 == 0 else (t2 - t1, t1 - t0)
+        ta.append(da)
+        tb.append(db)
+        ratios.append(da / db)
+    q = statistics.quantiles(ratios, n=4)
+    return statistics.median(ta), statistics.median(tb), q[0], statistics.median(ratios), q[2]
+
+
+def run_size(model: nn.Module, samples: int, repeats: int, spot: int, pairs: int) -> list[Row]:
     """Print and return the table for one probe size."""
     x, y = probe_batch(samples)
     probe = Probe((x, y), nn.functional.cross_entropy, num_samples=samples, batch_size=samples)
@@ -203,6 +225,11 @@ def run_size(model: nn.Module, samples: int, repeats: int, spot: int) -> list[Ro
         err = abs(r.value - ref_trace) / abs(ref_trace)
         ratio = r.wall / backpack_wall
         print(f"  {r.name:<36} {r.value:>12.6g} {r.stderr:>9.3g} {err:>9.1e} {r.wall:>8.3f} {ratio:>10.2f}")
+    ta, tb, lo, mid, hi = paired_ratio(tools[0][1], tools[1][1], pairs)
+    print(
+        f"  ours exact ÷ BackPACK over {pairs} back-to-back pairs: median ratio {mid:.3f} "
+        f"(quartiles {lo:.3f}–{hi:.3f}); medians {ta:.4f} s vs {tb:.4f} s"
+    )
     exact_diag = _our_diagonal(model, probe)
     diag_err = float((exact_diag.double() - ref).abs().max() / ref.abs().max())
     print(f"  ours exact diagonal vs reference: max |d_i − ref_i| / max|ref| = {diag_err:.1e} (float32 model)")
@@ -223,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=None, help="timed rounds per tool (default 5, quick: 1)")
     parser.add_argument("--samples", type=int, nargs="+", default=[64, 512], help="probe sizes (default 64 512)")
     parser.add_argument("--spot", type=int, default=16, help="coordinates checked by exact HVPs (default 16)")
+    parser.add_argument("--pairs", type=int, default=None, help="exact/BackPACK timing pairs (default 21, quick: 4)")
     args = parser.parse_args(argv)
     epochs = args.epochs if args.epochs is not None else (1 if args.quick else 4)
     repeats = args.repeats if args.repeats is not None else (1 if args.quick else 5)
@@ -237,8 +265,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{torch.__version__}, threads {torch.get_num_threads()}, timing = median of {repeats} interleaved "
         "rounds after 1 warm-up"
     )
+    pairs = args.pairs if args.pairs is not None else (4 if args.quick else 21)
     for samples in sizes:
-        run_size(model, samples, repeats, args.spot)
+        run_size(model, samples, repeats, args.spot, pairs)
     return 0
 
 
