@@ -22,6 +22,7 @@ from ignite_landscape.handlers import (
     LossSlice,
     ModeConnectivity,
     Sharpness,
+    TrajectoryPlane,
 )
 from ignite_landscape.loggers import LandscapeArtifactHandler
 from ignite_landscape.measures import (
@@ -41,6 +42,7 @@ from ignite_landscape.measures import (
     LossSliceResult,
     NoiseScale,
     SharpnessResult,
+    TrajectoryPlaneResult,
     batch_sharpness,
     check_directions,
     count_outliers,
@@ -60,6 +62,7 @@ from ignite_landscape.measures import (
     pca_directions,
     random_directions,
     sharpness,
+    trajectory_plane,
 )
 from ignite_landscape.objective import DecomposedLoss
 from ignite_landscape.params import ParamSpace
@@ -129,5 +132,8 @@ __all__ = [
     "GradientStatistics",
     "GradientStatisticsResult",
     "gradient_statistics",
+    "TrajectoryPlane",
+    "TrajectoryPlaneResult",
+    "trajectory_plane",
 ]
 __version__ = "0.1.0"

@@ -34,6 +34,8 @@ __all__ = [
     "spectrum_figure",
     "finite_grid",
     "layer_heatmap_figure",
+    "trajectory_plane_figure",
+    "draw_trajectory_plane",
 ]
 
 
@@ -256,3 +258,48 @@ def layer_heatmap_figure(
     fig.colorbar(image, ax=ax, label=f"sign·log10(1+|{quantity}|)")
     fig.tight_layout()
     return fig
+
+
+def trajectory_plane_figure(
+    result: Any, *, title: str = "Training path in its PCA plane", levels: int = 30, log_scale: bool = True
+) -> Figure:
+    """The projected training path over the loss contours of its top-2 PCA plane (Li et al. 2018).
+
+    Args:
+        result: a :class:`~ignite_landscape.TrajectoryPlaneResult` (``coords`` ``(m, 2)``, ``explained_variance``,
+            ``slice`` with ``coords`` and ``loss``) or an object with the same attributes.
+        title: figure title.
+        levels: number of contour levels.
+        log_scale: contour ``log(loss)`` when every loss is positive.
+    """
+    fig = Figure(figsize=(6.0, 4.8), layout="constrained")
+    ax = fig.subplots()
+    draw_trajectory_plane(fig, ax, result, levels=levels, log_scale=log_scale)
+    ax.set_title(title)
+    return fig
+
+
+def draw_trajectory_plane(fig: Figure, ax: Any, result: Any, *, levels: int = 30, log_scale: bool = True) -> None:
+    """Draw :func:`trajectory_plane_figure`'s content on ``ax`` of ``fig`` (the report's panels use it too)."""
+    grid = result.slice
+    x, y = _np(grid.coords[0]), _np(grid.coords[1])
+    z = finite_grid(grid.loss)
+    use_log = log_scale and bool((z > 0).all())
+    zz = np.log(z).T if use_log else z.T  # loss[i, j] has i along x; contourf wants rows along y
+    cs = ax.contourf(x, y, zz, levels=levels, cmap="viridis")
+    ax.contour(x, y, zz, levels=levels, colors="k", linewidths=0.3, alpha=0.5)
+    fig.colorbar(cs, ax=ax, label="log loss" if use_log else "loss")
+    path = _np(result.coords).reshape(-1, 2)
+    ax.plot(path[:, 0], path[:, 1], color="C3", lw=1.5, marker="o", markersize=3, label="path")
+    ax.plot(path[:1, 0], path[:1, 1], marker="o", color="w", markeredgecolor="k", markersize=8, ls="", label="start")
+    ax.plot([0.0], [0.0], marker="*", color="w", markeredgecolor="k", markersize=13, ls="", label="now")
+    ratios = _np(result.explained_variance)
+    ax.set_xlabel(f"PC1 ({100 * ratios[0]:.1f}% of the path's variance)")
+    ax.set_ylabel(f"PC2 ({100 * ratios[1]:.1f}%)")
+    note = f"explained variance: PC1 {ratios[0]:.3f}, PC2 {ratios[1]:.3f}"
+    if ratios[0] + ratios[1] < 0.5:
+        note += "\n(small: the plane shows little of the path)"
+    ax.text(
+        0.02, 0.98, note, transform=ax.transAxes, va="top", fontsize="small", bbox={"fc": "w", "alpha": 0.8, "lw": 0}
+    )
+    ax.legend(loc="lower right", fontsize="small")

@@ -9,6 +9,7 @@ holds ``events.out.tfevents.*`` files; a folder of such folders is expanded), an
 - ``connectivity.png``: loss along the linear path from the connectivity reference (the weights at
   attach time by default; the previous firing's with ``reference="previous"``) to the current weights;
 - ``slice1d.png``, ``contour.png``, ``surface.png``: the 1D slices and the last 2D slice of each run;
+- ``trajectory.png``: the training path over the loss in its top-2 PCA plane, with the explained variance;
 - ``correlation.png``: geometry against test accuracy, with n, Pearson r, Kendall τ and bootstrap CIs;
 - ``summary_table.png`` and ``summary.md``: the final numbers of every run and the correlation table.
 
@@ -56,6 +57,7 @@ __all__ = [
     "bootstrap_ci",
     "correlate",
     "correlations",
+    "figure_curvature",
     "write_report",
     "main",
 ]
@@ -942,6 +944,44 @@ def figure_contour(runs: Sequence[RunData], path: Path) -> Path | None:
     return _save(fig, path)
 
 
+def _trajectory(run: RunData) -> tuple[int, Any] | None:
+    """The last trajectory plane a run logged (any handler name), as an object the plotting code takes."""
+    from types import SimpleNamespace
+
+    for tag in sorted(run.texts):
+        if not re.fullmatch(r"landscape/[^/]+/data(/text_summary)?", tag):
+            continue
+        curves = _raw_curves(run, tag.split("/")[1])
+        if curves and curves[-1][1].get("kind") == "trajectory_plane":
+            step, d = curves[-1]
+            grid = SimpleNamespace(coords=[np.asarray(c, dtype=np.float64) for c in d["coords"]], loss=d["loss"])
+            return step, SimpleNamespace(coords=d["path"], explained_variance=d["explained_variance"], slice=grid)
+    return None
+
+
+def figure_trajectory(runs: Sequence[RunData], path: Path) -> Path | None:
+    """Per run: the training path projected on its top-2 PCA plane over the loss there (Li et al. 2018)."""
+    from ignite_landscape.plots import draw_trajectory_plane
+
+    shown = [(r, t) for r in runs if (t := _trajectory(r)) is not None]
+    if not shown:
+        return None
+    fig, rows, cols = _panel_figure(len(shown), footer_lines=2, width=4.8, height=3.8)
+    for k, (run, (step, result)) in enumerate(shown):
+        ax = fig.add_subplot(rows, cols, k + 1)
+        draw_trajectory_plane(fig, ax, result, levels=25)
+        ax.set_title(f"{run.name}, step {step}", fontsize=10)
+    fig.suptitle("Training path in the plane of its two principal directions (centre: the final weights)")
+    _footer(
+        fig,
+        [
+            _probe_note(shown[0][0]),
+            "axes: weight-space distance along each unit PCA direction; the share of the path's variance in brackets",
+        ],
+    )
+    return _save(fig, path)
+
+
 def figure_surface(runs: Sequence[RunData], path: Path) -> Path | None:
     """Per run: the last 2D slice as a 3D surface."""
     shown = [(r, s) for r in runs if (s := _slice2d(r)) is not None]
@@ -1224,6 +1264,78 @@ class Report:
     rows: list[dict[str, Any]]
 
 
+def figure_curvature(runs: Sequence[RunData], path: Path) -> Path | None:
+    """The curvature instruments over training: gradient overlap with the top-k eigenspace (Gur-Ari et al.
+    2018), batch sharpness and curvature along the gradient against 2/η (Andreyev & Beneventano 2024), and the
+    top GGN eigenvalues of the last firing with the number of outliers (Papyan 2019)."""
+    panels: list[str] = []
+    if any(r.series("landscape/overlap/value") is not None for r in runs):
+        panels.append("overlap")
+    if any(r.series("landscape/batch_sharpness/value") or r.series("landscape/directional/value") for r in runs):
+        panels.append("sharpness")
+    if any(r.series("landscape/ggn/ggn_lambda_1") is not None for r in runs):
+        panels.append("ggn")
+    if not panels:
+        return None
+    fig, rows, cols = _panel_figure(len(panels), footer_lines=3)
+    for k, panel in enumerate(panels):
+        ax = fig.add_subplot(rows, cols, k + 1)
+        for i, run in enumerate(runs):
+            color = _color(i)
+            if panel == "overlap" and (s := run.series("landscape/overlap/value")) is not None:
+                ax.plot(s.steps, s.values, marker=".", color=color, label=run.name)
+                ax.set_ylim(-0.02, 1.02)
+                ax.set_ylabel("‖P_k g‖² / ‖g‖²")
+                ax.set_title("gradient in the top-k eigenspace", fontsize=10)
+            elif panel == "sharpness":
+                for tag, style, label in (
+                    ("landscape/batch_sharpness/value", "-", "batch sharpness"),
+                    ("landscape/directional/value", "--", "gᵀHg/‖g‖² (full probe)"),
+                    ("landscape/hessian/lambda_max", ":", "λ_max"),
+                ):
+                    if (s := run.series(tag)) is not None:
+                        ax.plot(s.steps, s.values, style, marker=".", color=color, label=f"{run.name}: {label}")
+                t = run.series("landscape/batch_sharpness/threshold") or run.series("landscape/directional/threshold")
+                if t is not None:
+                    ax.plot(t.steps, t.values, color="k", lw=0.8, label="2/η")
+                ax.set_yscale("log")
+                ax.set_title("curvature met by SGD", fontsize=10)
+            elif panel == "ggn":
+                tags = sorted(
+                    (t for t in run.landscape_tags("ggn") if re.fullmatch(r"landscape/ggn/ggn_lambda_\d+", t)),
+                    key=lambda t: int(t.rsplit("_", 1)[1]),
+                )
+                if not tags:
+                    continue
+                values = np.array([run.scalars[t].last() for t in tags])
+                ax.semilogy(range(1, len(values) + 1), np.clip(values, 1e-12, None), "o", color=color, ms=4)
+                n_out = run.series("landscape/ggn/num_outliers")
+                n_cls = run.series("landscape/ggn/num_classes")
+                if n_out is not None:
+                    ax.axvline(n_out.last() + 0.5, color=color, lw=0.8, ls="--")
+                    label = f"{run.name}: {n_out.last():.0f} outliers"
+                    if n_cls is not None:
+                        label += f", {n_cls.last():.0f} classes"
+                    ax.plot([], [], "o", color=color, label=label)
+                ax.set_xlabel("index")
+                ax.set_ylabel("GGN eigenvalue")
+                ax.set_title("top GGN eigenvalues, last firing", fontsize=10)
+            if panel != "ggn":
+                ax.set_xlabel("step")
+        ax.legend(fontsize="x-small")
+    fig.suptitle("Curvature instruments")
+    _footer(
+        fig,
+        [
+            _probe_note(runs[0]),
+            "overlap: share of the probe gradient's squared norm in the span of the top-k Hessian eigenvectors; "
+            "batch sharpness: mean over seeded probe mini-batches of g_Bᵀ H_B g_B / ‖g_B‖²",
+            "GGN outliers: the deepest j with λ_j ≥ 2·λ_(j+1) among the computed top eigenvalues (dashed line)",
+        ],
+    )
+    return _save(fig, path)
+
+
 _SKIP_REASONS = {
     "training_curves": "no non-landscape scalars (attach an OutputHandler for the loss and test accuracy)",
     "spectrum": "no Hessian eigenvalues logged (attach HessianSpectrum)",
@@ -1232,8 +1344,10 @@ _SKIP_REASONS = {
     "slice1d": "no 1D slice data logged (attach LossSlice(dims=1))",
     "contour": "no 2D slice data logged (attach LossSlice(dims=2))",
     "surface": "no 2D slice data logged (attach LossSlice(dims=2))",
+    "trajectory": "no trajectory plane logged (attach TrajectoryPlane and log at Events.COMPLETED)",
     "correlation": "no test accuracy logged next to a geometry quantity (log test/accuracy at the same steps)",
     "overview": "neither test accuracy nor Hessian eigenvalues logged",
+    "curvature": "no curvature instruments logged (attach GradientOverlap, BatchSharpness or GGNOutliers)",
 }
 
 
@@ -1280,9 +1394,11 @@ def write_report(
         "spectrum": lambda: figure_spectrum(runs, out / "spectrum.png"),
         "metric_comparison": lambda: figure_metric_comparison(runs, out / "metric_comparison.png"),
         "connectivity": lambda: figure_connectivity(runs, out / "connectivity.png"),
+        "curvature": lambda: figure_curvature(runs, out / "curvature.png"),
         "slice1d": lambda: figure_slice1d(runs, out / "slice1d.png"),
         "contour": lambda: figure_contour(runs, out / "contour.png"),
         "surface": lambda: figure_surface(runs, out / "surface.png"),
+        "trajectory": lambda: figure_trajectory(runs, out / "trajectory.png"),
         "correlation": lambda: figure_correlation(runs, corrs, out / "correlation.png", accuracy_tag),
         "summary_table": lambda: figure_summary_table(rows, out / "summary_table.png"),
         "overview": lambda: figure_overview(runs[0], out / "overview.png", accuracy_tag),

@@ -10,7 +10,7 @@ fired it; ``global_step_transform=`` chooses another step):
 * histograms of the Hessian eigenvalues, of the SLQ spectral density and of any distribution a result
   exposes through a ``histograms()`` method (the per-sample gradient norms of the gradient statistics),
 * figures: the 1D slice (current over earlier ones, shared axes), the 2D slice as filled contours,
-  the SLQ density and the interpolation path,
+  the SLQ density, the interpolation path and the training path over its PCA plane,
 * the 2D slice as a 3D mesh (``add_mesh``): vertex colours by loss, a camera that frames the whole
   surface, at most ``max_mesh_faces`` triangles,
 * a custom-scalars layout (λ_1 … λ_k with the stability threshold on one chart, sharpness variants
@@ -56,6 +56,7 @@ from ignite_landscape.measures.layerwise import LAYER_QUANTITIES, LayerwiseCurva
 from ignite_landscape.measures.sharpness import SharpnessResult
 from ignite_landscape.measures.slices import LossSliceResult
 from ignite_landscape.measures.spectrum import HessianDensityResult, HessianEigenvalues, HessianTraceResult
+from ignite_landscape.measures.trajectory import TrajectoryPlaneResult
 
 __all__ = ["LandscapeLogHandler", "slice_mesh", "custom_scalars_layout", "summary_table"]
 
@@ -356,6 +357,12 @@ class LandscapeLogHandler(BaseHandler):
                     config_dict=config,
                     global_step=step,
                 )
+        elif isinstance(result, TrajectoryPlaneResult):
+            if self.figures:
+                fig = plots.trajectory_plane_figure(
+                    result, title=f"{name}: path at iteration {firing.iteration}", log_scale=self.log_scale
+                )
+                writer.add_figure(f"{tag}/plane", fig, step, close=True)
         elif isinstance(result, Interpolation):
             if self.figures:
                 writer.add_figure(f"{tag}/interpolation", plots.interpolation_figure(result), step, close=True)
@@ -443,4 +450,13 @@ def _curve_data(result: Any) -> dict[str, Any] | None:
         }
     if isinstance(result, HessianDensityResult):
         return {"grid": _rounded(result.grid), "density": _rounded(result.density), "sigma": result.sigma}
+    if isinstance(result, TrajectoryPlaneResult):
+        return {
+            "kind": "trajectory_plane",
+            "path": _rounded(result.coords),
+            "explained_variance": _rounded(result.explained_variance),
+            "iterations": result.iterations,
+            "coords": [_rounded(c) for c in result.slice.coords],
+            "loss": _rounded(result.slice.loss),
+        }
     return None

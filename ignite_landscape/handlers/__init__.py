@@ -35,6 +35,7 @@ from ignite_landscape.handlers.noise import GradientNoiseScale
 from ignite_landscape.handlers.sharpness import Sharpness
 from ignite_landscape.handlers.slices import LossSlice
 from ignite_landscape.handlers.spectrum import HessianDensity, HessianSpectrum, HessianTrace
+from ignite_landscape.handlers.trajectory import TrajectoryPlane
 
 __all__ = [
     "Budget",
@@ -53,4 +54,5 @@ __all__ = [
     "LayerwiseCurvature",
     "GGNOutliers",
     "GradientStatistics",
+    "TrajectoryPlane",
 ]

@@ -31,6 +31,7 @@ from ignite_landscape.measures.spectrum import (
     hessian_trace,
     layerwise_curvature,
 )
+from ignite_landscape.measures.trajectory import TrajectoryPlaneResult, trajectory_plane
 
 __all__ = [
     "BatchSharpnessResult",
@@ -68,4 +69,6 @@ __all__ = [
     "layerwise_curvature",
     "GradientStatisticsResult",
     "gradient_statistics",
+    "TrajectoryPlaneResult",
+    "trajectory_plane",
 ]
