@@ -77,4 +77,9 @@ def test_loader_random_state_is_untouched(make_loader: Callable[[TensorDataset],
     if isinstance(job.data.sampler, DistributedSampler):
         assert job.data.sampler.epoch == 2  # only training's set_epoch moved it
     # The probe kept the first 10 samples of one pass over the loader, fixed from then on.
-    assert job.probe.targets.shape == (10,)
+    x, y = job.probe.inputs, job.probe.targets
+    rows = {tuple(r.tolist()) for r in data.tensors[0]}
+    assert y.shape == (10,) and all(tuple(r.tolist()) in rows for r in x)
+    with torch.no_grad():
+        want = float(F.cross_entropy(job.model(x), y))
+    assert job.probe.evaluate(job.model).loss == pytest.approx(want, rel=1e-6)
