@@ -207,3 +207,16 @@ def test_batchnorm_with_optimizer_measures_the_train_mode_objective_and_says_so(
         assert metrics["landscape/hessian/lambda_1"] == pytest.approx(float(evals[0]), rel=1e-8)
     with pytest.raises(ValueError, match="model_mode"):
         il.HessianSpectrum(model, probe, model_mode="training")
+
+
+def test_batchnorm_recalibration_ignores_a_training_autocast_region():
+    model = small_cnn().float()
+    other = small_cnn(seed=1).float()
+    x, y = classification_data(12, (1, 6, 6))
+    x = x.float()
+    probe = il.Probe((x, y), F.cross_entropy, batch_size=6)
+    bn_loader = [(x[:6], y[:6]), (x[6:], y[6:])]
+    plain = il.interpolate(model, model, other, probe, steps=3, bn_loader=bn_loader)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = il.interpolate(model, model, other, probe, steps=3, bn_loader=bn_loader)
+    assert plain.bn_recalibrated and torch.equal(plain.loss, inside.loss)

@@ -43,6 +43,7 @@ import torch
 from torch import nn
 
 from ignite_landscape import distributed
+from ignite_landscape.execution import probe_execution
 from ignite_landscape.params import unwrap_model
 from ignite_landscape.probe import Probe
 from ignite_landscape.restore import RNGState
@@ -269,7 +270,8 @@ def _recalibrate(
             m.train()
         device = next(work.parameters()).device
         seen = 0
-        with distributed.Lockstep() as step:
+        # Statistics of the float32 function, as the probe measures it, even inside a training autocast region.
+        with distributed.Lockstep() as step, probe_execution(work, device):
             for i, batch in enumerate(loader):
                 if batches is not None and i >= batches:
                     break
