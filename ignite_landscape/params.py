@@ -19,13 +19,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
 from ignite_landscape.execution import is_compiled
 
-__all__ = ["ParamSpace", "model_device", "unwrap_model"]
+__all__ = ["ParamSpace", "model_device", "strip_wrapper_prefixes", "unwrap_model"]
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -46,6 +47,27 @@ def unwrap_model(model: nn.Module) -> nn.Module:
             model = model._orig_mod
         else:
             return model
+
+
+def strip_wrapper_prefixes(state: Mapping[str, Any], expected: Iterable[str]) -> dict[str, Any]:
+    """``state`` keyed as the unwrapped model names its entries.
+
+    A state dict saved from a ``DistributedDataParallel``/``DataParallel`` wrapper or a ``torch.compile``
+    wrapper has ``module.``/``_orig_mod.`` in front of every key. When removing those prefixes turns the
+    keys into exactly the ``expected`` ones, the stripped dict is returned; otherwise ``state`` as is
+    (the caller's own check then names what is missing).
+    """
+    wanted = set(expected)
+    if set(state) == wanted:
+        return dict(state)
+
+    def strip(key: str) -> str:
+        while key not in wanted and key.startswith(("module.", "_orig_mod.")):
+            key = key.split(".", 1)[1]
+        return key
+
+    stripped = {strip(k): v for k, v in state.items()}
+    return stripped if len(stripped) == len(state) and set(stripped) == wanted else dict(state)
 
 
 def model_device(model: nn.Module) -> torch.device:

@@ -220,3 +220,20 @@ def test_batchnorm_recalibration_ignores_a_training_autocast_region():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         inside = il.interpolate(model, model, other, probe, steps=3, bn_loader=bn_loader)
     assert plain.bn_recalibrated and torch.equal(plain.loss, inside.loss)
+
+
+def test_state_dicts_saved_from_wrappers_are_read_with_the_models_names():
+    model = mlp(seed=7)
+    other = mlp(seed=8)
+    x, y = classification_data(10, (5,))
+    probe = il.Probe((x, y), F.cross_entropy)
+    want = il.interpolate(model, model, other, probe, steps=3).loss
+    ddp_style = {f"module.{k}": v for k, v in other.state_dict().items()}
+    compiled_style = torch.compile(other, backend="aot_eager").state_dict()
+    assert all(k.startswith("_orig_mod.") for k in compiled_style)
+    for saved in (ddp_style, compiled_style):
+        assert torch.equal(il.interpolate(model, model, saved, probe, steps=3).loss, want)
+        handler = il.ModeConnectivity(model, probe, reference=saved, steps=3)
+        assert handler.reference.keys() == other.state_dict().keys()
+    with pytest.raises(ValueError, match="missing"):
+        il.interpolate(model, model, {f"head.{k}": v for k, v in other.state_dict().items()}, probe)

@@ -31,7 +31,7 @@ from torch import nn
 
 from ignite_landscape.handlers.base import LandscapeHandler
 from ignite_landscape.measures.connectivity import InterpolationOptions, interpolate
-from ignite_landscape.params import unwrap_model
+from ignite_landscape.params import strip_wrapper_prefixes, unwrap_model
 from ignite_landscape.probe import Probe
 
 __all__ = ["ModeConnectivity", "REFERENCES"]
@@ -120,7 +120,7 @@ class ModeConnectivity(LandscapeHandler):
                 raise ValueError(f"reference_key={key!r} is not in {path} (keys: {sorted(loaded)[:10]})")
             return loaded[key]
         own = unwrap_model(self.model).state_dict()
-        if all(k in loaded for k in own):
+        if all(k in strip_wrapper_prefixes(loaded, own) for k in own):
             return loaded
         if "model" in loaded and isinstance(loaded["model"], Mapping):
             return loaded["model"]
@@ -128,6 +128,7 @@ class ModeConnectivity(LandscapeHandler):
 
     def _checked(self, state: Mapping[str, torch.Tensor], what: str) -> dict[str, torch.Tensor]:
         own = unwrap_model(self.model).state_dict()
+        state = strip_wrapper_prefixes(state, own)  # saved from a DDP or torch.compile wrapper
         missing = [k for k in own if k not in state]
         extra = [k for k in state if k not in own]
         if missing or extra:

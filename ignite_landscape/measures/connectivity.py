@@ -44,7 +44,7 @@ from torch import nn
 
 from ignite_landscape import distributed
 from ignite_landscape.execution import probe_execution
-from ignite_landscape.params import unwrap_model
+from ignite_landscape.params import strip_wrapper_prefixes, unwrap_model
 from ignite_landscape.probe import Probe
 from ignite_landscape.restore import RNGState
 from ignite_landscape.validation import check_int
@@ -190,8 +190,9 @@ def interpolate(
     InterpolationOptions(steps, bn_loader, bn_batches)
     model = unwrap_model(model)
     reference = model.state_dict()
-    a = _state_of(weights_a, "weights_a")
-    b = _state_of(weights_b, "weights_b")
+    # State dicts saved from a DDP or torch.compile wrapper carry its key prefixes: read them as the model's.
+    a = strip_wrapper_prefixes(_state_of(weights_a, "weights_a"), reference)
+    b = strip_wrapper_prefixes(_state_of(weights_b, "weights_b"), reference)
     _check_state(a, reference, "weights_a")
     _check_state(b, reference, "weights_b")
 
