@@ -224,3 +224,37 @@ def test_spectrum_trace_and_density_handlers_take_curvature():
         il.HessianSpectrum(model, probe, curvature="hessian-ggn")
     with pytest.raises(ValueError, match="curvature"):
         il.HessianDensity(model, probe, curvature="")
+
+
+def test_report_draws_the_curvature_figure(tmp_path):
+    from ignite.handlers import TensorboardLogger
+
+    from ignite_landscape.report import write_report
+
+    model = mlp()
+    probe = il.Probe(classification_data(24, (5,)), F.cross_entropy)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = probe.inputs, probe.targets
+
+    def step(engine, batch):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+
+    trainer = Engine(step)
+    for h in (
+        GradientOverlap(model, probe, k=2),
+        BatchSharpness(model, probe, batch_size=8, num_batches=3, optimizer=opt),
+        DirectionalCurvature(model, probe, optimizer=opt),
+        GGNOutliers(model, probe, k=5),
+    ):
+        h.attach(trainer, Events.EPOCH_COMPLETED)
+    tb = TensorboardLogger(log_dir=str(tmp_path / "run"))
+    tb.attach(trainer, log_handler=il.LandscapeLogHandler(figures=False), event_name=Events.EPOCH_COMPLETED)
+    trainer.run([0], max_epochs=3)
+    tb.close()
+    ggn = trainer.state.landscape["ggn"]
+    assert trainer.state.metrics["landscape/ggn/ggn_lambda_1"] == float(ggn.ggn_eigenvalues[0])
+    assert ggn.num_classes == 3 and ggn.ggn_eigenvalues.numel() == 5
+    report = write_report([tmp_path / "run"], tmp_path / "out")
+    assert "curvature" in report.figures and report.figures["curvature"].stat().st_size > 0

@@ -104,7 +104,7 @@ class GGNDecomposition:
     num_hvps: int
 
     def scalars(self) -> dict[str, float]:
-        """Every scalar field (``num_outliers`` and ``num_classes`` as floats)."""
+        """Every scalar field (``num_outliers`` and ``num_classes`` as floats) and ``ggn_lambda_1`` … ``ggn_lambda_k``."""
         return {
             "lambda_max_hessian": self.lambda_max_hessian,
             "lambda_max_ggn": self.lambda_max_ggn,
@@ -117,6 +117,7 @@ class GGNDecomposition:
             "num_outliers": float(self.num_outliers),
             "num_classes": float(self.num_classes),
             "num_hvps": float(self.num_hvps),
+            **{f"ggn_lambda_{i}": float(v) for i, v in enumerate(self.ggn_eigenvalues.tolist(), 1)},
         }
 
 
