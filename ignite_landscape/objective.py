@@ -242,7 +242,7 @@ def _from_module(module: nn.Module) -> Decomposition:
         raise ValueError(f"loss_fn {name} has reduction='none'; the probe needs a scalar loss ('mean' or 'sum')")
     recognised = isinstance(module, (*_ELEMENTWISE, *_PER_ROW, *_CLASS_INDEX, nn.KLDivLoss))
     if not recognised or reduction not in ("mean", "sum", "batchmean"):
-        return _row_mean(module, f"{name}, assumed to be a per-row mean (checked on the first session)")
+        return _row_mean(module, f"{name}, a per-row mean (checked on the probe's chunks)")
     summed = copy.copy(module)  # shares the weight buffers; only the reduction differs
     summed.reduction = "sum"
     ignore_index = int(module.ignore_index) if isinstance(module, _CLASS_INDEX) else None
@@ -274,6 +274,11 @@ def _name(loss_fn: Any) -> str:
     return getattr(loss_fn, "__qualname__", None) or getattr(loss_fn, "__name__", None) or type(loss_fn).__name__
 
 
+def _functional_module(fn: Any) -> type[nn.Module] | None:
+    # By identity, so that an unhashable callable (or one with a surprising __eq__) is simply not known.
+    return next((module for f, module in _FUNCTIONAL.items() if f is fn), None)
+
+
 def decompose(loss_fn: Callable[[Any, Any], torch.Tensor]) -> Decomposition:
     """How ``loss_fn`` decomposes over samples (see the module docstring).
 
@@ -284,22 +289,25 @@ def decompose(loss_fn: Callable[[Any, Any], torch.Tensor]) -> Decomposition:
     if not callable(loss_fn):
         raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
     if isinstance(loss_fn, DecomposedLoss):
-        what = {"rows": "rows", None: "nothing (a sum)"}.get(loss_fn.normalizer, "the declared normaliser")  # type: ignore[call-overload]
+        norm = loss_fn.normalizer
+        what = "nothing (a sum)" if norm is None else "rows" if norm == "rows" else "the declared normaliser"
         weight = None if loss_fn.normalizer is None else loss_fn.weight
         description = f"DecomposedLoss: a sum over samples / {what}"
         return Decomposition(loss_fn.total, weight, description, loss_fn.ignore_index)
     if isinstance(loss_fn, nn.Module):
         return _from_module(loss_fn)
-    if loss_fn in _FUNCTIONAL:
-        return _from_module(_FUNCTIONAL[loss_fn]())
-    if isinstance(loss_fn, functools.partial) and loss_fn.func in _FUNCTIONAL and not loss_fn.args:
+    known = _functional_module(loss_fn)
+    if known is not None:
+        return _from_module(known())
+    known = _functional_module(loss_fn.func) if isinstance(loss_fn, functools.partial) else None
+    if known is not None and not loss_fn.args:  # type: ignore[union-attr]
         try:
-            module = _FUNCTIONAL[loss_fn.func](**loss_fn.keywords)
+            module = known(**loss_fn.keywords)  # type: ignore[union-attr]
         except TypeError:  # a keyword only the functional form takes: fall back to checking
             pass
         else:
             return _from_module(module)
-    return _row_mean(loss_fn, f"{_name(loss_fn)}, assumed to be a per-row mean (checked on the first session)")
+    return _row_mean(loss_fn, f"{_name(loss_fn)}, a per-row mean (checked on the probe's chunks)")
 
 
 def _split(obj: Any, lo: int, hi: int) -> Any:
