@@ -211,6 +211,19 @@ def test_probe_objective_equals_the_one_batch_objective(name):
     assert float(top) == pytest.approx(float(exact), rel=1e-8)
 
 
+def test_batch_objective_of_raw_outputs_sums_to_the_objective():
+    # The API other measures build on: forward gives the raw output, batch_objective applies the
+    # output_transform and the decomposition; the sum over the probe's batches is L(θ).
+    loss_fn = nn.NLLLoss(weight=W, ignore_index=PAD)
+    model, (x, y) = _tagger(), _tokens()
+    probe = Probe((x, y), loss_fn, batch_size=4, output_transform=LOG_SOFTMAX)
+    with probe.session(model) as s:
+        parts = [s.batch_objective(s.forward(xb, s.base, i), yb, i) for i, (xb, yb, _) in enumerate(probe.batches())]
+    expected = loss_fn(LOG_SOFTMAX(model(x)), y).detach()
+    assert float(sum(parts)) == pytest.approx(float(expected), rel=1e-12)
+    assert probe.normalizer == pytest.approx(float(W[y[y != PAD]].sum()), rel=1e-12)
+
+
 def test_uncached_hvp_and_train_mode_give_the_same_objective():
     loss_fn = nn.CrossEntropyLoss(weight=W, ignore_index=PAD, label_smoothing=0.15)
     model, (x, y) = _tagger(), _tokens()
