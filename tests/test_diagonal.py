@@ -204,3 +204,21 @@ def test_benchmark_reference_diagonal_is_the_dense_hessian_diagonal():
     dense = dense_hessian(copy.deepcopy(model).double(), x.double(), y, F.cross_entropy).diagonal()
     assert float((ref - dense).abs().max()) <= 1e-12 * float(dense.abs().max())
     assert spot_check(model, x, y, ref, count=6, seed=0) <= 1e-12
+
+
+def test_kept_copy_follows_the_weights_and_the_structure():
+    model, x, y = CASES["mlp_tanh_sigmoid_dropout"]()
+    model.eval()
+    probe = Probe((x, y), F.cross_entropy, batch_size=8)
+    first = hessian_diagonal(model, probe).diagonal
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(1.5)  # as an optimizer step would: in place
+    second = hessian_diagonal(model, probe).diagonal
+    ref = dense_hessian(model, x, y, F.cross_entropy).diagonal()
+    assert not torch.allclose(first, second)
+    assert float((second - ref).abs().max()) <= 1e-10 * float(ref.abs().max())
+    model[1] = nn.ReLU()  # another layer: the kept copy must not be reused
+    third = hessian_diagonal(model, probe).diagonal
+    ref = dense_hessian(model, x, y, F.cross_entropy).diagonal()
+    assert float((third - ref).abs().max()) <= 1e-10 * float(ref.abs().max())

@@ -11,11 +11,13 @@ float64 Hessian diagonal (agreement to round-off) and is the fastest route found
 this module wraps it rather than re-deriving every layer's backward rules; BackPACK is an optional
 dependency (``pip install "ignite_landscape[exact]"``).
 
-The wrapper never touches the user's model: it works on a deep copy whose forward pass is checked, on
-every batch, to be exactly the chain of its leaf modules (each leaf's input is the previous leaf's
-output and the model returns the last leaf's output). Anything else — a functional op between
-modules, an unsupported layer, hooks, BatchNorm, a loss it cannot identify — is refused with an
-:class:`ExactUnsupportedError` naming the reason, because BackPACK would otherwise skip the op silently.
+The wrapper never touches the user's model: it works on a deep copy (kept, weakly keyed by the model,
+and refreshed with the current weights at each call while the model's structure is unchanged: one extra
+copy of the model in memory) whose forward pass is checked, on every batch, to be exactly the chain of
+its leaf modules (each leaf's input is the previous leaf's output and the model returns the last leaf's
+output). Anything else — a functional op between modules, an unsupported layer, hooks, BatchNorm, a loss
+it cannot identify — is refused with an :class:`ExactUnsupportedError` naming the reason, because
+BackPACK would otherwise skip the op silently.
 
 Example:
     >>> import torch
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import copy
 import warnings
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -272,6 +275,53 @@ def _quiet() -> Iterator[None]:
         yield
 
 
+# One BackPACK-extended copy per model, reused while the model's structure is unchanged (only its weights and
+# buffers are refreshed): a deep copy and its extension cost as much as BackPACK's own pass on a small batch.
+# Weakly keyed: the copy goes when the model does.
+_COPIES: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[Any, ...], nn.Module]] = weakref.WeakKeyDictionary()
+
+
+def _structure(model: nn.Module) -> tuple[Any, ...]:
+    """Everything about ``model`` a cached copy must agree with except the values of its tensors."""
+    return tuple(
+        (
+            name,
+            type(m),
+            m.extra_repr(),
+            tuple((n, p.shape, p.dtype, p.device) for n, p in m.named_parameters(recurse=False)),
+            tuple((n, b.shape, b.dtype, b.device) for n, b in m.named_buffers(recurse=False)),
+        )
+        for name, m in model.named_modules()
+    )
+
+
+def _extended_copy(model: nn.Module, extend: Any) -> nn.Module:
+    """A copy of ``model`` with BackPACK's hooks on its leaf layers and ``model``'s current weights and buffers."""
+    structure = _structure(model)
+    cached = _COPIES.get(model)
+    if cached is not None and cached[0] == structure:
+        copied = cached[1]
+        with torch.no_grad():
+            for mine, theirs in zip(copied.parameters(), model.parameters()):
+                mine.copy_(theirs)
+            for mine, theirs in zip(copied.buffers(), model.buffers()):
+                mine.copy_(theirs)
+        return copied
+    try:
+        copied = copy.deepcopy(model)
+    except Exception as exc:  # a model holding something uncopyable: refuse rather than touch the original
+        raise ExactUnsupportedError(f"exact diagonal: the model cannot be copied ({exc})") from exc
+    for p in copied.parameters():
+        p.grad = None
+    for module in copied.modules():
+        if next(module.children(), None) is None and type(module) is not nn.Identity:
+            if hasattr(module, "inplace"):
+                module.inplace = False  # BackPACK reads each module's saved input and output after the pass
+            extend(module)
+    _COPIES[model] = (structure, copied)
+    return copied
+
+
 def session_hessian_diagonal(s: ProbeSession) -> torch.Tensor:
     """``diag(H)`` of the session's probe loss, flat in the order of ``s.space``.
 
@@ -286,23 +336,15 @@ def session_hessian_diagonal(s: ProbeSession) -> torch.Tensor:
     train_mode = probe.model_mode == "train"
     _check_modules(s.model, s.space, train_mode, s.dtype)
     loss_module = extend(_loss_module(probe.loss_fn, probe.targets))
-    try:
-        model = copy.deepcopy(s.model)
-    except Exception as exc:  # a model holding something uncopyable: refuse rather than touch the original
-        raise ExactUnsupportedError(f"exact diagonal: the model cannot be copied ({exc})") from exc
+    batches = probe.batches()
+    if any(not isinstance(x, torch.Tensor) for x, _, _ in batches):
+        raise ExactUnsupportedError("exact diagonal: the model input must be one tensor")
+    model = _extended_copy(s.model, extend)
     model.train(train_mode)
     selected = set(s.space.names)
     named = dict(model.named_parameters())
     for n, p in named.items():
         p.requires_grad_(n in selected)
-    batches = probe.batches()
-    if any(not isinstance(x, torch.Tensor) for x, _, _ in batches):
-        raise ExactUnsupportedError("exact diagonal: the model input must be one tensor")
-    for module in model.modules():
-        if next(module.children(), None) is None and type(module) is not nn.Identity:
-            if hasattr(module, "inplace"):
-                module.inplace = False  # BackPACK reads each module's saved input and output after the pass
-            extend(module)
     leaves = [named[n] for n in s.space.names]
     total = float(probe.num_samples)
     diag = [torch.zeros_like(p, dtype=torch.float64) for p in leaves]
