@@ -40,6 +40,12 @@ def unwrap_model(model: nn.Module) -> nn.Module:
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(model, torch.jit.ScriptModule):
+        # Probes swap tensors into the modules (torch.func.functional_call), which TorchScript forbids.
+        raise TypeError(
+            "model: a TorchScript module (torch.jit.script/trace) cannot be probed; pass the eager module it was "
+            "made from (torch.compile'd modules work)"
+        )
     while True:
         if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
             model = model.module

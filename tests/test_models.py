@@ -237,3 +237,13 @@ def test_state_dicts_saved_from_wrappers_are_read_with_the_models_names():
         assert handler.reference.keys() == other.state_dict().keys()
     with pytest.raises(ValueError, match="missing"):
         il.interpolate(model, model, {f"head.{k}": v for k, v in other.state_dict().items()}, probe)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
+def test_torchscript_modules_are_refused_at_construction():
+    model = torch.jit.script(mlp())
+    probe = il.Probe(classification_data(8, (5,)), F.cross_entropy)
+    with pytest.raises(TypeError, match="TorchScript"):
+        il.HessianSpectrum(model, probe)
+    with pytest.raises(TypeError, match="TorchScript"):
+        il.hessian_eigenvalues(model, probe, k=1)
