@@ -1,14 +1,17 @@
 """HessianSpectrum's warm start against dense ground truth, and the tracking benchmark end to end."""
 
+import math
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import torch.nn.functional as F
 from ignite.engine import Engine
 
 import ignite_landscape as il
+from ignite_landscape.measures.spectrum import eigenspace_overlap
 from tests.helpers import classification_data, dense_hessian, mlp
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,3 +51,54 @@ def test_tracking_benchmark_runs():
     assert len(errors) == 1
     worst = max(float(tok.rstrip(",")) for tok in errors[0].split()[-3::2])
     assert worst < 1e-4, out.stdout
+
+
+def test_eigenspace_overlap_of_a_constructed_rotation():
+    g = torch.Generator().manual_seed(8)
+    Q, _ = torch.linalg.qr(torch.randn(50, 50, generator=g, dtype=torch.float64))
+    previous = Q[:, :3].T
+    for angle in (1e-7, 0.2, 1.2):
+        # Turn the second basis vector towards a direction outside the subspace by `angle`, and mix the rows.
+        turned = previous.clone()
+        turned[1] = math.cos(angle) * previous[1] + math.sin(angle) * Q[:, 7]
+        mix, _ = torch.linalg.qr(torch.randn(3, 3, generator=g, dtype=torch.float64))
+        overlap, largest = eigenspace_overlap(previous, mix @ turned)
+        assert overlap == pytest.approx((2 + math.cos(angle) ** 2) / 3, rel=1e-12)
+        assert largest == pytest.approx(angle, rel=1e-9)
+    assert eigenspace_overlap(previous, previous)[0] == pytest.approx(1.0, rel=1e-14)
+
+
+def test_tracking_scalars_against_dense_eigenvectors():
+    model = mlp(seed=7, hidden=9)
+    x, y = classification_data(40, (5,))
+    probe = il.Probe((x, y), F.cross_entropy)
+    opt = torch.optim.SGD(model.parameters(), lr=0.3)
+    grow = {"on": False}
+
+    def step(engine, batch):
+        if grow["on"]:
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+
+    trainer = Engine(step)
+    handler = il.HessianSpectrum(model, probe, k=3, tol=1e-10, track_eigenspace=True)
+    handler.attach(trainer)
+    trainer.run([0], max_epochs=1)
+    assert math.isnan(trainer.state.metrics["landscape/hessian/eigenspace_overlap"])  # nothing to compare yet
+    trainer.run([0], max_epochs=2)  # nothing changes between the two firings
+    m = trainer.state.metrics
+    assert m["landscape/hessian/eigenspace_overlap"] == pytest.approx(1.0, abs=1e-9)
+    assert m["landscape/hessian/max_principal_angle"] < 1e-6
+    assert math.isnan(m["landscape/hessian/update_overlap"])  # no step was taken
+    before = torch.nn.utils.parameters_to_vector(model.parameters()).detach().clone()
+    grow["on"] = True
+    trainer.run([0], max_epochs=3)  # one more epoch: one gradient step, then a firing
+    d = torch.nn.utils.parameters_to_vector(model.parameters()).detach() - before
+    evals, evecs = torch.linalg.eigh(dense_hessian(model, x, y, F.cross_entropy))
+    top = evecs[:, -3:]
+    m = trainer.state.metrics
+    assert m["landscape/hessian/update_overlap"] == pytest.approx(
+        float((top.T @ d).square().sum() / d.square().sum()), rel=1e-7
+    )
+    assert len(handler.history) == 3 and all(f.result.eigenvectors is None for f in handler.history)

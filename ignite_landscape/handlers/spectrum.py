@@ -37,7 +37,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from ignite.engine import Engine
+from ignite.engine import Engine, Events
 from torch import nn
 
 from ignite_landscape.curvature import check_curvature
@@ -47,6 +47,7 @@ from ignite_landscape.measures.spectrum import (
     DensityOptions,
     HessianEigenvalues,
     TraceOptions,
+    eigenspace_overlap,
     hessian_density,
     hessian_eigenvalues,
     hessian_trace,
@@ -178,6 +179,11 @@ class HessianSpectrum(LandscapeHandler):
     ``max_relative_residual`` (``lambda_min`` for ``which="both"``), and with ``optimizer=``:
     ``lr``, ``stability_threshold``, ``lambda_max_lr_over_2``, ``stability_ratio``; for Adam/AdamW
     also ``preconditioned_lambda_max``, ``preconditioned_threshold``, ``preconditioned_ratio``.
+    With ``track_eigenspace=True``: how the eigenspace turned since the previous firing (see
+    :func:`~ignite_landscape.measures.spectrum.eigenspace_overlap`), ``eigenspace_overlap``
+    (``‖U_tᵀU_{t−1}‖²_F/k``, 1 when nothing moved) and ``max_principal_angle`` (radians), NaN at the
+    first firing; and ``update_overlap``, NaN before the first step. The eigenvectors are kept once
+    (not per firing).
 
     Args:
         model: the trained model.
@@ -196,6 +202,10 @@ class HessianSpectrum(LandscapeHandler):
             (default 0: the random start vectors already catch what the old ones miss).
         optimizer: the training optimizer, for the stability threshold (SGD, Adam, AdamW).
         preconditioned: also compute the preconditioned sharpness (default: for Adam/AdamW).
+        track_eigenspace: log the eigenspace's turn since the previous firing and ``update_overlap``,
+            ``‖U_tᵀ d‖²/‖d‖²`` for the optimizer's last update ``d`` (the weights now minus those at the
+            last ``ITERATION_STARTED``, kept in one parameter-sized buffer): the share of the step taken
+            inside the current top-k eigenspace.
         model_mode: ``"eval"`` or ``"train"``: the mode the eigenvalues are measured in, on the probe's
             samples. ``None`` (default): the probe's mode, except with ``optimizer=`` on a model with
             BatchNorm (running statistics) and a probe in ``"eval"`` mode: then ``"train"``, the
@@ -238,11 +248,14 @@ class HessianSpectrum(LandscapeHandler):
         preconditioned: bool | None = None,
         model_mode: str | None = None,
         curvature: str = "hessian",
+        track_eigenspace: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(model, probe, **kwargs)
         self.curvature = check_curvature(curvature)
         _check_int("k", k, 1)
+        if not isinstance(track_eigenspace, bool):
+            raise TypeError(f"track_eigenspace must be a bool, got {type(track_eigenspace).__name__}")
         _check_choice("which", which, _WHICH)
         _check_positive("tol", tol)
         if max_iter is not None:
@@ -281,6 +294,40 @@ class HessianSpectrum(LandscapeHandler):
         self.preconditioned_eigenvector: torch.Tensor | None = None
         self.preconditioned_result: HessianEigenvalues | None = None
         self._warned_lrs = False
+        self.track_eigenspace = track_eigenspace
+        self._before: list[torch.Tensor] | None = None
+        self._tracking: dict[str, float] = {}
+
+    def _on_attach(self, engine: Engine) -> None:
+        if self.track_eigenspace and not engine.has_event_handler(self._snapshot, Events.ITERATION_STARTED):
+            engine.add_event_handler(Events.ITERATION_STARTED, self._snapshot)
+
+    def _snapshot(self, engine: Engine) -> None:
+        # The weights before this iteration's step (one parameter-sized buffer, written in place), so a
+        # firing after the step knows the update the optimizer just took.
+        params = self.space.tensors(unwrap_model(self.model))
+        with torch.no_grad():
+            if self._before is None:
+                self._before = [p.detach().clone() for p in params]
+            else:
+                for b, p in zip(self._before, params):
+                    b.copy_(p)
+
+    def _track(self, previous: torch.Tensor | None, current: torch.Tensor | None) -> dict[str, float]:
+        if not self.track_eigenspace:
+            return {}
+        out = {"eigenspace_overlap": math.nan, "max_principal_angle": math.nan, "update_overlap": math.nan}
+        if current is None:
+            return out
+        if previous is not None and previous.shape == current.shape:
+            out["eigenspace_overlap"], out["max_principal_angle"] = eigenspace_overlap(previous, current)
+        if self._before is not None:
+            now = self.space.flatten(self.space.tensors(unwrap_model(self.model))).detach().double()
+            step = now - self.space.flatten(self._before).double()
+            norm2 = float(step @ step)
+            if norm2 > 0:
+                out["update_overlap"] = float(((current.double() @ step) ** 2).sum()) / norm2
+        return out
 
     def expected_keys(self) -> list[str]:
         keys = ["lambda_max"] if self.which != "smallest" else ["lambda_min"]
@@ -313,11 +360,13 @@ class HessianSpectrum(LandscapeHandler):
             params=self.params,
             seed=self.seed,
             v0=self._v0(self.eigenvectors, 0),
-            return_eigenvectors=self.warm_start,
+            return_eigenvectors=True,
             curvature=self.curvature,
         )
         ok = bool(torch.isfinite(result.eigenvalues).all()) and result.eigenvectors is not None
-        self.eigenvectors = result.eigenvectors.detach().clone() if ok else None
+        current = result.eigenvectors.detach().clone() if ok else None
+        self._tracking = self._track(self.eigenvectors, current)
+        self.eigenvectors = current
         self.preconditioned_result = None
         if self.preconditioned:
             assert self.optimizer is not None
@@ -342,6 +391,7 @@ class HessianSpectrum(LandscapeHandler):
 
     def scalars_of(self, engine: Engine, result: HessianEigenvalues) -> dict[str, float]:
         out = super().scalars_of(engine, result)
+        out.update(self._tracking)
         if self.optimizer is None:
             return out
         groups = _groups(self.optimizer, self.model, self.space)

@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -50,6 +51,7 @@ __all__ = [
     "hessian_density",
     "layerwise_curvature",
     "preconditioned_eigenvalues",
+    "eigenspace_overlap",
 ]
 
 
@@ -530,6 +532,39 @@ def layerwise_curvature(
                 tr, err = est.value, est.stderr
             rows.append(LayerCurvature(owner, n, lam, tr, err, s.num_hvps, list(names)))
     return rows
+
+
+def eigenspace_overlap(previous: torch.Tensor, current: torch.Tensor) -> tuple[float, float]:
+    """How far the span of ``current`` has turned away from the span of ``previous``.
+
+    Both are ``(k, P)`` with orthonormal rows (e.g. top-k eigenvectors at two firings). Returns
+    ``(‖U_t U_{t−1}ᵀ‖²_F / k, θ_max)``: the overlap is the mean squared cosine of the k principal angles
+    (1 for the same subspace, about k/P for unrelated random ones), and ``θ_max`` is the largest
+    principal angle in radians, computed as ``atan2(σ_max((I − P_{t−1}) U_t), σ_min(U_t U_{t−1}ᵀ))``
+    so that small angles keep their digits (an ``arccos`` of a cosine near 1 would lose them).
+
+    Raises:
+        ValueError: if the shapes differ or are not 2-D.
+
+    Example:
+        >>> import math, torch
+        >>> e = torch.eye(3, dtype=torch.float64)
+        >>> t = 0.3
+        >>> turned = torch.stack([math.cos(t) * e[0] + math.sin(t) * e[2], e[1]])
+        >>> overlap, angle = eigenspace_overlap(e[:2], turned)
+        >>> round(overlap, 12) == round((math.cos(t) ** 2 + 1) / 2, 12), round(angle, 12)
+        (True, 0.3)
+    """
+    if previous.dim() != 2 or previous.shape != current.shape:
+        raise ValueError(
+            f"previous and current must both be (k, P), got {tuple(previous.shape)} and {tuple(current.shape)}"
+        )
+    a, b = previous.double(), current.double()
+    M = b @ a.T
+    overlap = float((M**2).sum()) / b.shape[0]
+    cos_min = float(torch.linalg.svdvals(M).min())
+    sin_max = float(torch.linalg.matrix_norm(b - M @ a, ord=2))
+    return overlap, math.atan2(sin_max, cos_min)
 
 
 def preconditioned_eigenvalues(
