@@ -102,3 +102,20 @@ def test_tracking_scalars_against_dense_eigenvectors():
         float((top.T @ d).square().sum() / d.square().sum()), rel=1e-7
     )
     assert len(handler.history) == 3 and all(f.result.eigenvectors is None for f in handler.history)
+
+
+def test_num_random_is_checked_at_construction_and_changes_only_the_cost():
+    model = mlp(seed=9)
+    x, y = classification_data(32, (5,))
+    probe = il.Probe((x, y), F.cross_entropy)
+    with pytest.raises(ValueError, match="num_random"):
+        il.HessianSpectrum(model, probe, k=2, num_random=0)
+    with pytest.raises(TypeError, match="num_random"):
+        il.HessianSpectrum(model, probe, k=2, num_random=1.0)
+    with pytest.raises(TypeError, match="num_random"):
+        il.hessian_eigenvalues(model, probe, k=2, num_random=True)
+    expected = torch.linalg.eigvalsh(dense_hessian(model, x, y, F.cross_entropy)).flip(0)[:3]
+    for count in (1, 3):
+        res = il.hessian_eigenvalues(model, probe, k=3, tol=1e-10, num_random=count)
+        torch.testing.assert_close(res.eigenvalues, expected, rtol=1e-8, atol=0)
+        assert res.converged.all()

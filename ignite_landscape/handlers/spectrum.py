@@ -206,6 +206,8 @@ class HessianSpectrum(LandscapeHandler):
             ``‖U_tᵀ d‖²/‖d‖²`` for the optimizer's last update ``d`` (the weights now minus those at the
             last ``ITERATION_STARTED``, kept in one parameter-sized buffer): the share of the step taken
             inside the current top-k eigenspace.
+        num_random: random start vectors per firing (see :func:`hessian_eigenvalues`): 2 finds a double
+            eigenvalue twice; 1 is cheaper (14 against 19 HVPs for the top 5 of the trained digits CNN).
         model_mode: ``"eval"`` or ``"train"``: the mode the eigenvalues are measured in, on the probe's
             samples. ``None`` (default): the probe's mode, except with ``optimizer=`` on a model with
             BatchNorm (running statistics) and a probe in ``"eval"`` mode: then ``"train"``, the
@@ -249,11 +251,13 @@ class HessianSpectrum(LandscapeHandler):
         model_mode: str | None = None,
         curvature: str = "hessian",
         track_eigenspace: bool = False,
+        num_random: int = 2,
         **kwargs: Any,
     ) -> None:
         super().__init__(model, probe, **kwargs)
         self.curvature = check_curvature(curvature)
         _check_int("k", k, 1)
+        self.num_random = _check_int("num_random", num_random, 1)
         if not isinstance(track_eigenspace, bool):
             raise TypeError(f"track_eigenspace must be a bool, got {type(track_eigenspace).__name__}")
         _check_choice("which", which, _WHICH)
@@ -362,6 +366,7 @@ class HessianSpectrum(LandscapeHandler):
             v0=self._v0(self.eigenvectors, 0),
             return_eigenvectors=True,
             curvature=self.curvature,
+            num_random=self.num_random,
         )
         ok = bool(torch.isfinite(result.eigenvalues).all()) and result.eigenvectors is not None
         current = result.eigenvectors.detach().clone() if ok else None

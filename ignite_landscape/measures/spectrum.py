@@ -134,6 +134,7 @@ def hessian_eigenvalues(
     v0: torch.Tensor | None = None,
     return_eigenvectors: bool = False,
     curvature: str = "hessian",
+    num_random: int = 2,
 ) -> HessianEigenvalues:
     """Extreme eigenvalues of the probe-loss Hessian, with their multiplicity.
 
@@ -158,11 +159,17 @@ def hessian_eigenvalues(
         return_eigenvectors: also return the Ritz vectors.
         curvature: the matrix: ``"hessian"``, ``"ggn"``, ``"fisher"`` or ``"empirical_fisher"`` (see
             :mod:`ignite_landscape.curvature`; ``num_hvps`` then counts its products).
+        num_random: random start vectors (``≥ 1``): eigenvalues of up to this multiplicity are found
+            with it. Each costs HVPs (on the digits CNN, top-5 at tol 1e-4: 14 HVPs with one, 19 with two).
+
+    Raises:
+        TypeError, ValueError: for a bad ``k``, ``which``, ``tol``, ``max_iter``, ``num_random`` or ``v0``.
     """
     check_curvature(curvature)
+    check_int("num_random", num_random, 1)
     with probe.session(model, params) as s:
         matvec = curvature_operator(s, curvature, seed)
-        return _session_eigenvalues(s, matvec, k, which, tol, max_iter, v0, seed, return_eigenvectors)
+        return _session_eigenvalues(s, matvec, k, which, tol, max_iter, v0, seed, return_eigenvectors, num_random)
 
 
 def _session_eigenvalues(
@@ -175,6 +182,7 @@ def _session_eigenvalues(
     v0: torch.Tensor | None,
     seed: int,
     return_eigenvectors: bool,
+    num_random: int = 2,
 ) -> HessianEigenvalues:
     res = lanczos(
         matvec,
@@ -188,6 +196,7 @@ def _session_eigenvalues(
         dtype=s.dtype,
         device=s.base[0].device,
         return_eigenvectors=return_eigenvectors,
+        num_random=num_random,
     )
     return HessianEigenvalues(
         eigenvalues=res.eigenvalues,
