@@ -35,12 +35,24 @@ __all__ = ["ALL_HANDLERS", "DEFAULT_HANDLERS", "parse_args", "run", "main"]
 
 logger = logging.getLogger("examples.digits")
 
-DEFAULT_HANDLERS = ("hessian", "trace", "density", "sharpness", "slice1d", "slice2d", "connectivity", "noise_scale")
+DEFAULT_HANDLERS = (
+    "hessian",
+    "trace",
+    "density",
+    "sharpness",
+    "slice1d",
+    "slice2d",
+    "connectivity",
+    "noise_scale",
+    "trajectory",
+)
 # The curvature instruments (issue 13) on request: gradient overlap with the top-k eigenspace (reusing the
 # "hessian" handler's eigenvectors when both run), curvature along the gradient, batch sharpness against
 # 2/η, per-layer curvature, and the GGN decomposition with its outliers.
 CURVATURE_HANDLERS = ("overlap", "directional", "batch_sharpness", "layers", "ggn")
-ALL_HANDLERS = DEFAULT_HANDLERS + CURVATURE_HANDLERS
+# Per-sample gradient statistics (issue 15) on request: norms, GSNR, Fisher trace, distance and update size.
+GRADIENT_HANDLERS = ("gradstats",)
+ALL_HANDLERS = DEFAULT_HANDLERS + CURVATURE_HANDLERS + GRADIENT_HANDLERS
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -107,6 +119,9 @@ def _landscape_handlers(
         "slice2d": lambda: il.LossSlice(model, probe, dims=2, steps=args.slice_steps, seed=seed),
         "connectivity": lambda: il.ModeConnectivity(model, probe, reference="previous", seed=seed),
         "noise_scale": lambda: il.GradientNoiseScale(model, probe, seed=seed),
+        # The path is recorded at every firing; its PCA plane is drawn once, at COMPLETED.
+        "trajectory": lambda: il.TrajectoryPlane(model, probe, steps=args.slice_steps, seed=seed),
+        "gradstats": lambda: il.GradientStatistics(model, probe, seed=seed),
         "overlap": lambda: il.GradientOverlap(model, probe, k=args.top_k, spectrum=built.get("hessian"), seed=seed),
         "directional": lambda: il.DirectionalCurvature(model, probe, optimizer=optimizer, seed=seed),
         "batch_sharpness": lambda: il.BatchSharpness(model, probe, args.batch_size, optimizer=optimizer, seed=seed),
@@ -132,6 +147,7 @@ def definitions_markdown(args: argparse.Namespace, probe_samples: int) -> str:
         "slice directions": "one Gaussian draw, filter-normalized to the current weights at each firing, biases zeroed",
         "slice span": f"[-1, 1] per direction, {args.slice_steps} points",
         "connectivity reference": "the weights at the previous firing",
+        "trajectory plane": "top-2 PCA directions of the weights at every firing, centred at the final weights",
         "Hessian": f"top {args.top_k} eigenvalues by Lanczos on exact HVPs of the mean probe loss",
     }
     return "| definition | value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows.items())

@@ -131,6 +131,7 @@ ALL_FIGURES = {
     "slice1d",
     "contour",
     "surface",
+    "trajectory",
     "correlation",
     "summary_table",
     "overview",
