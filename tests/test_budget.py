@@ -127,6 +127,22 @@ def test_handlers_sharing_a_budget_compete_for_it(setup):
     assert budget.landscape_seconds <= budget.fraction * budget.training_seconds
 
 
+def test_an_expensive_handler_is_not_starved_by_a_cheap_one(setup):
+    model, probe, clock, trainer = setup
+    budget = il.Budget(1.0, clock=clock)
+    cheap = Costly(model, probe, clock, [1.0] * 100, name="cheap")
+    costly = Costly(model, probe, clock, [4.0] * 100, name="costly")
+    for h in (cheap, costly):  # the cheap one is asked first at every event
+        h.attach(trainer, Events.ITERATION_COMPLETED, budget=budget)
+    trainer.run(range(60), max_epochs=1)
+    # Hand-simulated start: both first firings run (landscape 5 after 1 s of training); the cheap one
+    # next fits at 6 s; then it must leave room for the waiting expensive one (4 s), which runs at 10 s.
+    assert ran(cheap)[:3] == [1, 6, 11] and ran(costly)[:2] == [1, 10]
+    # Over the run they fire about equally often, within the budget.
+    assert len(ran(costly)) >= 10 and abs(len(ran(cheap)) - len(ran(costly))) <= 1
+    assert budget.landscape_seconds <= budget.fraction * budget.training_seconds
+
+
 def test_a_skipped_firing_publishes_only_its_count(setup, tmp_path):
     model, probe, clock, trainer = setup
     h = Costly(model, probe, clock, [2.0] * 50)

@@ -11,11 +11,13 @@ and skips the firing when it does not. A handler's first firing always runs (the
 expect from yet), and so does every firing on ``Events.COMPLETED`` (the final state of a run is always
 measured).
 
-Several handlers may share one budget. First come, first served would starve the handlers Ignite
-calls last (the first one would take every second that frees up), so a handler that fits still yields
-when running would leave too little for a handler that is waiting (was skipped since its last run)
-and has spent less landscape time than it: shared time goes to whoever has had the least, and a
-cheap handler fills the gaps only while that leaves room for the waiting ones.
+Several handlers may share one budget. First come, first served would starve the expensive handlers
+(cheap ones would take every second that frees up, before it adds up to an expensive firing), so a
+handler that fits still yields when running would leave too little for a handler that is waiting
+(was skipped since its last run) and has run fewer times: the budget goes first to whoever has been
+measured least often, and a cheap handler fills the gaps only while that leaves room for the waiting
+ones. Handlers sharing a budget therefore fire about equally often (each at most as often as its
+own event asks), and their firings slow down together as the budget tightens.
 
 The budget's state (both totals) is part of every handler's ``state_dict`` that uses it, so resuming
 from an Ignite ``Checkpoint`` continues with the same totals.
@@ -90,8 +92,8 @@ class Budget:
         self._origin: float | None = None
         self._running: set[int] = set()
         self._engines: set[int] = set()
-        # Per handler name: landscape seconds spent, and the expected cost of those waiting for a turn.
-        self._spent: dict[str, float] = {}
+        # Per handler name: firings that ran, and the expected cost of those waiting for a turn.
+        self._runs: dict[str, int] = {}
         self._waiting: dict[str, float] = {}
 
     # -- the clock runs while an attached engine runs -----------------------------------------------
@@ -142,7 +144,7 @@ class Budget:
         """Whether handler ``name``, whose earlier firings cost ``seconds``, may fire now.
 
         It may when its expected cost fits, and running it still leaves room for every waiting handler
-        that has spent less than it (it always may without history: nothing to expect from yet).
+        that has run fewer times (it always may without history: nothing to expect from yet).
         """
         if not seconds:
             return True
@@ -153,11 +155,11 @@ class Budget:
         after = self.landscape_seconds + self.expected_cost(seconds)
         if after > limit:
             return False
-        mine = self._spent.get(name, 0.0)
+        mine = self._runs.get(name, 0)
         return all(
             after + cost <= limit
             for other, cost in self._waiting.items()
-            if other != name and self._spent.get(other, 0.0) < mine
+            if other != name and self._runs.get(other, 0) < mine
         )
 
     def skip(self, name: str, seconds: Sequence[float]) -> None:
@@ -167,9 +169,9 @@ class Budget:
     def spend(self, name: str, seconds: float) -> None:
         """Account a firing of handler ``name`` that ran for ``seconds``."""
         self._waiting.pop(name, None)
+        self._runs[name] = self._runs.get(name, 0) + 1
         if math.isfinite(seconds) and seconds > 0:
             self.landscape_seconds += seconds
-            self._spent[name] = self._spent.get(name, 0.0) + seconds
             self.max_firing_seconds = max(self.max_firing_seconds, seconds)
 
     # -- checkpointing --------------------------------------------------------------------------
@@ -180,7 +182,7 @@ class Budget:
             "wall_seconds": self.wall_seconds,
             "landscape_seconds": self.landscape_seconds,
             "max_firing_seconds": self.max_firing_seconds,
-            "spent": dict(self._spent),
+            "runs": dict(self._runs),
             "waiting": dict(self._waiting),
         }
 
@@ -200,7 +202,7 @@ class Budget:
         self._origin = self.clock() if self._running else None
         self.landscape_seconds = float(state_dict["landscape_seconds"])
         self.max_firing_seconds = float(state_dict.get("max_firing_seconds", 0.0))
-        self._spent = {str(k): float(v) for k, v in state_dict.get("spent", {}).items()}
+        self._runs = {str(k): int(v) for k, v in state_dict.get("runs", {}).items()}
         self._waiting = {str(k): float(v) for k, v in state_dict.get("waiting", {}).items()}
 
     def __repr__(self) -> str:
