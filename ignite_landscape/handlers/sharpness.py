@@ -51,6 +51,8 @@ class Sharpness(LandscapeHandler):
         step_size: relative ascent step size (``inf``: jump to the boundary).
         schedule: ascent step-size schedule for a finite ``step_size``, ``"cosine"`` or ``"constant"``.
         adaptive_eta: ASAM's η.
+        m: m-sharpness: the mean over disjoint chunks of ``m`` probe samples of each chunk's sharpness
+            (scalars ``stderr`` over chunks, ``m``, ``num_chunks``); ``None``: the whole probe.
         **kwargs: ``name``, ``params``, ``seed``, ``on_error``, ``progress`` (see :class:`LandscapeHandler`).
 
     Raises:
@@ -74,6 +76,7 @@ class Sharpness(LandscapeHandler):
         step_size: float = math.inf,
         schedule: str = "cosine",
         adaptive_eta: float = 0.01,
+        m: int | None = None,
         **kwargs: Any,
     ) -> None:
         self.options = SharpnessOptions(
@@ -87,8 +90,10 @@ class Sharpness(LandscapeHandler):
             step_size=step_size,
             schedule=schedule,
             adaptive_eta=adaptive_eta,
+            m=m,
         )
         super().__init__(model, probe, **kwargs)
+        self.options.check_probe(probe)
         # handler.rho, handler.method, ...: the validated (normalised) options, for reading.
         for f in dataclasses.fields(self.options):
             setattr(self, f.name, getattr(self.options, f.name))

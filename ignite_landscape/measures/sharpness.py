@@ -31,6 +31,13 @@ The methods:
   Hessian ``A`` at its minimum both have expectation ``ρ²·tr(TAT)/2``. (It is not the ρ of the
   ball methods: ``‖δ‖₂ ≈ ρ√P``, so useful values of ρ are much smaller.)
 
+m-sharpness (``m=``; Foret et al. 2021, §4; Andriushchenko et al. 2023 find it the variant best
+correlated with generalization): the probe is split, in its order, into ``K = ⌊n/m⌋`` disjoint chunks of
+``m`` samples (the last ``n mod m`` samples are left out); each chunk's sharpness is the chosen method
+applied to the objective on that chunk alone (its own gradient, its own worst case), and the value is
+their mean, with the standard error ``std/√K`` over chunks. The cost is about that of the method on the
+whole probe (every sample is in one chunk), plus a per-chunk overhead.
+
 Every perturbed point is evaluated functionally through the probe session; the model is never
 written and is left bit-identical.
 
@@ -48,6 +55,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -57,7 +65,7 @@ from torch import nn
 
 from ignite_landscape.linalg import generator
 from ignite_landscape.params import ParamsArg, ParamSpace
-from ignite_landscape.probe import Probe, ProbeSession
+from ignite_landscape.probe import Probe, ProbeSession, _num_rows, _rows
 from ignite_landscape.validation import check_choice, check_int, check_positive
 
 __all__ = [
@@ -92,6 +100,7 @@ class SharpnessOptions:
         step_size: ascent step as a fraction of ρ (``inf``: jump to the boundary).
         schedule: ``"cosine"`` (a finite step decays to a tenth over ``steps``) or ``"constant"``.
         adaptive_eta: ASAM's offset η.
+        m: chunk size of m-sharpness (``None``: the whole probe at once).
 
     Raises:
         TypeError: for an option of the wrong type.
@@ -109,6 +118,7 @@ class SharpnessOptions:
     step_size: float = math.inf
     schedule: str = "cosine"
     adaptive_eta: float = 0.01
+    m: int | None = None
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalised values are written once, here
@@ -138,6 +148,13 @@ class SharpnessOptions:
         if not (math.isfinite(self.adaptive_eta) and self.adaptive_eta >= 0):
             raise ValueError(f"adaptive_eta must be a non-negative finite number, got {self.adaptive_eta}")
         set_(self, "adaptive_eta", float(self.adaptive_eta))
+        if self.m is not None:
+            check_int("m", self.m, 1)
+
+    def check_probe(self, probe: Probe) -> None:
+        """Raise if these options cannot work on ``probe`` (an ``m`` larger than its samples)."""
+        if self.m is not None and self.m > probe.num_samples:
+            raise ValueError(f"m must be at most the probe's {probe.num_samples} samples, got {self.m}")
 
 
 @dataclass
@@ -159,7 +176,11 @@ class SharpnessResult:
         num_samples: random perturbations averaged ("average"), else 0.
         perturbation_norm: ``‖δ‖`` (in the chosen norm) of the reported point; for "average" the
             root-mean-square ‖δ‖₂ (ℓ2) or max |δ_i| (ℓ∞) over samples.
-        converged: for "ascent", whether the stopping rule was met before the ``steps`` cap; else ``None``.
+        converged: for "ascent", whether the stopping rule was met before the ``steps`` cap; else ``None``
+            (m-sharpness: whether every chunk's ascent converged).
+        m: the chunk size of m-sharpness, else ``None``. ``value``, ``base_loss`` and ``perturbed_loss`` are
+            then means over the chunks, ``stderr`` their standard error over chunks, ``steps`` the total.
+        num_chunks: the chunks of m-sharpness (0 without ``m``).
     """
 
     value: float
@@ -176,6 +197,8 @@ class SharpnessResult:
     num_samples: int = 0
     perturbation_norm: float = 0.0
     converged: bool | None = None
+    m: int | None = None
+    num_chunks: int = 0
 
     def scalars(self) -> dict[str, float]:
         """Named scalars: ``value``, ``base_loss``, ``perturbed_loss``, ``rho``, ``steps``, the pass counts
@@ -193,6 +216,9 @@ class SharpnessResult:
             out["stderr"] = self.stderr
         if self.converged is not None:
             out["converged"] = float(self.converged)
+        if self.m is not None:
+            out["m"] = float(self.m)
+            out["num_chunks"] = float(self.num_chunks)
         return out
 
 
@@ -245,6 +271,7 @@ def sharpness(
     step_size: float = math.inf,
     schedule: str = "cosine",
     adaptive_eta: float = 0.01,
+    m: int | None = None,
 ) -> SharpnessResult:
     """Sharpness ``L(θ + ε) − L(θ)`` of the probe loss (see the module docstring).
 
@@ -264,12 +291,14 @@ def sharpness(
         step_size: ascent step as a fraction of ρ; ``inf`` (default) jumps to the boundary point.
         schedule: for a finite ``step_size``: ``"cosine"`` (decays to a tenth over ``steps``) or ``"constant"``.
         adaptive_eta: ASAM's η.
+        m: m-sharpness: the mean over disjoint chunks of ``m`` probe samples of each chunk's sharpness
+            (``None``: the whole probe).
 
     Returns:
         A :class:`SharpnessResult`.
 
     Raises:
-        TypeError, ValueError: for bad options (see :class:`SharpnessOptions`).
+        TypeError, ValueError: for bad options (see :class:`SharpnessOptions`), or ``m`` above the probe's samples.
     """
     opts = SharpnessOptions(
         rho=rho,
@@ -282,11 +311,68 @@ def sharpness(
         step_size=step_size,
         schedule=schedule,
         adaptive_eta=adaptive_eta,
+        m=m,
     )
+    opts.check_probe(probe)
     return _sharpness(model, probe, opts, seed, params)
 
 
+def _chunk_probe(probe: Probe, lo: int, hi: int) -> Probe:
+    """A probe of samples ``lo:hi`` of ``probe``, with its loss, transform, mode and seed."""
+    sub = Probe(
+        [(_rows(probe.inputs, lo, hi), _rows(probe.targets, lo, hi))],
+        probe.loss_fn,
+        num_samples=hi - lo,
+        batch_size=min(probe.batch_size, hi - lo),
+        device=probe.device,
+        model_mode=probe.model_mode,
+        max_graph_bytes=probe.max_graph_bytes,
+        seed=probe.seed,
+        output_transform=probe.output_transform,
+    )
+    sub._row_mean_checked = probe._row_mean_checked  # the same loss_fn: checked once is checked
+    return sub
+
+
+def _m_sharpness(
+    model: nn.Module, probe: Probe, opts: SharpnessOptions, seed: int, params: ParamsArg
+) -> SharpnessResult:
+    m = opts.m
+    assert m is not None
+    if _num_rows(probe.targets) != probe.num_samples:
+        # Chunks are cut by global sample index from the samples this rank holds.
+        raise ValueError("m-sharpness needs every rank to hold all the probe's samples (one shared probe)")
+    whole = dataclasses.replace(opts, m=None)
+    chunks = [
+        _sharpness(model, _chunk_probe(probe, lo, lo + m), whole, seed, params)
+        for lo in range(0, probe.num_samples - m + 1, m)
+    ]
+    values = torch.tensor([c.value for c in chunks], dtype=torch.float64)
+    k = len(chunks)
+    converged = None if whole.method != "ascent" else all(bool(c.converged) for c in chunks)
+    return SharpnessResult(
+        value=float(values.mean()),
+        base_loss=sum(c.base_loss for c in chunks) / k,
+        perturbed_loss=sum(c.perturbed_loss for c in chunks) / k,
+        rho=opts.rho,
+        method=opts.method,
+        norm=opts.norm,
+        adaptive=opts.adaptive,
+        steps=sum(c.steps for c in chunks),
+        stderr=float(values.std(unbiased=True) / math.sqrt(k)) if k > 1 else None,
+        num_grads=sum(c.num_grads for c in chunks),
+        num_forwards=sum(c.num_forwards for c in chunks),
+        num_samples=sum(c.num_samples for c in chunks),
+        perturbation_norm=max(c.perturbation_norm for c in chunks),
+        converged=converged,
+        m=m,
+        num_chunks=k,
+    )
+
+
 def _sharpness(model: nn.Module, probe: Probe, opts: SharpnessOptions, seed: int, params: ParamsArg) -> SharpnessResult:
+    if opts.m is not None:
+        return _m_sharpness(model, probe, opts, seed, params)
     rho, norm = opts.rho, opts.norm
     with probe.session(model, params) as s:
         theta = s.theta
