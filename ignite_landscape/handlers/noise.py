@@ -53,7 +53,10 @@ class GradientNoiseScale(LandscapeHandler):
         small_batch: size of the small batch for ``"two_batch"``.
         chunk_size: per-sample gradients held at once (``"per_sample"``).
         population_size: ``N`` of the finite-population correction (default: the probe's).
-        smoothing: weight of the past in the moving averages, in ``[0, 1)`` (0: no smoothing).
+        smoothing: weight of the past in the moving averages, in ``[0, 1)`` (0: no smoothing); they span
+            about ``1/(1 − smoothing)`` firings. Where ``‖G‖²`` falls by orders of magnitude between firings
+            (epoch-spaced firings late in training) a long average is dominated by the early, large
+            values and lags the raw ``b_simple`` by as much: keep it short there.
         b_noise: also compute the curvature-aware ``B_noise = tr(HΣ)/(GᵀHG)`` (scalars ``b_noise``,
             ``trace_h_sigma``, ``grad_curvature``; not smoothed). Off by default: it costs one exact
             Hessian-vector product per probe sample (``"per_sample"``) or per small batch (``"two_batch"``).
@@ -74,7 +77,7 @@ class GradientNoiseScale(LandscapeHandler):
         small_batch: int | None = None,
         chunk_size: int | None = None,
         population_size: int | float | None = None,
-        smoothing: float = 0.8,
+        smoothing: float = 0.5,
         b_noise: bool = False,
         **kwargs: Any,
     ) -> None:
