@@ -198,7 +198,7 @@ def test_measures_reject_bad_arguments():
     with pytest.raises(ValueError, match="which"):
         hessian_eigenvalues(model, probe, which="middle")
     with pytest.raises(ValueError, match="method"):
-        hessian_trace(model, probe, method="exact")
+        hessian_trace(model, probe, method="exactly")  # "exact" is a method since issue 13
     frozen = mlp()
     for p in frozen.parameters():
         p.requires_grad_(False)
