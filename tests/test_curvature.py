@@ -198,3 +198,32 @@ def test_hessian_curvature_is_the_default():
         hessian_eigenvalues(model, probe, curvature="GGN")
     with pytest.raises(ValueError, match="curvature"):
         hessian_density(model, probe, curvature="hessian2")
+
+
+class _DictOutput(nn.Module):
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return {"logits": self.inner(x), "aux": x.sum()}
+
+
+@pytest.mark.parametrize("curvature", ["ggn", "fisher", "empirical_fisher"])
+def test_curvature_acts_on_the_transformed_prediction(curvature):
+    # Model outputs a dict; output_transform picks the logits: the same matrices as the plain model's.
+    model, x, y, loss_fn = CASES["mlp_tanh_ce"]()
+    wrapped = _DictOutput(model)
+    plain = operator_matrix(model, Probe((x, y), loss_fn, batch_size=6), curvature, seed=2)
+    probe = Probe((x, y), loss_fn, batch_size=6, output_transform=lambda out: out["logits"])
+    assert torch.allclose(operator_matrix(wrapped, probe, curvature, seed=2), plain, rtol=0, atol=1e-14)
+
+
+def test_empirical_fisher_of_a_summed_loss_weights_each_sample_once():
+    # L = Σ ℓ_n: F = Σ ∇ℓ_n ∇ℓ_nᵀ, N times the mean loss's (1/N) Σ ∇ℓ_n ∇ℓ_nᵀ; the GGN scales the same way.
+    model, x, y, _ = CASES["mlp_tanh_ce"]()
+    n = x.shape[0]
+    for curvature in ("empirical_fisher", "fisher", "ggn"):
+        mean = operator_matrix(model, Probe((x, y), nn.CrossEntropyLoss(), batch_size=7), curvature)
+        total = operator_matrix(model, Probe((x, y), nn.CrossEntropyLoss(reduction="sum"), batch_size=7), curvature)
+        assert torch.allclose(total, n * mean, rtol=0, atol=1e-12 * float(total.abs().max()))
