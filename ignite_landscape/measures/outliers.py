@@ -104,7 +104,7 @@ class GGNDecomposition:
     num_hvps: int
 
     def scalars(self) -> dict[str, float]:
-        """Every scalar field (``num_outliers`` and ``num_classes`` as floats) and ``ggn_lambda_1`` … ``ggn_lambda_k``."""
+        """Every scalar field (counts as floats) and the GGN eigenvalues ``ggn_lambda_1`` … ``ggn_lambda_k``."""
         return {
             "lambda_max_hessian": self.lambda_max_hessian,
             "lambda_max_ggn": self.lambda_max_ggn,
