@@ -94,6 +94,9 @@ def test_completed_always_runs_even_at_a_skipped_moment(setup):
     assert ran(h) == [1, 8, 12, 16, 20, 22]
     assert h.skipped == 22 - 6 + 1
     assert trainer.state.landscape_firings["costly"].skipped is False
+    # The firing on COMPLETED ran after the budget's clock stopped: still landscape time, not training.
+    assert h.budget.landscape_seconds == pytest.approx(12.0)
+    assert h.budget.training_seconds == pytest.approx(22.0)
 
 
 def test_expected_cost_is_the_median_of_the_latest_costs(setup):

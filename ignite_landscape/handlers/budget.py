@@ -172,6 +172,10 @@ class Budget:
         self._runs[name] = self._runs.get(name, 0) + 1
         if math.isfinite(seconds) and seconds > 0:
             self.landscape_seconds += seconds
+            if self._origin is None:
+                # Ran while the clock stood (on COMPLETED, after the budget stopped it): the wall time
+                # must still contain it, or the training time (wall − landscape) would lose it.
+                self._wall_before += seconds
             self.max_firing_seconds = max(self.max_firing_seconds, seconds)
 
     # -- checkpointing --------------------------------------------------------------------------
