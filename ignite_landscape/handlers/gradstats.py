@@ -48,8 +48,9 @@ class GradientStatistics(LandscapeHandler):
     The handler keeps two copies of the selected weights on the model's device (``2 × P`` numbers, also
     saved in its ``state_dict`` so a resumed run keeps measuring from the same ``θ₀``): ``θ₀``, taken once
     when it is first attached, and the weights at its previous firing, overwritten in place at each
-    firing. ``update_norm`` is the change since the previous firing (at the first firing, since attach
-    time): attached to ``Events.ITERATION_COMPLETED`` it is the last optimizer step.
+    firing. ``update_norm`` is the change since the previous firing that ran (at the first, since attach
+    time; a firing a :class:`~ignite_landscape.Budget` skipped does not count): attached to
+    ``Events.ITERATION_COMPLETED`` it is the last optimizer step.
 
     Args:
         model: the trained model.

@@ -75,7 +75,8 @@ class TrajectoryPlane(LandscapeHandler):
     Where the points live and what they cost: in CPU memory, as copies in the parameters' dtype: at most
     ``max_points × P`` numbers (``P`` the selected parameters), plus the attach-time weights as the first
     point. When a new point would exceed the cap, every other point is dropped and from then on only every
-    second firing is kept (``stride`` doubles), so the kept points stay evenly spaced in firings. The
+    second firing is kept (``stride`` doubles), so the kept points stay evenly spaced in firings (a firing
+    that a :class:`~ignite_landscape.Budget` skips records nothing: give this handler no budget). The
     points are part of :meth:`state_dict` (a checkpoint grows by the same amount), so a run resumed from a
     checkpoint continues the same path. Computing the plane builds one ``m × P`` float64 matrix for the PCA
     and evaluates ``steps²`` probe losses.
