@@ -227,3 +227,28 @@ def test_budget_arguments_are_checked(setup):
         h.attach(trainer, Events.ITERATION_COMPLETED, budget=0.0)
     with pytest.raises(ValueError, match="Budget state"):
         il.Budget(0.25).load_state_dict({"fraction": 0.25})
+
+
+def test_readme_budget_snippet_runs(tmp_path):
+    import re
+
+    from ignite.engine import create_supervised_trainer
+
+    from examples.models import DigitsMLP, digits_loaders
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    (block,) = [b for b in re.findall(r"```python\n(.*?)```", readme, flags=re.S) if "il.Budget(" in b]
+    torch.manual_seed(0)
+    loader, _ = digits_loaders(batch_size=64)
+    model = DigitsMLP()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    trainer = create_supervised_trainer(model, optimizer, F.cross_entropy)
+    probe = il.Probe(loader, F.cross_entropy, num_samples=64)
+    namespace = {"il": il, "Events": Events, "trainer": trainer, "model": model, "probe": probe}
+    exec(compile(block.replace("every=200", "every=5"), "README budget", "exec"), namespace)
+    trainer.run(loader, max_epochs=1)
+    budget = namespace["budget"]
+    assert budget.landscape_seconds > 0 and budget.training_seconds > 0
+    handlers = [h for h in (trainer.state.landscape_firings or {})]
+    assert sorted(handlers) == ["hessian", "sharpness", "trace"]
+
