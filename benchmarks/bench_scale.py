@@ -13,9 +13,9 @@ download is needed). For each model:
 
 Peak memory is the largest resident set size (sampled every millisecond by a thread) above the size
 just before the call, on the CPU; on CUDA ``torch.cuda.max_memory_allocated`` above the allocation
-before. In one process, freed memory the allocator keeps from an earlier call hides part of a later
-peak: ``--isolate`` measures each (model, handler) in a fresh process (the training pass again each
-time), which is what the README's figures use.
+before (glibc's free heap memory is handed back to the OS before each call, so memory an earlier call
+freed does not hide the next one's peak). ``--isolate`` measures each (model, handler) in a fresh
+process (the training pass again each time).
 
 Example:
     python benchmarks/bench_scale.py                                   # both models, every handler, probe 512
@@ -68,6 +68,19 @@ def _rss() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def _release_free_memory() -> None:
+    # Memory an earlier call freed stays in glibc's heap and would be reused without raising the RSS,
+    # hiding the next call's peak: hand it back to the OS first.
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the peaks may then read low
+        pass
+
+
 def peak_memory(fn: Callable[[], Any], device: torch.device) -> tuple[float, float, int, Any]:
     """``(wall seconds, process CPU seconds, peak bytes above the start, result)`` of ``fn()``.
 
@@ -83,6 +96,7 @@ def peak_memory(fn: Callable[[], Any], device: torch.device) -> tuple[float, flo
         torch.cuda.synchronize(device)
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
         return wall, cpu, torch.cuda.max_memory_allocated(device) - before, out
+    _release_free_memory()
     before = _rss()
     peak = [before]
     stop = threading.Event()
