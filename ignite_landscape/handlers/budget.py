@@ -64,7 +64,9 @@ class Budget:
         fraction: the largest ratio of landscape time to training time (``0.25``: the handlers may add
             at most 25 % to the run's wall time). Any positive number; above 1 the landscape may take
             longer than the training.
-        clock: a monotonic clock in seconds (``time.perf_counter``); tests pass a fake one.
+        clock: a monotonic clock in seconds: ``time.perf_counter`` (wall time), ``time.process_time``
+            (CPU time, steadier on a machine shared with other jobs) or a fake one in tests. The
+            handlers attached with the budget time their firings (``landscape/<name>/seconds``) on it.
 
     Attributes:
         fraction: as given.
