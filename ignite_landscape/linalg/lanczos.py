@@ -7,9 +7,9 @@ a Gauss–Newton matrix or a preconditioned operator are all just a ``matvec``).
 vector), the products ``W = A V`` and the projected matrix ``T = V A Vᵀ``. Each step it takes the
 Ritz pairs ``(θ, y = Vᵀ s)`` of ``T``, computes every wanted residual ``‖A y − θ y‖ = ‖Wᵀ s − θ Vᵀ s‖``
 explicitly from the stored products, and grows the basis by the residuals of the pairs that have not
-converged (converged pairs cost nothing more: soft locking). Started from one vector this is exactly
-Lanczos with full reorthogonalization; started from a block it is block Lanczos with the converged
-columns dropped. Why this design:
+converged, at most ``num_random`` of them a step, the guard and the least converged first (converged
+pairs cost nothing more: soft locking). Started from one vector this is exactly Lanczos with full
+reorthogonalization; from a block of random vectors, block Lanczos. Why this design:
 
 * **Multiplicity.** A Krylov space grown from one vector holds one direction of each eigenspace, so
   single-vector Lanczos finds one copy of a repeated eigenvalue. The start block always holds
@@ -21,6 +21,9 @@ columns dropped. Why this design:
   ``guard_tol``. That pair is the top of what the random vectors have explored outside the wanted
   space, so an eigenvalue that has overtaken the old k-th one — which a warm start otherwise never
   meets — is reached before the iteration may stop, as in a cold start.
+* **Cost.** A warm start saves little: refining k old vectors and exploring for newcomers together
+  cost about what a cold start costs unless the eigenvectors barely move between calls, and the
+  second random vector costs HVPs (measured in ``benchmarks/bench_tracking.py`` and the README).
 * **Honest residuals.** The residuals are recomputed from the stored products, not read off a
   recurrence (which keeps shrinking below what the arithmetic can deliver), and floored at
   ``16·ε·max|θ|`` (ε of the working dtype), so ``converged`` never claims more than float32 gives.
