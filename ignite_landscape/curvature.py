@@ -20,8 +20,8 @@ Hessian of the objective with respect to them:
   outer products), ``tr = Σ_n w_n ‖∇ℓ_n‖²``.
 
 The Fisher variants need the objective to be a sum of per-sample losses with one weight ``w_n = w``
-(``1/N`` for a mean, ``1`` for a sum; class weights and ignored targets are not modelled) in which the
-outputs of one sample do not affect another's loss.
+(``1/N`` for a mean, ``1`` for a sum) in which the outputs of one sample do not affect another's loss;
+a loss with class weights or ignored targets is refused with a ``ValueError`` (use ``"ggn"``).
 
 Example:
     >>> import torch
@@ -124,6 +124,11 @@ class _OutputSpaceCurvature:
                 f"curvature={kind!r} needs per-sample losses, but BatchNorm in model_mode='train' couples the "
                 "samples of a batch: use model_mode='eval'"
             )
+        if kind != "ggn" and not _uniform_sample_weights(s.probe):
+            raise ValueError(
+                f"curvature={kind!r} weights every sample's loss equally, but this probe's loss_fn weights its "
+                "samples unequally (class weights or ignored targets): use curvature='ggn' or 'hessian'"
+            )
         self.s = s
         self.kind = kind
         self.seed = seed
@@ -199,6 +204,34 @@ def _jvp(out: torch.Tensor, leaves: list[torch.Tensor], vs: list[torch.Tensor]) 
     return torch.zeros_like(out) if jv is None else jv.detach()
 
 
+def _uniform_sample_weights(probe: Probe) -> bool:
+    """Whether every probe sample carries the same weight in the objective's normaliser (collective).
+
+    A silent 1/N weight where the loss weights samples by class or drops ignored targets would give a
+    wrong Fisher, so the operators refuse such probes instead.
+    """
+    cached = getattr(probe, "_uniform_sample_weights", None)
+    if cached is not None:
+        return cached
+    decomposition = getattr(probe, "decomposition", None)
+    weight = None if decomposition is None else decomposition.weight
+    uneven = 0.0
+    if weight is not None:
+        n = probe.targets.shape[0] if isinstance(probe.targets, torch.Tensor) else None
+        if n is None:
+            uneven = 1.0  # structured targets: per-row weights cannot be told apart, refuse
+        else:
+            rows = torch.stack(
+                [torch.as_tensor(weight(probe.targets[i : i + 1]), dtype=torch.float64).cpu() for i in range(n)]
+            )
+            uneven = float(not torch.allclose(rows, rows[0].expand_as(rows), rtol=0.0, atol=0.0))
+    if distributed.world_size() > 1:
+        flag = torch.tensor([uneven], dtype=torch.float64, device=probe.device)
+        uneven = float(distributed.all_reduce(flag, op="MAX")[0])
+    probe._uniform_sample_weights = uneven == 0.0
+    return probe._uniform_sample_weights
+
+
 def _has_batchnorm(model: torch.nn.Module) -> bool:
     return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
@@ -217,7 +250,7 @@ def curvature_operator(
 
     Raises:
         ValueError: if ``curvature`` is unknown, or a Fisher is asked for where per-sample losses are not
-            defined (BatchNorm in ``model_mode="train"``).
+            defined (BatchNorm in ``model_mode="train"``) or not equally weighted (class weights, ignored targets).
     """
     check_curvature(curvature)
     if curvature == "hessian":

@@ -161,6 +161,36 @@ def test_fisher_refused_with_batchnorm_in_train_mode():
             curvature_operator(s, "empirical_fisher")
 
 
+@pytest.mark.parametrize("curvature", ["fisher", "empirical_fisher"])
+@pytest.mark.parametrize(
+    "loss_fn",
+    [
+        nn.CrossEntropyLoss(weight=torch.tensor([1.0, 2.0, 0.5], dtype=torch.float64)),
+        nn.CrossEntropyLoss(ignore_index=2),
+    ],
+    ids=["class_weights", "ignore_index"],
+)
+def test_fisher_refuses_unequally_weighted_samples(curvature, loss_fn):
+    # A 1/N weight per sample would be silently wrong here: the objective weights samples by class
+    # or drops the ignored ones.
+    torch.manual_seed(0)
+    model = nn.Linear(4, 3).double()
+    x, y = torch.randn(12, 4, dtype=torch.float64), torch.arange(12) % 3
+    with Probe((x, y), loss_fn).session(model) as s:
+        with pytest.raises(ValueError, match="unequally"):
+            curvature_operator(s, curvature)
+        curvature_operator(s, "ggn")  # the GGN follows the objective's own weights
+
+
+def test_fisher_accepts_equal_weights_and_unused_ignore_index():
+    torch.manual_seed(0)
+    model = nn.Linear(4, 3).double()
+    x, y = torch.randn(12, 4, dtype=torch.float64), torch.arange(12) % 3
+    plain = operator_matrix(model, Probe((x, y), nn.CrossEntropyLoss()), "empirical_fisher")
+    unused = operator_matrix(model, Probe((x, y), nn.CrossEntropyLoss(ignore_index=7)), "empirical_fisher")
+    torch.testing.assert_close(unused, plain, rtol=1e-12, atol=1e-14)
+
+
 def _dense(curvature, model, x, y, loss_fn, probe):
     if curvature == "ggn":
         return dense_ggn(model, x, y, loss_fn)
