@@ -53,6 +53,9 @@ class Sharpness(LandscapeHandler):
         adaptive_eta: ASAM's η.
         m: m-sharpness: the mean over disjoint chunks of ``m`` probe samples of each chunk's sharpness
             (scalars ``stderr`` over chunks, ``m``, ``num_chunks``); ``None``: the whole probe.
+        uncertainty: ``"jackknife"``: ``stderr`` is the jackknife standard error over the probe's samples
+            (``jackknife_chunks`` more runs per firing).
+        jackknife_chunks: ``K``, the chunks of the jackknife.
         **kwargs: ``name``, ``params``, ``seed``, ``on_error``, ``progress`` (see :class:`LandscapeHandler`).
 
     Raises:
@@ -77,6 +80,8 @@ class Sharpness(LandscapeHandler):
         schedule: str = "cosine",
         adaptive_eta: float = 0.01,
         m: int | None = None,
+        uncertainty: str | None = None,
+        jackknife_chunks: int = 10,
         **kwargs: Any,
     ) -> None:
         self.options = SharpnessOptions(
@@ -91,6 +96,8 @@ class Sharpness(LandscapeHandler):
             schedule=schedule,
             adaptive_eta=adaptive_eta,
             m=m,
+            uncertainty=uncertainty,
+            jackknife_chunks=jackknife_chunks,
         )
         super().__init__(model, probe, **kwargs)
         self.options.check_probe(probe)

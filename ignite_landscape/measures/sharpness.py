@@ -64,8 +64,16 @@ import torch
 from torch import nn
 
 from ignite_landscape.linalg import generator
+from ignite_landscape.measures.jackknife import (
+    JACKKNIFE_CHUNKS,
+    check_uncertainty,
+    jackknife_stderr,
+    leave_one_out_probes,
+    subset_probe,
+    warn_if_wide,
+)
 from ignite_landscape.params import ParamsArg, ParamSpace
-from ignite_landscape.probe import Probe, ProbeSession, _num_rows, _rows
+from ignite_landscape.probe import Probe, ProbeSession, _num_rows
 from ignite_landscape.validation import check_choice, check_int, check_positive
 
 __all__ = [
@@ -101,6 +109,8 @@ class SharpnessOptions:
         schedule: ``"cosine"`` (a finite step decays to a tenth over ``steps``) or ``"constant"``.
         adaptive_eta: ASAM's offset η.
         m: chunk size of m-sharpness (``None``: the whole probe at once).
+        uncertainty: ``"jackknife"`` for a jackknife standard error over the probe's samples, or ``None``.
+        jackknife_chunks: ``K``, the chunks of the jackknife.
 
     Raises:
         TypeError: for an option of the wrong type.
@@ -119,6 +129,8 @@ class SharpnessOptions:
     schedule: str = "cosine"
     adaptive_eta: float = 0.01
     m: int | None = None
+    uncertainty: str | None = None
+    jackknife_chunks: int = JACKKNIFE_CHUNKS
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalised values are written once, here
@@ -150,11 +162,15 @@ class SharpnessOptions:
         set_(self, "adaptive_eta", float(self.adaptive_eta))
         if self.m is not None:
             check_int("m", self.m, 1)
+        check_uncertainty(self.uncertainty, self.jackknife_chunks)
+        if self.uncertainty is not None and self.m is not None:
+            raise ValueError("uncertainty='jackknife' with m=: m-sharpness has its own standard error over chunks")
 
     def check_probe(self, probe: Probe) -> None:
-        """Raise if these options cannot work on ``probe`` (an ``m`` larger than its samples)."""
+        """Raise if these options cannot work on ``probe`` (an ``m`` or ``jackknife_chunks`` above its samples)."""
         if self.m is not None and self.m > probe.num_samples:
             raise ValueError(f"m must be at most the probe's {probe.num_samples} samples, got {self.m}")
+        check_uncertainty(self.uncertainty, self.jackknife_chunks, probe)
 
 
 @dataclass
@@ -181,6 +197,9 @@ class SharpnessResult:
         m: the chunk size of m-sharpness, else ``None``. ``value``, ``base_loss`` and ``perturbed_loss`` are
             then means over the chunks, ``stderr`` their standard error over chunks, ``steps`` the total.
         num_chunks: the chunks of m-sharpness (0 without ``m``).
+        uncertainty: ``"jackknife"`` when ``stderr`` is the jackknife standard error of ``value`` over the probe's
+            samples (the same seed on every subset), else ``None``.
+        estimator_stderr: with ``uncertainty``, the standard error ``"average"`` reports over its random draws.
     """
 
     value: float
@@ -199,6 +218,8 @@ class SharpnessResult:
     converged: bool | None = None
     m: int | None = None
     num_chunks: int = 0
+    uncertainty: str | None = None
+    estimator_stderr: float | None = None
 
     def scalars(self) -> dict[str, float]:
         """Named scalars: ``value``, ``base_loss``, ``perturbed_loss``, ``rho``, ``steps``, the pass counts
@@ -219,6 +240,8 @@ class SharpnessResult:
         if self.m is not None:
             out["m"] = float(self.m)
             out["num_chunks"] = float(self.num_chunks)
+        if self.estimator_stderr is not None:
+            out["estimator_stderr"] = self.estimator_stderr
         return out
 
 
@@ -272,6 +295,8 @@ def sharpness(
     schedule: str = "cosine",
     adaptive_eta: float = 0.01,
     m: int | None = None,
+    uncertainty: str | None = None,
+    jackknife_chunks: int = JACKKNIFE_CHUNKS,
 ) -> SharpnessResult:
     """Sharpness ``L(θ + ε) − L(θ)`` of the probe loss (see the module docstring).
 
@@ -293,6 +318,9 @@ def sharpness(
         adaptive_eta: ASAM's η.
         m: m-sharpness: the mean over disjoint chunks of ``m`` probe samples of each chunk's sharpness
             (``None``: the whole probe).
+        uncertainty: ``"jackknife"``: ``stderr`` is the jackknife standard error of the value over the probe's
+            samples (``jackknife_chunks`` more runs, each on the probe without one chunk).
+        jackknife_chunks: ``K``, the chunks of the jackknife.
 
     Returns:
         A :class:`SharpnessResult`.
@@ -312,26 +340,20 @@ def sharpness(
         schedule=schedule,
         adaptive_eta=adaptive_eta,
         m=m,
+        uncertainty=uncertainty,
+        jackknife_chunks=jackknife_chunks,
     )
     opts.check_probe(probe)
     return _sharpness(model, probe, opts, seed, params)
 
 
-def _chunk_probe(probe: Probe, lo: int, hi: int) -> Probe:
-    """A probe of samples ``lo:hi`` of ``probe``, with its loss, transform, mode and seed."""
-    sub = Probe(
-        [(_rows(probe.inputs, lo, hi), _rows(probe.targets, lo, hi))],
-        probe.loss_fn,
-        num_samples=hi - lo,
-        batch_size=min(probe.batch_size, hi - lo),
-        device=probe.device,
-        model_mode=probe.model_mode,
-        max_graph_bytes=probe.max_graph_bytes,
-        seed=probe.seed,
-        output_transform=probe.output_transform,
-    )
-    sub._row_mean_checked = probe._row_mean_checked  # the same loss_fn: checked once is checked
-    return sub
+def _jackknife(model: nn.Module, probe: Probe, opts: SharpnessOptions, seed: int, params: ParamsArg) -> SharpnessResult:
+    single = dataclasses.replace(opts, uncertainty=None)
+    full = _sharpness(model, probe, single, seed, params)
+    loo = [_sharpness(model, p, single, seed, params) for p in leave_one_out_probes(probe, opts.jackknife_chunks)]
+    stderr = float(jackknife_stderr(torch.tensor([r.value for r in loo], dtype=torch.float64)))
+    warn_if_wide("sharpness", full.value, stderr)
+    return dataclasses.replace(full, stderr=stderr, uncertainty=opts.uncertainty, estimator_stderr=full.stderr)
 
 
 def _m_sharpness(
@@ -344,7 +366,7 @@ def _m_sharpness(
         raise ValueError("m-sharpness needs every rank to hold all the probe's samples (one shared probe)")
     whole = dataclasses.replace(opts, m=None)
     chunks = [
-        _sharpness(model, _chunk_probe(probe, lo, lo + m), whole, seed, params)
+        _sharpness(model, subset_probe(probe, torch.arange(lo, lo + m)), whole, seed, params)
         for lo in range(0, probe.num_samples - m + 1, m)
     ]
     values = torch.tensor([c.value for c in chunks], dtype=torch.float64)
@@ -371,6 +393,8 @@ def _m_sharpness(
 
 
 def _sharpness(model: nn.Module, probe: Probe, opts: SharpnessOptions, seed: int, params: ParamsArg) -> SharpnessResult:
+    if opts.uncertainty is not None:
+        return _jackknife(model, probe, opts, seed, params)
     if opts.m is not None:
         return _m_sharpness(model, probe, opts, seed, params)
     rho, norm = opts.rho, opts.norm

@@ -1,0 +1,112 @@
+"""Jackknife error bars over the probe's samples: how much a number would move on another probe.
+
+The probe's ``n`` samples are cut, in their order, into ``K`` contiguous chunks of as equal sizes as
+possible; the quantity is recomputed on each of the ``K`` leave-one-chunk-out probes (``n − n/K``
+samples), and the delete-a-group jackknife standard error is
+
+``stderr = sqrt((K − 1)/K · Σ_j (θ_(j) − θ̄)²)``,
+
+with ``θ_(j)`` the value without chunk ``j`` and ``θ̄`` their mean (Efron & Tibshirani 1993, §11.5). For a
+mean over samples (the probe loss, its gradient, the Hessian's trace) it is the usual standard error of
+the mean over chunks; for a smooth function of such means (an isolated top eigenvalue) it is its
+first-order approximation. It measures the sampling noise of the *probe*, which a fixed probe otherwise
+hides: a λ_max whose stderr is a large share of it says the probe is too small for that quantity.
+
+Cost: ``K`` more runs of the measure, each on ``(K − 1)/K`` of the probe (eigenvalues warm-started from
+the full probe's eigenvectors, so each rerun takes fewer products).
+
+Example:
+    >>> import torch
+    >>> jackknife_stderr(torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=torch.float64))
+    tensor(1.9365, dtype=torch.float64)
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from ignite_landscape.probe import Probe, _num_rows, _tree_map
+from ignite_landscape.validation import check_choice, check_int
+
+__all__ = [
+    "UNCERTAINTIES",
+    "JACKKNIFE_CHUNKS",
+    "check_uncertainty",
+    "subset_probe",
+    "leave_one_out_probes",
+    "jackknife_stderr",
+    "warn_if_wide",
+]
+
+logger = logging.getLogger(__name__)
+
+UNCERTAINTIES = ("jackknife",)
+JACKKNIFE_CHUNKS = 10
+# A standard error above this share of |value| makes the interval value ± 2·stderr wider than the value.
+WIDE = 0.5
+_warned: set[str] = set()
+
+
+def check_uncertainty(uncertainty: str | None, chunks: int, probe: Probe | None = None) -> None:
+    """Validate ``uncertainty=`` and ``jackknife_chunks=`` (and, given the probe, that it has enough samples).
+
+    Raises:
+        TypeError, ValueError: naming the argument.
+    """
+    if uncertainty is not None:
+        check_choice("uncertainty", uncertainty, UNCERTAINTIES)
+    check_int("jackknife_chunks", chunks, 2)
+    if uncertainty is None or probe is None:
+        return
+    if chunks > probe.num_samples:
+        raise ValueError(f"jackknife_chunks must be at most the probe's {probe.num_samples} samples, got {chunks}")
+    if _num_rows(probe.targets) != probe.num_samples:
+        raise ValueError("uncertainty='jackknife' needs every rank to hold all the probe's samples (one shared probe)")
+
+
+def subset_probe(probe: Probe, index: torch.Tensor) -> Probe:
+    """A probe of the samples ``index`` of ``probe`` (in that order), with its loss, transform, mode and seed."""
+    x = _tree_map(lambda t: t[index.to(t.device)], probe.inputs)
+    y = _tree_map(lambda t: t[index.to(t.device)], probe.targets)
+    n = int(index.numel())
+    sub = Probe(
+        [(x, y)],
+        probe.loss_fn,
+        num_samples=n,
+        batch_size=min(probe.batch_size, n),
+        device=probe.device,
+        model_mode=probe.model_mode,
+        max_graph_bytes=probe.max_graph_bytes,
+        seed=probe.seed,
+        output_transform=probe.output_transform,
+    )
+    sub._row_mean_checked = probe._row_mean_checked  # the same loss_fn: checked once is checked
+    return sub
+
+
+def leave_one_out_probes(probe: Probe, chunks: int) -> list[Probe]:
+    """The ``chunks`` probes that each leave out one contiguous chunk of ``probe``'s samples."""
+    parts = torch.arange(probe.num_samples).tensor_split(chunks)
+    return [subset_probe(probe, torch.cat([p for i, p in enumerate(parts) if i != j])) for j in range(chunks)]
+
+
+def jackknife_stderr(values: torch.Tensor) -> torch.Tensor:
+    """The delete-a-group jackknife standard error from the ``K`` leave-one-out values (first dimension)."""
+    k = values.shape[0]
+    centred = values - values.mean(dim=0)
+    return ((k - 1) / k * (centred**2).sum(dim=0)).sqrt()
+
+
+def warn_if_wide(quantity: str, value: float, stderr: float) -> None:
+    """Say once per quantity when its standard error is a large share of it (the probe is too small)."""
+    if quantity in _warned or not stderr > WIDE * abs(value):
+        return
+    _warned.add(quantity)
+    logger.warning(
+        "%s = %.4g ± %.2g (jackknife stderr): probe too small for this quantity; use more probe samples",
+        quantity,
+        value,
+        stderr,
+    )
