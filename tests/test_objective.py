@@ -468,3 +468,25 @@ def test_two_processes_compute_the_one_batch_objective(tmp_path):
             assert normalizer == pytest.approx(float(W[ys[ys != PAD]].sum()), rel=1e-12)
             assert accuracy is not None
     assert all(run["masked"] in ("ObjectiveError", "RankFailure") for run in runs)
+
+
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_stability_ratio_compares_the_curvature_one_step_sees(reduction):
+    # For a summed loss a trainer batch of B samples sees B/N of the probe's curvature; a mean sees it all.
+    from ignite.engine import Engine
+
+    torch.manual_seed(0)
+    model = nn.Linear(3, 2).double()
+    x, y = torch.randn(32, 3, dtype=torch.float64), torch.randn(32, 2, dtype=torch.float64)
+    probe = Probe((x, y), nn.MSELoss(reduction=reduction))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    handler = HessianSpectrum(model, probe, k=1, optimizer=opt, tol=1e-10)
+    trainer = Engine(lambda engine, batch: None)
+    handler.attach(trainer)
+    trainer.run([(x[:8], y[:8])], max_epochs=1)
+    metrics = trainer.state.metrics
+    lam = float(torch.linalg.eigvalsh(dense_hessian(model, x, y, nn.MSELoss(reduction=reduction)))[-1])
+    scale = 8 / 32 if reduction == "sum" else 1.0
+    assert metrics["landscape/hessian/lambda_max"] == pytest.approx(lam, rel=1e-8)
+    assert metrics["landscape/hessian/stability_ratio"] == pytest.approx(lam * scale / (2 / 0.01), rel=1e-8)
+    assert ("landscape/hessian/objective_scale" in metrics) == (reduction == "sum")

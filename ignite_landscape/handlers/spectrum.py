@@ -8,7 +8,8 @@ the optimizer, relates the top eigenvalue to the step size:
   ``(2 + 2β)/(η(1 + 2β))`` (Cohen et al. 2021, "Gradient descent on neural networks typically occurs
   at the edge of stability"). Logged: ``lr``, ``stability_threshold``, ``lambda_max_lr_over_2``
   (``λ_max·η/2``, which reaches 1 at the edge for plain GD) and ``stability_ratio``
-  (``λ_max / threshold``).
+  (``λ_max / threshold``). ``λ_max`` there is the curvature of the objective one step follows: for a
+  loss with ``reduction="sum"``, the probe's times ``probe.objective_scale(batch size)``.
 * Adam/AdamW: the relevant quantity is the preconditioned sharpness ``λ_max(P⁻¹H)`` with
   ``P = diag(√v̂ + ε)`` read from the optimizer's own state (``v̂ = exp_avg_sq/(1 − β₂ᵗ)``;
   ``max_exp_avg_sq`` with AMSGrad), against ``(2 + 2β₁)/((1 − β₁)η)`` (Cohen et al. 2022, "Adaptive
@@ -172,6 +173,18 @@ def _measured_mode(
     return "train"
 
 
+def _leading_rows(batch: Any) -> int | None:
+    """Rows of the first tensor in a batch (tuple, list, dict or tensor), or ``None``."""
+    if isinstance(batch, torch.Tensor):
+        return int(batch.shape[0]) if batch.dim() > 0 else None
+    items = batch.values() if isinstance(batch, Mapping) else batch if isinstance(batch, (tuple, list)) else ()
+    for item in items:
+        rows = _leading_rows(item)
+        if rows is not None:
+            return rows
+    return None
+
+
 class HessianSpectrum(LandscapeHandler):
     """Top (or bottom) Hessian eigenvalues by Lanczos, warm-started across firings.
 
@@ -215,6 +228,11 @@ class HessianSpectrum(LandscapeHandler):
             since eval-mode curvature with stale running statistics can be orders of magnitude off the
             stability threshold; a warning says so once, and the scalar ``train_mode`` (1 or 0) records
             the mode whenever ``optimizer=`` is given.
+        train_batch_size: the trainer's batch size, for a loss with ``reduction="sum"``: its objective
+            grows with the samples, so the curvature one optimizer step sees is
+            ``probe.objective_scale(train_batch_size)`` times the probe's, and the stability scalars
+            compare that (logged as ``objective_scale``). Default: the rows of ``engine.state.batch``.
+            Ignored for normalised losses (a mean), whose curvature does not depend on the batch size.
         curvature: the matrix whose eigenvalues are tracked: ``"hessian"``, ``"ggn"``, ``"fisher"`` or
             ``"empirical_fisher"`` (the stability threshold and the preconditioned sharpness refer to the Hessian).
         **kwargs: ``name``, ``params``, ``seed``, ``on_error``, ``progress`` (see :class:`LandscapeHandler`).
@@ -252,6 +270,7 @@ class HessianSpectrum(LandscapeHandler):
         curvature: str = "hessian",
         track_eigenspace: bool = False,
         num_random: int = 2,
+        train_batch_size: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(model, probe, **kwargs)
@@ -298,6 +317,10 @@ class HessianSpectrum(LandscapeHandler):
         self.preconditioned_eigenvector: torch.Tensor | None = None
         self.preconditioned_result: HessianEigenvalues | None = None
         self._warned_lrs = False
+        self._warned_scale = False
+        if train_batch_size is not None:
+            _check_int("train_batch_size", train_batch_size, 1)
+        self.train_batch_size = train_batch_size
         self.track_eigenspace = track_eigenspace
         self._before: list[torch.Tensor] | None = None
         self._tracking: dict[str, float] = {}
@@ -418,19 +441,42 @@ class HessianSpectrum(LandscapeHandler):
         out["lr"] = lr
         out["train_mode"] = 1.0 if self.model_mode == "train" else 0.0
         threshold = stability_threshold(self.optimizer, group)
-        lam = result.lambda_max
+        # The threshold bounds the curvature of the objective one optimizer step follows (a trainer
+        # batch); for a summed loss that is objective_scale(batch size) times the probe's.
+        scale = self._step_scale(engine)
+        if scale != 1.0:
+            out["objective_scale"] = scale
+        lam = result.lambda_max * scale
         if isinstance(self.optimizer, torch.optim.SGD):
             out["stability_threshold"] = threshold
             out["lambda_max_lr_over_2"] = lam * lr / 2
             out["stability_ratio"] = lam / threshold if threshold > 0 else math.nan
         if self.preconditioned:
             pre = self.preconditioned_result
-            value = pre.lambda_max if pre is not None else math.nan
+            value = pre.lambda_max * scale if pre is not None else math.nan
             out["preconditioned_lambda_max"] = value
             out["preconditioned_threshold"] = threshold
             out["preconditioned_ratio"] = value / threshold if threshold > 0 else math.nan
             out["preconditioned_num_hvps"] = float(pre.num_hvps) if pre is not None else 0.0
         return out
+
+    def _step_scale(self, engine: Engine) -> float:
+        """``probe.objective_scale(B)`` for the trainer's batch size ``B`` (1 for every normalised loss)."""
+        probe = self._measured_probe
+        if probe.decomposition.normalized:
+            return 1.0
+        size = self.train_batch_size or _leading_rows(getattr(engine.state, "batch", None))
+        if size is None:
+            if not self._warned_scale:
+                logger.warning(
+                    "HessianSpectrum %r: loss_fn sums over samples, so the curvature one step sees depends on the "
+                    "trainer's batch size, which engine.state.batch does not show: pass train_batch_size=; the "
+                    "stability ratios are NaN until then",
+                    self.name,
+                )
+                self._warned_scale = True
+            return math.nan
+        return probe.objective_scale(size)
 
     def _history_copy(self, result: HessianEigenvalues) -> HessianEigenvalues:
         # Eigenvectors are P floats each: keep the latest (for the warm start), not one set per firing.
