@@ -243,7 +243,7 @@ def test_readme_budget_snippet_runs(tmp_path):
     model = DigitsMLP()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     trainer = create_supervised_trainer(model, optimizer, F.cross_entropy)
-    probe = il.Probe(loader, F.cross_entropy, num_samples=64)
+    probe = il.Probe(loader, F.cross_entropy, num_samples=32)
     namespace = {"il": il, "Events": Events, "trainer": trainer, "model": model, "probe": probe}
     exec(compile(block.replace("every=200", "every=5"), "README budget", "exec"), namespace)
     trainer.run(loader, max_epochs=1)
@@ -251,4 +251,3 @@ def test_readme_budget_snippet_runs(tmp_path):
     assert budget.landscape_seconds > 0 and budget.training_seconds > 0
     handlers = [h for h in (trainer.state.landscape_firings or {})]
     assert sorted(handlers) == ["hessian", "sharpness", "trace"]
-

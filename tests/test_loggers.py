@@ -27,7 +27,7 @@ except ImportError as exc:  # the dev extra installs mlflow; say so loudly when 
     print(f"SKIPPED MLflow tests: mlflow cannot be imported ({exc}); pip install -e .[dev]")
     pytest.skip(f"mlflow cannot be imported ({exc})", allow_module_level=True)
 
-EPOCHS = 3
+EPOCHS = 2
 
 
 @pytest.fixture(scope="module")
