@@ -177,7 +177,9 @@ class Probe:
             function). Running statistics are left exactly as they were in both modes.
         max_graph_bytes: keep the probe's gradient graph alive between Hessian-vector products while
             its saved tensors take at most this many bytes (an HVP then costs one double backward
-            instead of a forward, a backward and a double backward); ``0`` never keeps it.
+            instead of a forward, a backward and a double backward); when the whole graph needs more,
+            the graphs of the first batches that fit are kept and only the other batches are
+            recomputed per HVP; ``0`` never keeps it.
         seed: seed of the dropout masks in ``model_mode="train"``.
         population_size: how many samples the data set the probe is drawn from holds (for the noise
             scale's finite-population correction). Default: ``len(loader.dataset)`` for a DataLoader over
@@ -625,6 +627,7 @@ class ProbeSession:
         self._stack = ExitStack()
         self._graph: tuple[list[torch.Tensor], torch.Tensor] | None = None
         self._graph_failed = False
+        self.cached_batches = 0  # probe batches whose gradient graph is kept between HVPs
 
     def __enter__(self) -> ProbeSession:
         if self.probe.model_mode == "train" and distributed.world_size() > 1:
@@ -803,18 +806,22 @@ class ProbeSession:
                     allow_unused=True,
                 )
                 hv = _flat(out, leaves)
+                if self.cached_batches < len(self.probe.batches()):
+                    hv = hv + self._hvp_recompute(v, start=self.cached_batches)
             else:
                 hv = self._hvp_recompute(v)
         self.num_hvps += 1
         (hv,) = step.all_reduce(hv)
         return hv
 
-    def _hvp_recompute(self, v: torch.Tensor) -> torch.Tensor:
+    def _hvp_recompute(self, v: torch.Tensor, start: int = 0) -> torch.Tensor:
         leaves = [t.detach().requires_grad_(True) for t in self.base]
         vs = self.space.split(v)
         hv = torch.zeros_like(v)
         with torch.enable_grad():
             for i, (x, y, _) in enumerate(self.probe.batches()):
+                if i < start:
+                    continue  # in the cached graph
                 loss, _ = self._batch_loss(leaves, x, y, i)
                 g = torch.autograd.grad(loss, leaves, create_graph=True, allow_unused=True)
                 used = [(gi, vi, li) for gi, vi, li in zip(g, vs, leaves) if gi is not None]
@@ -836,21 +843,31 @@ class ProbeSession:
         leaves = [t.detach().requires_grad_(True) for t in self.base]
         batches = self.probe.batches()
         weighted: list[torch.Tensor] | None = None
+        cached = 0
+        kept_bytes = 0
+        loss = g = scaled = candidate = None
         with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(counter.pack, counter.unpack):
             for i, (x, y, _) in enumerate(batches):
                 loss, _ = self._batch_loss(leaves, x, y, i)
                 g = torch.autograd.grad(loss, leaves, create_graph=True, allow_unused=True)
                 g = [torch.zeros_like(li) if gi is None else gi for gi, li in zip(g, leaves)]
                 scaled = g  # batch_objective already carries the batch's share of the objective
-                weighted = scaled if weighted is None else [a + b for a, b in zip(weighted, scaled)]
+                candidate = scaled if weighted is None else [a + b for a, b in zip(weighted, scaled)]
                 if counter.exceeded:
+                    # Keep the batches that fit and recompute only the rest per HVP: memory and time
+                    # then trade off in proportion instead of falling off a cliff at the limit.
                     break
-        if counter.exceeded or weighted is None or not any(w.requires_grad for w in weighted):
+                weighted, cached, kept_bytes = candidate, i + 1, counter.bytes
+            del loss, g, scaled, candidate  # the batch over the limit: its graph is freed here
+        if cached == 0 or weighted is None or not any(w.requires_grad for w in weighted):
             self._graph_failed = True
             logger.debug("Probe: gradient graph needs more than %d bytes; recomputing per HVP", counter.limit)
             return None
+        if cached < len(batches):
+            logger.debug("Probe: %d of %d batches' gradient graph kept (%d bytes)", cached, len(batches), kept_bytes)
         self._graph = (leaves, weighted)
-        self.saved_graph_bytes = counter.bytes
+        self.cached_batches = cached
+        self.saved_graph_bytes = kept_bytes
         return self._graph
 
 

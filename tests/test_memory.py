@@ -100,6 +100,35 @@ def test_cached_hvp_equals_the_dense_hessian_with_in_place_ops():
     assert torch.equal(first, second)
 
 
+def test_graph_over_the_limit_keeps_the_batches_that_fit(tracked):
+    model = residual_model()
+    x, y = data()
+    H = dense_hessian(model.eval(), x, y, F.cross_entropy)
+    v = torch.randn(H.shape[0], dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    with il.Probe((x, y), F.cross_entropy, batch_size=4).session(model) as s:
+        s.hvp(v)
+        full = s.saved_graph_bytes
+        assert s.cached_batches == 3
+    del s
+    gc.collect()
+    tracked.clear()
+    # One byte short of the whole graph: the first two of the three batches stay cached, the third is
+    # recomputed at every HVP, and the product is still exact.
+    with il.Probe((x, y), F.cross_entropy, batch_size=4, max_graph_bytes=full - 1).session(model) as s:
+        first = s.hvp(v)
+        assert s.cached_batches == 2 and s.saved_graph_bytes <= full - 1
+        kept = sum(r() is not None for r in tracked)
+        second = s.hvp(v)
+        gc.collect()
+        # The over-limit batch's graph died with the cache attempt; the recomputed one with its HVP.
+        assert sum(r() is not None for r in tracked) == kept < len(tracked)
+    torch.testing.assert_close(first, H @ v, rtol=1e-10, atol=1e-12)
+    assert torch.equal(first, second)
+    del s
+    gc.collect()
+    assert all(r() is None for r in tracked)
+
+
 def test_in_place_change_of_a_saved_tensor_is_still_caught():
     # Autograd does not check saved-tensor versions when hooks pack them; the probe's hook does.
     counter = probe_module._SavedBytes(1 << 30)
