@@ -5,6 +5,8 @@ holds ``events.out.tfevents.*`` files; a folder of such folders is expanded), an
 
 - ``training_curves.png``: training loss, test loss and test accuracy per epoch;
 - ``spectrum.png``: λ_1 … λ_k over training with the stability threshold 2/η, and the final SLQ density;
+  a band of ±2 standard errors around each eigenvalue whose run logged ``lambda_i_stderr``
+  (``uncertainty="jackknife"``), likewise around tr(H) and sharpness in ``metric_comparison.png``;
 - ``metric_comparison.png``: every geometry quantity over training, one line per run;
 - ``connectivity.png``: loss along the linear path from the connectivity reference (the weights at
   attach time by default; the previous firing's with ``reference="previous"``) to the current weights;
@@ -42,6 +44,7 @@ from typing import Any
 
 import numpy as np
 
+from ignite_landscape.measures.jackknife import INTERVAL_Z
 from ignite_landscape.plots import finite_grid
 
 __all__ = [
@@ -58,6 +61,7 @@ __all__ = [
     "correlate",
     "correlations",
     "figure_curvature",
+    "stderr_rows",
     "write_report",
     "main",
 ]
@@ -555,6 +559,62 @@ METRICS: tuple[_Metric, ...] = (
 )
 
 
+# The standard error logged next to a metric, drawn as its band (±INTERVAL_Z) where the run has it.
+_STDERR_TAGS = {
+    "lambda_max": "landscape/hessian/lambda_max_stderr",
+    "trace": "landscape/trace/stderr",
+    "sharpness": "landscape/sharpness/stderr",
+}
+BAND_NOTE = (
+    "bands: ±2 standard errors where the run logged one (the jackknife over probe chunks with "
+    "uncertainty='jackknife', else the estimator's own)"
+)
+
+
+def _band(ax: Any, s: Series, err: Series | None, color: str) -> bool:
+    """Shade ``s ± INTERVAL_Z·err`` at the steps both were logged; whether anything was drawn."""
+    if err is None:
+        return False
+    steps = np.intersect1d(s.steps, err.steps)
+    v = np.array([s.at(t) for t in steps])
+    e = np.array([err.at(t) for t in steps])
+    ok = np.isfinite(v) & np.isfinite(e)
+    if not ok.any():
+        return False
+    ax.fill_between(steps[ok], v[ok] - INTERVAL_Z * e[ok], v[ok] + INTERVAL_Z * e[ok], color=color, alpha=0.2, lw=0)
+    ax.errorbar(steps[ok], v[ok], yerr=INTERVAL_Z * e[ok], fmt="none", ecolor=color, elinewidth=0.8, capsize=2)
+    return True
+
+
+def stderr_rows(run: RunData) -> list[tuple[str, float, float, str]]:
+    """``(quantity tag, last value, its standard error, "jackknife" | "estimator")`` for every landscape tag
+    ``q`` logged with ``q_stderr`` (or ``…/value`` with ``…/stderr``), at the last step both were logged."""
+    rows = []
+    for tag in sorted(run.scalars):
+        if not tag.startswith("landscape/") or tag.endswith("estimator_stderr"):
+            continue
+        if tag.endswith("/stderr"):
+            base = tag[: -len("stderr")] + "value"
+        elif tag.endswith("_stderr"):
+            base = tag[: -len("_stderr")]
+        else:
+            continue
+        handler = tag.split("/")[1]
+        if tag.endswith("/lambda_max_stderr") and f"landscape/{handler}/lambda_1_stderr" in run.scalars:
+            continue  # λ_max is λ_1
+        s, e = run.series(base), run.series(tag)
+        if s is None or e is None:
+            continue
+        steps = np.intersect1d(s.steps, e.steps)
+        if steps.size == 0:
+            continue
+        # A handler with uncertainty='jackknife' logs its intervals (q_lo); without, a stderr is the estimator's.
+        jackknife = any(t.endswith("_lo") for t in run.landscape_tags(handler))
+        kind = "jackknife" if jackknife else "estimator"
+        rows.append((base, s.at(int(steps[-1])), e.at(int(steps[-1])), kind))
+    return rows
+
+
 def _accuracy_tag(run: RunData, requested: str | None) -> str | None:
     if requested is not None:
         return requested if run.series(requested) is not None else None
@@ -791,18 +851,20 @@ def figure_spectrum(runs: Sequence[RunData], path: Path) -> Path | None:
     for row, run in enumerate(shown):
         ax = fig.add_subplot(len(shown), 2, 2 * row + 1)
         tags = _eigen_tags(run) or ["landscape/hessian/lambda_max"]
+        banded = False
         for j, tag in enumerate(tags):
             s = run.series(tag)
             if s is not None:
                 label = "λ_" + tag.rsplit("_", 1)[1] if tag[-1].isdigit() else "λ_max"
                 ax.plot(s.steps, s.values, marker=".", color=_color(j), alpha=1.0 if j == 0 else 0.6, label=label)
+                banded |= _band(ax, s, run.series(tag + "_stderr"), _color(j))
         thr = _threshold(run)
         if thr is not None:
             ax.plot(thr.steps, thr.values, "k--", lw=1.2, label=_threshold_label(run))
         lmin = run.series("landscape/hessian/lambda_min")
         if lmin is not None:
             ax.plot(lmin.steps, lmin.values, ":", color="0.4", label="λ_min")
-        ax.set_title(f"{run.name}: top Hessian eigenvalues", fontsize=10)
+        ax.set_title(f"{run.name}: top Hessian eigenvalues" + (" ± 2 stderr" if banded else ""), fontsize=10)
         ax.set_xlabel("step")
         ax.set_ylabel("eigenvalue")
         ax.legend(fontsize="x-small", ncol=2)
@@ -829,6 +891,7 @@ def figure_spectrum(runs: Sequence[RunData], path: Path) -> Path | None:
             _probe_note(shown[0]) + "; eigenvalues of the Hessian of the mean probe loss (Lanczos, exact HVPs)",
             "2/η: stability threshold of gradient descent with step η ((2+2β)/η with heavy-ball momentum β)",
             "density: stochastic Lanczos quadrature, Gaussian-smoothed; negative mass = Σ_{λ<0}|λ| / Σ|λ|",
+            BAND_NOTE if any(stderr_rows(r) for r in shown) else "",
         ],
     )
     return _save(fig, path)
@@ -839,13 +902,16 @@ def figure_metric_comparison(runs: Sequence[RunData], path: Path) -> Path | None
     present = [m for m in METRICS if any(m.get(r) is not None for r in runs)]
     if not present:
         return None
-    fig, rows, cols = _panel_figure(len(present), footer_lines=3)
+    fig, rows, cols = _panel_figure(len(present), footer_lines=4)
+    banded = False
     for k, m in enumerate(present):
         ax = fig.add_subplot(rows, cols, k + 1)
         for i, run in enumerate(runs):
             s = m.get(run)
             if s is not None:
                 ax.plot(s.steps, s.values, marker=".", color=_color(i), label=run.name)
+                if m.key in _STDERR_TAGS:
+                    banded |= _band(ax, s, run.series(_STDERR_TAGS[m.key]), _color(i))
         if m.key == "lambda_over_threshold":
             ax.axhline(1.0, color="k", ls="--", lw=0.8)
         ax.set_title(m.label, fontsize=10)
@@ -855,7 +921,9 @@ def figure_metric_comparison(runs: Sequence[RunData], path: Path) -> Path | None
     fig.suptitle("Landscape metrics across runs")
     _footer(
         fig,
-        [_probe_note(runs[0]) + "; " + _sharpness_note(runs[0])] + [f"{m.label}: {m.definition}" for m in present[:2]],
+        [_probe_note(runs[0]) + "; " + _sharpness_note(runs[0])]
+        + [f"{m.label}: {m.definition}" for m in present[:2]]
+        + [BAND_NOTE if banded else ""],
     )
     return _save(fig, path)
 
@@ -1437,6 +1505,24 @@ def _summary_markdown(
         "|λ_min|/λ_max and the negative spectral mass describe its negative part instead.",
         "",
     ]
+    errs = [(r.name, row) for r in runs for row in stderr_rows(r)]
+    if errs:
+        lines += [
+            "## Error bars",
+            "",
+            "Last logged value of each quantity with a standard error, and the interval value ± 2 stderr. "
+            "*jackknife*: over chunks of the probe's samples (`uncertainty='jackknife'`: how much the number would "
+            "move on another probe of the same size); *estimator*: the estimator's own (random vectors or draws).",
+            "",
+            "| run | quantity | value | stderr | value ± 2 stderr | kind |",
+            "|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {_md(name)} | {tag.removeprefix('landscape/')} | {_fmt(v)} | {_fmt(e, 3)} | "
+            f"[{_fmt(v - INTERVAL_Z * e)}, {_fmt(v + INTERVAL_Z * e)}] | {kind} |"
+            for name, (tag, v, e, kind) in errs
+        ]
+        lines.append("")
     lines += ["## Definitions", ""]
     for run in runs:
         lines.append(f"- {run.name}: {_probe_note(run)}; {_sharpness_note(run)}; {_slice_note(run)}")

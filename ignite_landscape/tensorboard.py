@@ -14,7 +14,9 @@ fired it; ``global_step_transform=`` chooses another step):
 * the 2D slice as a 3D mesh (``add_mesh``): vertex colours by loss, a camera that frames the whole
   surface, at most ``max_mesh_faces`` triangles,
 * a custom-scalars layout (λ_1 … λ_k with the stability threshold on one chart, sharpness variants
-  on another, …), once per writer,
+  on another, …), once per writer, and a *margin* chart (the curve in its band) for every quantity ``q``
+  whose result logs ``q_lo`` and ``q_hi`` next to it (the error bars of ``uncertainty="jackknife"``); the
+  layout is written again when a later firing brings a new band,
 * a text summary table of the latest values.
 
 It works with either writer Ignite picks (tensorboardX if installed, else ``torch.utils.tensorboard``)
@@ -40,7 +42,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import ignite.distributed as idist
@@ -52,13 +54,14 @@ from ignite.handlers.tensorboard_logger import TensorboardLogger
 
 from ignite_landscape.handlers.base import Firing
 from ignite_landscape.measures.connectivity import Interpolation
+from ignite_landscape.measures.jackknife import INTERVAL_Z
 from ignite_landscape.measures.layerwise import LAYER_QUANTITIES, LayerwiseCurvatureResult
 from ignite_landscape.measures.sharpness import SharpnessResult
 from ignite_landscape.measures.slices import LossSliceResult
 from ignite_landscape.measures.spectrum import HessianDensityResult, HessianEigenvalues, HessianTraceResult
 from ignite_landscape.measures.trajectory import TrajectoryPlaneResult
 
-__all__ = ["LandscapeLogHandler", "slice_mesh", "custom_scalars_layout", "summary_table"]
+__all__ = ["LandscapeLogHandler", "slice_mesh", "custom_scalars_layout", "margin_tags", "summary_table"]
 
 # Not named `logger`: __call__ receives Ignite's TensorboardLogger under that name.
 _log = logging.getLogger(__name__)
@@ -149,18 +152,40 @@ def slice_mesh(
     )
 
 
-def custom_scalars_layout(sharpness_names: Sequence[str] = (), trace_names: Sequence[str] = ()) -> dict[str, Any]:
-    """The custom-scalars layout: one chart per family of landscape scalars (tags are regexes).
+def margin_tags(name: str, scalars: Mapping[str, float]) -> list[tuple[str, str, str]]:
+    """``(value, lower, upper)`` tags of every quantity ``q`` whose scalars hold ``q``, ``q_lo`` and ``q_hi``.
+
+    Example:
+        >>> margin_tags("trace", {"value": 3.0, "stderr": 0.5, "value_lo": 2.0, "value_hi": 4.0})
+        [('landscape/trace/value', 'landscape/trace/value_lo', 'landscape/trace/value_hi')]
+    """
+    out = []
+    for key in scalars:
+        if key.endswith("_lo") and key[:-3] in scalars and key[:-3] + "_hi" in scalars:
+            q = f"landscape/{name}/{key[:-3]}"
+            out.append((q, q + "_lo", q + "_hi"))
+    return out
+
+
+def custom_scalars_layout(
+    sharpness_names: Sequence[str] = (),
+    trace_names: Sequence[str] = (),
+    margins: Sequence[tuple[str, str, str]] = (),
+) -> dict[str, Any]:
+    """The custom-scalars layout: one chart per family of landscape scalars (tags are regexes), and a margin
+    chart per band.
 
     Args:
         sharpness_names: names of sharpness handlers beyond the default ``sharpness*`` pattern.
         trace_names: names of trace handlers beyond ``trace*``.
+        margins: ``(value, lower, upper)`` scalar tags (exact tags, not regexes: TensorBoard's margin charts
+            take no pattern), each drawn as the value in its band under the ``landscape error bars`` category.
     """
 
     def alternatives(default: str, names: Sequence[str]) -> str:
         return "(" + "|".join([default] + [_re_escape(n) for n in names]) + ")"
 
-    return {
+    layout: dict[str, Any] = {
         "landscape": {
             "Hessian eigenvalues and stability threshold": [
                 "Multiline",
@@ -184,6 +209,12 @@ def custom_scalars_layout(sharpness_names: Sequence[str] = (), trace_names: Sequ
             "Seconds per firing": ["Multiline", [r"landscape/[^/]+/seconds$"]],
         }
     }
+    if margins:
+        layout["landscape error bars"] = {
+            f"{value.removeprefix('landscape/')} ± {INTERVAL_Z:g} stderr": ["Margin", [value, lo, hi]]
+            for value, lo, hi in margins
+        }
+    return layout
 
 
 def _re_escape(name: str) -> str:
@@ -271,6 +302,7 @@ class LandscapeLogHandler(BaseHandler):
         self._slices: dict[str, list[tuple[str, Any]]] = {}
         self._layers: dict[str, list[tuple[str, LayerwiseCurvatureResult]]] = {}
         self._layout_writers: set[int] = set()
+        self._margins: dict[int, list[tuple[str, str, str]]] = {}
         self._warned_order = False
 
     def __call__(self, engine: Engine, logger: TensorboardLogger, event_name: Any) -> None:
@@ -290,12 +322,18 @@ class LandscapeLogHandler(BaseHandler):
         if not isinstance(step, int):
             raise TypeError(f"global_step must be an int, got {type(step).__name__}: check global_step_transform")
         writer = logger.writer
-        if self.custom_scalars and id(writer) not in self._layout_writers:
-            results = getattr(engine.state, "landscape", {}) or {}
-            sharp = [n for n, r in results.items() if isinstance(r, SharpnessResult)]
-            trace = [n for n, r in results.items() if isinstance(r, HessianTraceResult)]
-            writer.add_custom_scalars(custom_scalars_layout(sharp, trace))
-            self._layout_writers.add(id(writer))
+        if self.custom_scalars:
+            # Margin charts name exact tags, so the layout learns each band from the firings that log one and
+            # is written again (TensorBoard shows the last layout) when a later firing brings a new one.
+            margins = self._margins.setdefault(id(writer), [])
+            new = [t for name, f in fresh for t in margin_tags(name, f.scalars) if t not in margins]
+            margins.extend(new)
+            if id(writer) not in self._layout_writers or new:
+                results = getattr(engine.state, "landscape", {}) or {}
+                sharp = [n for n, r in results.items() if isinstance(r, SharpnessResult)]
+                trace = [n for n, r in results.items() if isinstance(r, HessianTraceResult)]
+                writer.add_custom_scalars(custom_scalars_layout(sharp, trace, margins))
+                self._layout_writers.add(id(writer))
         if not self._warned_order and any(f.iteration != engine.state.iteration for _, f in fresh):
             _log.warning(
                 "LandscapeLogHandler: logging results computed at an earlier iteration; attach it after the "

@@ -30,6 +30,7 @@ from ignite_landscape.measures.gradstats import (
     _gradient_statistics,
     initial_weights,
 )
+from ignite_landscape.measures.jackknife import JACKKNIFE_CHUNKS
 from ignite_landscape.params import unwrap_model
 from ignite_landscape.probe import Probe
 
@@ -56,18 +57,35 @@ class GradientStatistics(LandscapeHandler):
         model: the trained model.
         probe: the fixed samples, ``model_mode="eval"`` (at least 2).
         chunk_size: per-sample gradients computed at once.
+        uncertainty: ``"jackknife"``: error bars on ``gsnr`` and ``fisher_trace`` from the same per-sample
+            gradients (scalars ``<q>_stderr``, ``<q>_lo``, ``<q>_hi``; see
+            :func:`~ignite_landscape.gradient_statistics`).
+        jackknife_chunks: ``K``, the chunks of the jackknife (``2 ≤ K ≤`` the probe's samples).
         **kwargs: ``name``, ``params``, ``seed``, ``on_error``, ``progress`` (see :class:`LandscapeHandler`).
 
     Raises:
-        TypeError, ValueError: for a bad ``chunk_size``, a train-mode probe or one of fewer than 2 samples.
+        TypeError, ValueError: for a bad ``chunk_size``, ``uncertainty`` or ``jackknife_chunks``, a train-mode
+            probe or one of fewer than 2 samples.
     """
 
     default_name = "gradstats"
 
-    def __init__(self, model: nn.Module, probe: Probe, *, chunk_size: int | None = None, **kwargs: Any) -> None:
-        self.options = GradStatsOptions(chunk_size)
+    def __init__(
+        self,
+        model: nn.Module,
+        probe: Probe,
+        *,
+        chunk_size: int | None = None,
+        uncertainty: str | None = None,
+        jackknife_chunks: int = JACKKNIFE_CHUNKS,
+        **kwargs: Any,
+    ) -> None:
+        self.options = GradStatsOptions(chunk_size, uncertainty, jackknife_chunks)
         super().__init__(model, probe, **kwargs)
         self.options.check_probe(probe)
+        self.options.check_uncertainty(probe)
+        self.uncertainty = uncertainty
+        self.jackknife_chunks = jackknife_chunks
         self.chunk_size = chunk_size
         self.initial: dict[str, torch.Tensor] | None = None
         self.previous: dict[str, torch.Tensor] | None = None

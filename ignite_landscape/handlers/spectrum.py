@@ -44,6 +44,7 @@ from torch import nn
 from ignite_landscape.curvature import check_curvature
 from ignite_landscape.handlers.base import LandscapeHandler, _check_choice, _check_int, _check_positive
 from ignite_landscape.linalg.random import generator
+from ignite_landscape.measures.jackknife import JACKKNIFE_CHUNKS, check_uncertainty
 from ignite_landscape.measures.spectrum import (
     DensityOptions,
     HessianEigenvalues,
@@ -235,6 +236,12 @@ class HessianSpectrum(LandscapeHandler):
             Ignored for normalised losses (a mean), whose curvature does not depend on the batch size.
         curvature: the matrix whose eigenvalues are tracked: ``"hessian"``, ``"ggn"``, ``"fisher"`` or
             ``"empirical_fisher"`` (the stability threshold and the preconditioned sharpness refer to the Hessian).
+        uncertainty: ``"jackknife"``: error bars on the eigenvalues over the probe's samples (see
+            :func:`~ignite_landscape.hessian_eigenvalues`): ``jackknife_chunks`` more Lanczos runs per firing,
+            each on the probe without one chunk and warm-started from this firing's eigenvectors. Adds the
+            scalars ``lambda_max_stderr``, ``lambda_i_stderr``, ``lambda_i_lo``/``lambda_i_hi`` (±2 stderr)
+            and ``uncertainty_hvps``; the result's ``stderr`` (kept in the history) and ``interval``.
+        jackknife_chunks: ``K``, the chunks of the jackknife (``2 ≤ K ≤`` the probe's samples).
         **kwargs: ``name``, ``params``, ``seed``, ``on_error``, ``progress`` (see :class:`LandscapeHandler`).
 
     Example:
@@ -271,10 +278,15 @@ class HessianSpectrum(LandscapeHandler):
         track_eigenspace: bool = False,
         num_random: int = 2,
         train_batch_size: int | None = None,
+        uncertainty: str | None = None,
+        jackknife_chunks: int = JACKKNIFE_CHUNKS,
         **kwargs: Any,
     ) -> None:
         super().__init__(model, probe, **kwargs)
         self.curvature = check_curvature(curvature)
+        check_uncertainty(uncertainty, jackknife_chunks, probe)
+        self.uncertainty = uncertainty
+        self.jackknife_chunks = jackknife_chunks
         _check_int("k", k, 1)
         self.num_random = _check_int("num_random", num_random, 1)
         if not isinstance(track_eigenspace, bool):
@@ -390,6 +402,8 @@ class HessianSpectrum(LandscapeHandler):
             return_eigenvectors=True,
             curvature=self.curvature,
             num_random=self.num_random,
+            uncertainty=self.uncertainty,
+            jackknife_chunks=self.jackknife_chunks,
         )
         ok = bool(torch.isfinite(result.eigenvalues).all()) and result.eigenvectors is not None
         current = result.eigenvectors.detach().clone() if ok else None
@@ -489,6 +503,8 @@ class HessianSpectrum(LandscapeHandler):
             space=result.space,
             eigenvectors=None,
             tol=result.tol,
+            stderr=result.stderr,
+            uncertainty_hvps=result.uncertainty_hvps,
         )
 
     def _extra_state(self) -> dict[str, Any]:
@@ -504,7 +520,8 @@ class HessianSpectrum(LandscapeHandler):
 class HessianTrace(LandscapeHandler):
     """Hessian trace by Hutch++ (or Hutchinson) with the same random vectors at every firing.
 
-    Scalars: ``value``, ``stderr``, ``mean_eigenvalue``, ``num_hvps``.
+    Scalars: ``value``, ``stderr``, ``mean_eigenvalue``, ``num_hvps``; with ``uncertainty="jackknife"`` also
+    ``value_lo``, ``value_hi`` (±2 stderr), ``estimator_stderr`` and ``uncertainty_hvps``.
 
     Args:
         model: the trained model.
@@ -513,6 +530,10 @@ class HessianTrace(LandscapeHandler):
         num_hvps: budget of Hessian-vector products per firing (at least 6 for Hutch++ and ``"auto"``, 2 for
             Hutchinson).
         curvature: ``"hessian"``, ``"ggn"``, ``"fisher"`` or ``"empirical_fisher"`` (``"exact"`` is for the Hessian).
+        uncertainty: ``"jackknife"``: ``stderr`` is the jackknife standard error over the probe's samples
+            (``jackknife_chunks`` more trace estimates per firing, with the same random vectors), the
+            estimator's own goes to ``estimator_stderr`` (see :func:`~ignite_landscape.hessian_trace`).
+        jackknife_chunks: ``K``, the chunks of the jackknife (``2 ≤ K ≤`` the probe's samples).
         **kwargs: ``name``, ``params``, ``seed``, ``on_error``, ``progress``.
 
     Example:
@@ -533,6 +554,8 @@ class HessianTrace(LandscapeHandler):
         method: str = "hutch++",
         num_hvps: int = 60,
         curvature: str = "hessian",
+        uncertainty: str | None = None,
+        jackknife_chunks: int = JACKKNIFE_CHUNKS,
         **kwargs: Any,
     ) -> None:
         # The same checks hessian_trace() makes: a budget too small for the method fails here, not at every firing.
@@ -540,10 +563,13 @@ class HessianTrace(LandscapeHandler):
         check_curvature(curvature)
         if method == "exact" and curvature != "hessian":
             raise ValueError(f"method='exact' computes the Hessian's trace: use curvature='hessian', got {curvature!r}")
+        check_uncertainty(uncertainty, jackknife_chunks, probe)
         super().__init__(model, probe, **kwargs)
         self.method = method
         self.num_hvps = num_hvps
         self.curvature = curvature
+        self.uncertainty = uncertainty
+        self.jackknife_chunks = jackknife_chunks
 
     def expected_keys(self) -> list[str]:
         return ["value", "stderr"]
@@ -557,6 +583,8 @@ class HessianTrace(LandscapeHandler):
             params=self.params,
             seed=self.seed,
             curvature=self.curvature,
+            uncertainty=self.uncertainty,
+            jackknife_chunks=self.jackknife_chunks,
         )
 
 

@@ -22,6 +22,12 @@ Given earlier weights it also measures the path (no probe needed for these):
 Cost: one forward and backward per sample through ``vmap`` (about one gradient of the probe, less
 batched), at most ``chunk_size × P`` numbers held at once, plus ``3P`` float64 running sums.
 
+With ``uncertainty="jackknife"``: the delete-a-group jackknife standard error of ``gsnr`` and ``fisher_trace``
+over ``K`` contiguous chunks of the probe (:mod:`~ignite_landscape.measures.jackknife`), from the same
+per-sample gradients: each chunk's moments are kept (``2KP`` more float64 numbers) and each leave-one-chunk-out
+value is computed from the other chunks' moments merged, so no gradient is computed twice. The per-sample
+gradients are the full probe's (``n·∇ℓ_i``; for a mean loss each sample's own gradient, as on any subset).
+
 Example:
     >>> import torch
     >>> from ignite_landscape import Probe
@@ -34,6 +40,7 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -41,6 +48,14 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ignite_landscape.measures.jackknife import (
+    JACKKNIFE_CHUNKS,
+    check_uncertainty,
+    interval,
+    interval_scalars,
+    jackknife_stderr,
+    warn_if_wide,
+)
 from ignite_landscape.measures.persample import check_per_sample_mode, per_sample_moments
 from ignite_landscape.params import ParamsArg, ParamSpace, unwrap_model
 from ignite_landscape.probe import Probe
@@ -61,16 +76,22 @@ class GradStatsOptions:
     Attributes:
         chunk_size: per-sample gradients computed at once (``None``: as many as fit in
             :data:`~ignite_landscape.measures.persample.CHUNK_BYTES`).
+        uncertainty: ``"jackknife"`` for standard errors of ``gsnr`` and ``fisher_trace``, or ``None``.
+        jackknife_chunks: ``K``, the chunks of the jackknife.
 
     Raises:
-        TypeError, ValueError: for a ``chunk_size`` that is not a positive int.
+        TypeError, ValueError: for a ``chunk_size`` that is not a positive int, or a bad ``uncertainty`` or
+            ``jackknife_chunks``.
     """
 
     chunk_size: int | None = None
+    uncertainty: str | None = None
+    jackknife_chunks: int = JACKKNIFE_CHUNKS
 
     def __post_init__(self) -> None:
         if self.chunk_size is not None:
             check_int("chunk_size", self.chunk_size, 1)
+        check_uncertainty(self.uncertainty, self.jackknife_chunks)
 
     @staticmethod
     def check_probe(probe: Probe) -> None:
@@ -81,6 +102,10 @@ class GradStatsOptions:
             probe.model_mode,
             "build the probe with model_mode='eval' (probe.with_model_mode('eval') shares the samples)",
         )
+
+    def check_uncertainty(self, probe: Probe) -> None:
+        """Raise if the jackknife cannot work on ``probe`` (more chunks than samples, a sharded probe)."""
+        check_uncertainty(self.uncertainty, self.jackknife_chunks, probe)
 
 
 @dataclass
@@ -102,6 +127,9 @@ class GradientStatisticsResult:
         layer_update_norm: ``‖Δθ‖`` per layer.
         layer_relative_update: ``‖Δθ‖/‖θ‖`` per layer (NaN for a layer whose weights are all zero).
         chunk_size: per-sample gradients held at once.
+        uncertainty: ``"jackknife"`` when the standard errors below were computed, else ``None``.
+        gsnr_stderr: the jackknife standard error of ``gsnr`` over probe chunks (``None`` without ``uncertainty``).
+        fisher_trace_stderr: the same for ``fisher_trace``.
     """
 
     fisher_trace: float
@@ -118,6 +146,19 @@ class GradientStatisticsResult:
     layer_update_norm: dict[str, float] = field(default_factory=dict)
     layer_relative_update: dict[str, float] = field(default_factory=dict)
     chunk_size: int = 0
+    uncertainty: str | None = None
+    gsnr_stderr: float | None = None
+    fisher_trace_stderr: float | None = None
+
+    @property
+    def gsnr_interval(self) -> tuple[float, float] | None:
+        """``gsnr ± INTERVAL_Z·gsnr_stderr`` as ``(lo, hi)`` (``None`` without ``uncertainty``)."""
+        return None if self.gsnr_stderr is None else interval(self.gsnr, self.gsnr_stderr)
+
+    @property
+    def fisher_trace_interval(self) -> tuple[float, float] | None:
+        """``fisher_trace ± INTERVAL_Z·fisher_trace_stderr`` as ``(lo, hi)`` (``None`` without ``uncertainty``)."""
+        return None if self.fisher_trace_stderr is None else interval(self.fisher_trace, self.fisher_trace_stderr)
 
     def histograms(self) -> dict[str, torch.Tensor]:
         """Distributions the TensorBoard log handler writes as histograms: ``sample_grad_norms``."""
@@ -126,7 +167,8 @@ class GradientStatisticsResult:
     def scalars(self) -> dict[str, float]:
         """``fisher_trace``, ``gsnr``, ``grad_norm``, ``trace_sigma``, the sample-norm mean/median/max, and when
         known ``distance_from_init``, ``update_norm``, ``relative_update``; per layer ``gsnr/<layer>``,
-        ``update_norm/<layer>``, ``relative_update/<layer>``."""
+        ``update_norm/<layer>``, ``relative_update/<layer>``; with ``uncertainty`` ``gsnr_stderr``,
+        ``gsnr_lo``, ``gsnr_hi`` and the same for ``fisher_trace``."""
         out = {
             "fisher_trace": self.fisher_trace,
             "gsnr": self.gsnr,
@@ -147,6 +189,10 @@ class GradientStatisticsResult:
             out[f"update_norm/{label}"] = value
         for label, value in self.layer_relative_update.items():
             out[f"relative_update/{label}"] = value
+        if self.gsnr_stderr is not None:
+            out.update(interval_scalars("gsnr", self.gsnr, self.gsnr_stderr))
+        if self.fisher_trace_stderr is not None:
+            out.update(interval_scalars("fisher_trace", self.fisher_trace, self.fisher_trace_stderr))
         return out
 
 
@@ -158,6 +204,8 @@ def gradient_statistics(
     initial: Mapping[str, torch.Tensor] | None = None,
     previous: Mapping[str, torch.Tensor] | None = None,
     params: ParamsArg = None,
+    uncertainty: str | None = None,
+    jackknife_chunks: int = JACKKNIFE_CHUNKS,
 ) -> GradientStatisticsResult:
     """Per-sample gradient norms, GSNR and Fisher trace on the probe; distance and update from earlier weights.
 
@@ -169,16 +217,21 @@ def gradient_statistics(
         initial: ``{name: tensor}`` weights ``θ₀`` for ``distance_from_init`` (every selected parameter).
         previous: ``{name: tensor}`` weights ``θ_prev`` for ``update_norm`` and ``relative_update``.
         params: restrict to a subset of parameters.
+        uncertainty: ``"jackknife"``: also ``gsnr_stderr`` and ``fisher_trace_stderr``, jackknife standard errors
+            over ``jackknife_chunks`` contiguous probe chunks, from the same per-sample gradients (no extra
+            gradient; ``2·K·P`` float64 numbers held).
+        jackknife_chunks: ``K``, the chunks of the jackknife (``2 ≤ K ≤`` the probe's samples).
 
     Returns:
         A :class:`GradientStatisticsResult`.
 
     Raises:
-        ValueError: on a train-mode probe, fewer than 2 samples, a bad ``chunk_size``, or ``initial``/``previous``
-            lacking a selected parameter or of the wrong shape.
+        ValueError: on a train-mode probe, fewer than 2 samples, a bad ``chunk_size``, ``uncertainty`` or
+            ``jackknife_chunks``, or ``initial``/``previous`` lacking a selected parameter or of the wrong shape.
     """
-    opts = GradStatsOptions(chunk_size)
+    opts = GradStatsOptions(chunk_size, uncertainty, jackknife_chunks)
     opts.check_probe(probe)
+    opts.check_uncertainty(probe)
     space = ParamSpace.from_model(model, params)
     for arg, weights in (("initial", initial), ("previous", previous)):
         if weights is not None:
@@ -204,8 +257,9 @@ def _gradient_statistics(
     previous: Mapping[str, torch.Tensor] | None,
     params: ParamsArg,
 ) -> GradientStatisticsResult:
+    groups = _GroupMoments(probe.num_samples, opts.jackknife_chunks) if opts.uncertainty is not None else None
     with probe.session(model, params) as s:
-        m = per_sample_moments(s, opts.chunk_size, norms=True)
+        m = per_sample_moments(s, opts.chunk_size, norms=True, visit=groups.visit if groups is not None else None)
     n = m.num_samples
     var = m.m2 / (n - 1)
     moves = var > 0
@@ -227,6 +281,14 @@ def _gradient_statistics(
         layer_gsnr=layer_gsnr,
         chunk_size=m.chunk_size,
     )
+    if groups is not None:
+        assert m.sq_norms is not None
+        gsnr_loo, fisher_loo = groups.leave_one_out(m.sq_norms)
+        result.uncertainty = opts.uncertainty
+        result.gsnr_stderr = float(jackknife_stderr(gsnr_loo))
+        result.fisher_trace_stderr = float(jackknife_stderr(fisher_loo))
+        warn_if_wide("gsnr", result.gsnr, result.gsnr_stderr)
+        warn_if_wide("fisher_trace", result.fisher_trace, result.fisher_trace_stderr)
     theta = space.flatten(space.tensors(model)).detach().double()
     if initial is not None:
         result.distance_from_init = float((theta - _flat(space, initial, theta)).norm())
@@ -238,6 +300,73 @@ def _gradient_statistics(
             result.layer_update_norm[owner] = float(d.norm())
             result.layer_relative_update[owner] = _ratio(float(d.norm()), float(w.norm()))
     return result
+
+
+def _gsnr(mean: torch.Tensor, m2: torch.Tensor, n: int) -> float:
+    """The GSNR of ``n`` samples with mean ``mean`` and centred sums of squares ``m2`` (as in the result)."""
+    var = m2 / (n - 1)
+    moves = var > 0
+    count = int(moves.sum())
+    return float((mean[moves] ** 2 / var[moves]).sum()) / count if count else math.nan
+
+
+class _GroupMoments:
+    """Per-chunk moments of the per-sample gradients, for the leave-one-chunk-out jackknife.
+
+    The probe's ``n`` samples are cut as :func:`~ignite_landscape.measures.jackknife.leave_one_out_probes`
+    cuts them (contiguous, in probe order); :meth:`visit` receives the per-sample gradients in that order.
+    """
+
+    def __init__(self, n: int, chunks: int) -> None:
+        self.bounds = [0, *itertools.accumulate(len(p) for p in torch.arange(n).tensor_split(chunks))]
+        self.count = [0] * chunks
+        self.mean: list[torch.Tensor | None] = [None] * chunks
+        self.m2: list[torch.Tensor | None] = [None] * chunks
+        self.seen = 0
+
+    def visit(self, grads: torch.Tensor) -> None:
+        lo, hi = self.seen, self.seen + grads.shape[0]
+        for j in range(len(self.count)):
+            a, b = max(lo, self.bounds[j]), min(hi, self.bounds[j + 1])
+            if a < b:
+                self._fold(j, grads[a - lo : b - lo].double())
+        self.seen = hi
+
+    def _fold(self, j: int, g: torch.Tensor) -> None:
+        c, mu = g.shape[0], g.mean(dim=0)
+        m2 = ((g - mu) ** 2).sum(dim=0)
+        if self.mean[j] is None:
+            self.count[j], self.mean[j], self.m2[j] = c, mu, m2
+            return
+        self.count[j], self.mean[j], self.m2[j] = _merge(self.count[j], self.mean[j], self.m2[j], c, mu, m2)
+
+    def leave_one_out(self, sq_norms: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(gsnr, fisher_trace)`` of each leave-one-chunk-out set of samples, as float64 ``(K,)`` tensors."""
+        k = len(self.count)
+        gsnr, fisher = [], []
+        for j in range(k):
+            n, mean, m2 = 0, None, None
+            for i in range(k):
+                if i == j:
+                    continue
+                if mean is None:
+                    n, mean, m2 = self.count[i], self.mean[i], self.m2[i]
+                else:
+                    n, mean, m2 = _merge(n, mean, m2, self.count[i], self.mean[i], self.m2[i])
+            assert mean is not None and m2 is not None
+            gsnr.append(_gsnr(mean, m2, n))
+            keep = torch.cat([sq_norms[: self.bounds[j]], sq_norms[self.bounds[j + 1] :]])
+            fisher.append(float(keep.mean()))
+        return torch.tensor(gsnr, dtype=torch.float64), torch.tensor(fisher, dtype=torch.float64)
+
+
+def _merge(
+    na: int, ma: torch.Tensor, m2a: torch.Tensor, nb: int, mb: torch.Tensor, m2b: torch.Tensor
+) -> tuple[int, torch.Tensor, torch.Tensor]:
+    # Chan et al.'s pairwise update: exact, without the cancellation of Σg² − n·ḡ².
+    n = na + nb
+    delta = mb - ma
+    return n, ma + delta * (nb / n), m2a + m2b + delta * delta * (na * nb / n)
 
 
 def _flat(space: ParamSpace, weights: Mapping[str, torch.Tensor], like: torch.Tensor) -> torch.Tensor:

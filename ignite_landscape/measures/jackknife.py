@@ -38,6 +38,9 @@ __all__ = [
     "leave_one_out_probes",
     "jackknife_stderr",
     "warn_if_wide",
+    "INTERVAL_Z",
+    "interval",
+    "interval_scalars",
 ]
 
 logger = logging.getLogger(__name__)
@@ -46,6 +49,9 @@ UNCERTAINTIES = ("jackknife",)
 JACKKNIFE_CHUNKS = 10
 # A standard error above this share of |value| makes the interval value ± 2·stderr wider than the value.
 WIDE = 0.5
+# The interval every result exposes and logs: value ± 2·stderr (about 95% if the value is roughly normal;
+# with K = 10 chunks a t quantile would be 2.26, so it is an indication, not an exact coverage).
+INTERVAL_Z = 2.0
 _warned: set[str] = set()
 
 
@@ -110,3 +116,17 @@ def warn_if_wide(quantity: str, value: float, stderr: float) -> None:
         value,
         stderr,
     )
+
+
+def interval(value: float, stderr: float) -> tuple[float, float]:
+    """The interval ``value ± INTERVAL_Z·stderr`` as ``(lo, hi)``."""
+    return value - INTERVAL_Z * stderr, value + INTERVAL_Z * stderr
+
+
+def interval_scalars(key: str, value: float, stderr: float, stderr_key: str | None = None) -> dict[str, float]:
+    """``{<key>_stderr: stderr, <key>_lo: lo, <key>_hi: hi}`` (``stderr_key`` renames the first), for logging.
+
+    The TensorBoard log handler draws a band wherever a result's scalars hold ``q``, ``q_lo`` and ``q_hi``.
+    """
+    lo, hi = interval(value, stderr)
+    return {stderr_key or f"{key}_stderr": stderr, f"{key}_lo": lo, f"{key}_hi": hi}

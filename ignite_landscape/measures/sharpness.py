@@ -67,6 +67,8 @@ from ignite_landscape.linalg import generator
 from ignite_landscape.measures.jackknife import (
     JACKKNIFE_CHUNKS,
     check_uncertainty,
+    interval,
+    interval_scalars,
     jackknife_stderr,
     leave_one_out_probes,
     subset_probe,
@@ -242,7 +244,17 @@ class SharpnessResult:
             out["num_chunks"] = float(self.num_chunks)
         if self.estimator_stderr is not None:
             out["estimator_stderr"] = self.estimator_stderr
+        if self.uncertainty is not None and self.stderr is not None:
+            out.update(interval_scalars("value", self.value, self.stderr, stderr_key="stderr"))
         return out
+
+    @property
+    def interval(self) -> tuple[float, float] | None:
+        """With ``uncertainty``: ``value ± INTERVAL_Z·stderr`` as ``(lo, hi)`` (logged as ``value_lo``/``value_hi``),
+        else ``None``."""
+        if self.uncertainty is None or self.stderr is None:
+            return None
+        return interval(self.value, self.stderr)
 
 
 def _norm(v: torch.Tensor, norm: str) -> float:

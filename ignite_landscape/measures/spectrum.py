@@ -37,8 +37,11 @@ from ignite_landscape.linalg import (
 )
 from ignite_landscape.measures.diagonal import ExactUnsupportedError, diagonal_result, session_hessian_diagonal
 from ignite_landscape.measures.jackknife import (
+    INTERVAL_Z,
     JACKKNIFE_CHUNKS,
     check_uncertainty,
+    interval,
+    interval_scalars,
     jackknife_stderr,
     leave_one_out_probes,
     warn_if_wide,
@@ -109,6 +112,13 @@ class HessianEigenvalues:
             return float("nan")
         return float(self.eigenvalues.min()) if self.which == "both" else float(self.eigenvalues[0])
 
+    @property
+    def interval(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(lo, hi)``: each eigenvalue ± ``INTERVAL_Z``·its standard error (``None`` without ``stderr``)."""
+        if self.stderr is None:
+            return None
+        return self.eigenvalues - INTERVAL_Z * self.stderr, self.eigenvalues + INTERVAL_Z * self.stderr
+
     def eigenvector(self, i: int) -> dict[str, torch.Tensor]:
         """Eigenvector ``i`` as ``{parameter name: tensor}``."""
         if self.eigenvectors is None:
@@ -116,7 +126,11 @@ class HessianEigenvalues:
         return self.space.unflatten(self.eigenvectors[i])
 
     def scalars(self) -> dict[str, float]:
-        """Named scalars (``lambda_max``, ``lambda_1`` … ``lambda_k``, ``lambda_min``, ``num_hvps``)."""
+        """Named scalars (``lambda_max``, ``lambda_1`` … ``lambda_k``, ``lambda_min``, ``num_hvps``).
+
+        With ``stderr``: ``lambda_max_stderr`` (``lambda_min_stderr``), each ``lambda_i`` (``lambda_min_i``)
+        with ``_stderr``, ``_lo`` and ``_hi`` (the :attr:`interval`), and ``uncertainty_hvps``.
+        """
         out: dict[str, float] = {}
         if self.which == "smallest":
             for i, v in enumerate(self.eigenvalues.tolist(), 1):
@@ -131,8 +145,26 @@ class HessianEigenvalues:
                 out["lambda_min"] = self.lambda_min
         out["num_hvps"] = float(self.num_hvps)
         out["max_relative_residual"] = float((self.residuals / self.eigenvalues.abs().clamp_min(1e-30)).max())
-        if self.stderr is not None and self.which != "smallest":
-            out["lambda_max_stderr"] = float(self.stderr[0])
+        if self.stderr is not None:
+            out.update(self._stderr_scalars())
+        return out
+
+    def _stderr_scalars(self) -> dict[str, float]:
+        assert self.stderr is not None
+        values, errs = self.eigenvalues.tolist(), self.stderr.tolist()
+        out: dict[str, float] = {}
+        if self.which == "smallest":
+            out["lambda_min_stderr"] = errs[0]
+            for i, (v, e) in enumerate(zip(values, errs), 1):
+                out.update(interval_scalars(f"lambda_min_{i}", v, e))
+        else:
+            k = len(values) // 2 if self.which == "both" else len(values)
+            out["lambda_max_stderr"] = errs[0]
+            for i, (v, e) in enumerate(zip(values[:k], errs[:k]), 1):
+                out.update(interval_scalars(f"lambda_{i}", v, e))
+            if self.which == "both":
+                out["lambda_min_stderr"] = errs[int(self.eigenvalues.argmin())]
+        out["uncertainty_hvps"] = float(self.uncertainty_hvps)
         return out
 
 
@@ -292,8 +324,13 @@ class HessianTraceResult:
     estimator_stderr: float | None = None
     uncertainty_hvps: int = 0
 
+    @property
+    def interval(self) -> tuple[float, float] | None:
+        """With ``uncertainty``: ``value ± INTERVAL_Z·stderr`` as ``(lo, hi)``, else ``None``."""
+        return interval(self.value, self.stderr) if self.uncertainty is not None else None
+
     def scalars(self) -> dict[str, float]:
-        """Named scalars for logging."""
+        """Named scalars for logging (with ``uncertainty`` also ``value_lo``, ``value_hi``, ``uncertainty_hvps``)."""
         out = {
             "value": self.value,
             "stderr": self.stderr,
@@ -302,6 +339,9 @@ class HessianTraceResult:
         }
         if self.estimator_stderr is not None:
             out["estimator_stderr"] = self.estimator_stderr
+        if self.uncertainty is not None:
+            out.update(interval_scalars("value", self.value, self.stderr, stderr_key="stderr"))
+            out["uncertainty_hvps"] = float(self.uncertainty_hvps)
         return out
 
 
