@@ -14,7 +14,7 @@ Example:
     >>> import torch
     >>> model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout())
     >>> with preserved_state(model):
-    ...     model.eval()
+    ...     _ = model.eval()
     ...     _ = torch.rand(3)  # consumes the global RNG; restored on exit
     >>> model.training
     True
