@@ -112,3 +112,103 @@ def test_training_on_cuda_is_bit_identical_with_handlers_attached() -> None:
     for k in plain:
         assert torch.equal(plain[k], probed[k]), k
     assert torch.equal(plain_rng, probed_rng)
+
+
+def _mlp_case() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 3)).double()
+    x = torch.randn(30, 5, dtype=torch.float64)
+    return model, x, torch.arange(30) % 3
+
+
+def _scalars(result: object) -> dict[str, float]:
+    scalars = result.scalars() if hasattr(result, "scalars") else {"value": float(result.value)}
+    return {k: float(v) for k, v in scalars.items() if k not in ("seconds",)}
+
+
+# Every measure added in round 2, run on the device and on the CPU from the same float64 weights: the
+# CPU results are checked against dense references in their own test files, so equality here carries
+# that exactness over to the device.
+NEW_MEASURES = {
+    "ggn_eigenvalues": lambda m, p: il.hessian_eigenvalues(m, p, k=2, tol=1e-10, curvature="ggn"),
+    "fisher_trace": lambda m, p: il.hessian_trace(m, p, num_hvps=12, curvature="fisher", seed=1),
+    "empirical_fisher_density": lambda m, p: il.hessian_density(
+        m, p, num_steps=8, num_runs=1, curvature="empirical_fisher"
+    ),
+    "gradient_overlap": lambda m, p: il.gradient_overlap(m, p, k=3, tol=1e-10),
+    "directional_curvature": lambda m, p: il.directional_curvature(m, p, direction="gradient"),
+    "batch_sharpness": lambda m, p: il.batch_sharpness(m, p, 8, num_batches=3, lr=0.1),
+    "ggn_decomposition": lambda m, p: il.ggn_decomposition(m, p, k=4, trace_hvps=12),
+    "gradient_statistics": lambda m, p: il.gradient_statistics(
+        m, p, chunk_size=7, uncertainty="jackknife", jackknife_chunks=3
+    ),
+    "noise_scale_b_noise": lambda m, p: il.gradient_noise_scale(m, p, b_noise=True, population_size=100),
+    "m_sharpness": lambda m, p: il.sharpness(m, p, rho=0.05, m=10),
+    "jackknife_eigenvalues": lambda m, p: il.hessian_eigenvalues(
+        m, p, k=2, tol=1e-10, uncertainty="jackknife", jackknife_chunks=3
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(NEW_MEASURES))
+def test_new_measures_on_the_device_equal_the_cpu(name: str) -> None:
+    model, x, y = _mlp_case()
+    cpu = NEW_MEASURES[name](model, il.Probe((x, y), F.cross_entropy, batch_size=10))
+    dev_model = copy.deepcopy(model).to(DEVICE)
+    dev = NEW_MEASURES[name](dev_model, il.Probe((x.to(DEVICE), y.to(DEVICE)), F.cross_entropy, batch_size=10))
+    expected, got = _scalars(cpu), _scalars(dev)
+    assert expected.keys() == got.keys()
+    for key, value in expected.items():
+        assert got[key] == pytest.approx(value, rel=1e-6, abs=1e-10, nan_ok=True), key
+
+
+def test_exact_trace_on_the_device_equals_the_cpu() -> None:
+    pytest.importorskip("backpack", reason="the exact trace needs the 'exact' extra (BackPACK)")
+    model, x, y = _mlp_case()
+    cpu = il.hessian_trace(model, il.Probe((x, y), F.cross_entropy), method="exact")
+    dev_model = copy.deepcopy(model).to(DEVICE)
+    dev = il.hessian_trace(dev_model, il.Probe((x.to(DEVICE), y.to(DEVICE)), F.cross_entropy), method="exact")
+    assert dev.value == pytest.approx(cpu.value, rel=1e-10)
+
+
+def test_training_on_the_device_is_bit_identical_with_the_new_handlers() -> None:
+    def run(with_handlers: bool) -> tuple[dict[str, torch.Tensor], torch.Tensor, list[int]]:
+        torch.manual_seed(0)
+        model = small_cnn(seed=1, dropout=0.3).to(DEVICE)
+        x, y = classification_data(48, (1, 6, 6), seed=2)
+        x, y = x.to(DEVICE), y.to(DEVICE)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+
+        def step(engine: Engine, i: int) -> float:
+            model.train()
+            opt.zero_grad()
+            loss = F.cross_entropy(model(x[i * 16 : i * 16 + 16]), y[i * 16 : i * 16 + 16])
+            loss.backward()
+            opt.step()
+            return loss.item()
+
+        trainer = Engine(step)
+        handlers = []
+        if with_handlers:
+            probe = il.Probe((x, y), F.cross_entropy, batch_size=16)
+            spectrum = il.HessianSpectrum(model, probe, k=2, tol=1e-3, track_eigenspace=True, curvature="ggn")
+            handlers = [
+                spectrum,
+                il.GradientOverlap(model, probe, k=2, spectrum=spectrum),
+                il.DirectionalCurvature(model, probe),
+                il.GradientStatistics(model, probe),
+                il.TrajectoryPlane(model, probe, steps=3),
+            ]
+            budget = il.Budget(10.0)
+            for h in handlers:
+                h.attach(trainer, Events.EPOCH_COMPLETED, budget=budget)
+        trainer.run(range(3), max_epochs=3)
+        fired = [sum(f.error is None for f in h.history) for h in handlers]
+        return {k: v.detach().clone() for k, v in model.state_dict().items()}, _rng_state(), fired
+
+    plain, plain_rng, _ = run(False)
+    probed, probed_rng, fired = run(True)
+    assert all(n >= 1 for n in fired), fired
+    for k in plain:
+        assert torch.equal(plain[k], probed[k]), k
+    assert torch.equal(plain_rng, probed_rng)
