@@ -14,6 +14,7 @@ Two parts, in one process:
 Example:
     python benchmarks/bench_tracking.py                      # 12 firings, probe of 256 samples
     python benchmarks/bench_tracking.py --quick              # a smoke run (2 firings, 32 samples)
+    python benchmarks/bench_tracking.py --pretrain 2         # after two epochs, where the spectrum moves slower
 """
 
 from __future__ import annotations
@@ -84,6 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tol", type=float, default=1e-5)
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--pretrain", type=int, default=0, help="epochs of SGD before the first firing")
     p.add_argument("--quick", action="store_true", help="2 firings on 32 samples (a smoke run)")
     args = p.parse_args(argv)
     if args.quick:
@@ -107,6 +109,9 @@ def main(argv: list[str] | None = None) -> None:
         opt.step()
         return loss.item()
 
+    for _ in range(args.pretrain):
+        for batch in train:
+            step(None, batch)  # type: ignore[arg-type]
     trainer = Engine(step)
     warm = il.HessianSpectrum(model, probe, k=args.k, tol=args.tol, name="warm", max_iter=400)
     cold = il.HessianSpectrum(model, probe, k=args.k, tol=args.tol, name="cold", warm_start=False, max_iter=400)
@@ -128,8 +133,8 @@ def main(argv: list[str] | None = None) -> None:
 
     trainer.run(train, max_epochs=1000)
     print(
-        f"DigitsCNN ({warm.space.numel} parameters), SGD lr {args.lr}, probe {args.samples}, "
-        f"top-{args.k}, tol {args.tol}"
+        f"DigitsCNN ({warm.space.numel} parameters), SGD lr {args.lr}, {args.pretrain} epochs before, "
+        f"probe {args.samples}, top-{args.k}, tol {args.tol}"
     )
     print("firing  iteration  HVPs warm  HVPs cold  max rel err warm  max rel err cold  converged warm/cold")
     tw = tc = 0

@@ -111,3 +111,22 @@ def test_slq_ignores_padding_after_breakdown():
     assert res.lambda_min == pytest.approx(1.0, rel=1e-10) and res.lambda_max == pytest.approx(3.0, rel=1e-10)
     assert float(res.grid[0]) >= 1.0 - 5 * res.sigma - 1e-12
     assert res.scalars()["lambda_min"] == pytest.approx(1.0, rel=1e-10)
+
+
+def test_warm_block_with_unusable_rows_is_folded_without_them():
+    # The warm block is folded into one start vector; a zero or non-finite row must neither poison it nor
+    # change the answer, and a block with nothing usable is a cold start.
+    values = torch.cat([torch.tensor([6.0, 5.0, 4.5]), torch.linspace(0.0, 4.0, 297)]).double()
+    d, perm = _shuffled_diagonal(values, 9)
+    good = torch.zeros(2, 300, dtype=torch.float64)
+    good[torch.arange(2), perm[:2]] = 1.0
+    bad = torch.stack([torch.zeros(300, dtype=torch.float64), torch.full((300,), float("nan"), dtype=torch.float64)])
+    cold = lanczos(lambda v: d * v, 300, k=3, tol=1e-9, dtype=torch.float64)
+    mixed = lanczos(lambda v: d * v, 300, k=3, tol=1e-9, dtype=torch.float64, v0=torch.cat([good, bad]))
+    clean = lanczos(lambda v: d * v, 300, k=3, tol=1e-9, dtype=torch.float64, v0=good)
+    empty = lanczos(lambda v: d * v, 300, k=3, tol=1e-9, dtype=torch.float64, v0=bad)
+    for res in (cold, mixed, clean, empty):
+        torch.testing.assert_close(res.eigenvalues, values[:3], rtol=1e-9, atol=0)
+        assert res.converged.all()
+    assert mixed.num_matvecs == clean.num_matvecs
+    assert empty.num_matvecs == cold.num_matvecs

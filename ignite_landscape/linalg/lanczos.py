@@ -15,15 +15,20 @@ reorthogonalization; from a block of random vectors, block Lanczos. Why this des
   single-vector Lanczos finds one copy of a repeated eigenvalue. The start block always holds
   ``num_random`` random vectors (2 by default), so eigenvalues of multiplicity up to ``num_random``
   (above the part of the spectrum a warm start already holds) come out with their multiplicity.
-* **Warm starts never change the answer.** A warm start puts last time's eigenvectors in the start
-  block *next to* the random vectors, and convergence asks for more than small wanted residuals: the
-  first Ritz pair *beyond* the wanted ones (the guard) must converge too, to the looser
-  ``guard_tol``. That pair is the top of what the random vectors have explored outside the wanted
-  space, so an eigenvalue that has overtaken the old k-th one — which a warm start otherwise never
-  meets — is reached before the iteration may stop, as in a cold start.
-* **Cost.** A warm start saves little: refining k old vectors and exploring for newcomers together
-  cost about what a cold start costs unless the eigenvectors barely move between calls, and the
-  second random vector costs HVPs (measured in ``benchmarks/bench_tracking.py`` and the README).
+* **Warm starts never change the answer.** A warm start folds last time's eigenvectors into the first
+  start vector (their unit sum plus a tenth of that random vector); the other random vectors stay
+  as they are, and convergence asks for more than small wanted residuals: the first Ritz pair
+  *beyond* the wanted ones (the guard) must converge too, to the looser ``guard_tol``. That pair is
+  the top of what the random vectors have explored outside the wanted space, so an eigenvalue that
+  has overtaken the old k-th one — which a warm start otherwise never meets — is reached before the
+  iteration may stop, as in a cold start.
+* **Cost.** A warm start saves little when the top of the spectrum is clustered and moves: then the
+  old eigenspace is tens of degrees off, and what costs is separating the cluster and filtering out
+  the rest, which it does not shorten. Folding the old block into one vector keeps the block width
+  (and so the polynomial degree per HVP) of a cold start; putting the k old vectors in the block as
+  they are costs k HVPs up front and grows k + 2 directions' worth of refinement, 1.2–1.3× the HVPs
+  of a cold start on the digits CNN where folding takes 0.92–0.94× (``benchmarks/bench_tracking.py``,
+  the README). The second random vector costs HVPs too.
 * **Honest residuals.** The residuals are recomputed from the stored products, not read off a
   recurrence (which keeps shrinking below what the arithmetic can deliver), and floored at
   ``16·ε·max|θ|`` (ε of the working dtype), so ``converged`` never claims more than float32 gives.
@@ -60,6 +65,9 @@ PRECISION_FACTOR = 16.0
 # A new direction whose part outside the basis is below this share of its norm adds nothing
 # reliable (it is rounding noise or nearly in the span) and is not worth a matvec.
 _MIN_NEW = 1e-2
+# Share of a random vector kept in the folded warm start vector (see _fold): enough that the first chain is
+# never confined to an invariant subspace spanned by the old vectors, small enough to keep their head start.
+_WARM_NOISE = 0.1
 
 
 @dataclass
@@ -191,6 +199,19 @@ def _ends(m: int, k: int, which: str) -> list[tuple[list[int], int | None]]:
     return [(top[0], guard_top), (list(range(k - 1, -1, -1)), guard_bottom)]
 
 
+def _fold(block: torch.Tensor, random: torch.Tensor) -> torch.Tensor:
+    """One start vector from a warm block: the sum of its unit rows (unit norm) plus ``_WARM_NOISE`` of a unit
+    random vector; a block with no usable row gives the random vector alone."""
+    norms = torch.linalg.vector_norm(block, dim=1, keepdim=True)
+    usable = torch.isfinite(block).all(dim=1, keepdim=True) & (norms > 0)
+    c = torch.where(usable, block / norms.clamp_min(torch.finfo(block.dtype).tiny), 0).sum(0)
+    r = random / torch.linalg.vector_norm(random)
+    size = torch.linalg.vector_norm(c)
+    if not bool(torch.isfinite(size)) or float(size) == 0:
+        return r
+    return c / size + _WARM_NOISE * r
+
+
 class _Subspace:
     """Orthonormal basis ``V``, products ``W = A V`` and projected matrix ``T = V A Vᵀ`` (float64)."""
 
@@ -279,8 +300,9 @@ def lanczos(
         tol: stop when every wanted residual is ``≤ tol·|θ|`` (and the guard pair has converged).
         max_iter: maximum operator applications, which is also the size of the basis kept
             (default ``min(n, max(100, 6k))``).
-        v0: a start vector or a block of them (rows), e.g. last time's eigenvectors. Random vectors
-            are always added next to it, so it can change the cost but not which eigenvalues are found.
+        v0: a start vector or a block of them (rows), e.g. last time's eigenvectors: folded into the
+            first random start vector (see the module docstring), the other random vectors kept, so it
+            can change the cost but not which eigenvalues are found.
         seed: seed of the random start vectors.
         dtype: dtype of the basis (the operator's).
         device: device of the basis.
@@ -319,16 +341,15 @@ def lanczos(
         raise ValueError(f"max_iter must be positive, got {max_iter}")
     need = 2 * k if which == "both" else k
     cap = min(max(max_iter, need + 1), n)
-    starts = []
+    starts = torch.stack([gaussian(n, seed + 7919 * i, dtype=dtype, device=device) for i in range(num_random)])
     if v0 is not None:
         v0 = v0.detach().to(dtype=dtype, device=device)
         v0 = v0.reshape(1, -1) if v0.dim() <= 1 else v0.reshape(v0.shape[0], -1)
         if v0.shape[1] != n:
             raise ValueError(f"v0 must have {n} entries per vector, got {v0.shape[1]}")
-        starts.append(v0)
-    starts.append(torch.stack([gaussian(n, seed + 7919 * i, dtype=dtype, device=device) for i in range(num_random)]))
+        starts[0] = _fold(v0, starts[0])
     space = _Subspace(matvec, n, cap, dtype, device)
-    space.extend(torch.cat(starts))
+    space.extend(starts)
     eps = torch.finfo(dtype).eps
     restarts = 0
     while space.finite:
