@@ -206,7 +206,7 @@ class HessianSpectrum(LandscapeHandler):
         which: ``"largest"``, ``"smallest"`` or ``"both"``.
         tol: relative residual tolerance of Lanczos.
         max_iter: cap on Hessian-vector products per firing.
-        warm_start: put the previous firing's eigenvectors in the start block, next to the random
+        warm_start: fold the previous firing's eigenvectors into the first of the random start
             vectors every start holds. It changes the cost, not the answer: convergence also asks the
             random exploration beyond the wanted eigenvalues to be resolved, so an eigenvalue that has
             overtaken the old k-th is found at the firing where it does (see :func:`hessian_eigenvalues`).
