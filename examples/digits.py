@@ -75,6 +75,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--trace-hvps", type=int, default=30, help="Hessian-vector products per trace estimate (Hutch++)")
     p.add_argument("--density-steps", type=int, default=20, help="Lanczos steps per SLQ run (2 runs)")
     p.add_argument("--rho", type=float, default=0.05, help="sharpness radius ρ")
+    p.add_argument(
+        "--uncertainty",
+        choices=["none", "jackknife"],
+        default="none",
+        help="error bars on the spectrum, trace and sharpness (jackknife over 10 probe chunks: about 10x their cost)",
+    )
     p.add_argument("--output-dir", type=Path, default=Path("runs"))
     p.add_argument("--run-name", default=None, help="subfolder of --output-dir (default digits-lr<lr>-s<seed>[-bn])")
     p.add_argument("--seed", type=int, default=0)
@@ -110,11 +116,12 @@ def _landscape_handlers(
     import ignite_landscape as il
 
     seed = args.seed
+    bars = {"uncertainty": None if args.uncertainty == "none" else args.uncertainty}
     make = {
-        "hessian": lambda: il.HessianSpectrum(model, probe, k=args.top_k, optimizer=optimizer, seed=seed),
-        "trace": lambda: il.HessianTrace(model, probe, num_hvps=args.trace_hvps, seed=seed),
+        "hessian": lambda: il.HessianSpectrum(model, probe, k=args.top_k, optimizer=optimizer, seed=seed, **bars),
+        "trace": lambda: il.HessianTrace(model, probe, num_hvps=args.trace_hvps, seed=seed, **bars),
         "density": lambda: il.HessianDensity(model, probe, num_steps=args.density_steps, num_runs=2, seed=seed),
-        "sharpness": lambda: il.Sharpness(model, probe, rho=args.rho, seed=seed),
+        "sharpness": lambda: il.Sharpness(model, probe, rho=args.rho, seed=seed, **bars),
         "slice1d": lambda: il.LossSlice(model, probe, dims=1, steps=args.slice_steps, seed=seed),
         "slice2d": lambda: il.LossSlice(model, probe, dims=2, steps=args.slice_steps, seed=seed),
         "connectivity": lambda: il.ModeConnectivity(model, probe, reference="previous", seed=seed),
