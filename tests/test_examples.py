@@ -231,3 +231,20 @@ def test_digits_bad_flags(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         digits.parse_args(["--every", "0"])
     assert digits.parse_args([]).run_name == "digits-lr0.2-s0"
+
+
+def test_digits_uncertainty_logs_bands_that_bracket_each_value(tmp_path: Path) -> None:
+    from examples import digits
+    from ignite_landscape.report import load_run
+
+    argv = ["--epochs", "1", "--probe-samples", "40", "--top-k", "2", "--trace-hvps", "6", "--handlers"]
+    argv += ["hessian,trace,sharpness", "--uncertainty", "jackknife", "--output-dir", str(tmp_path), "--run-name", "b"]
+    run = load_run(digits.main(argv))
+    for value, lo, hi in [
+        ("hessian/lambda_1", "hessian/lambda_1_lo", "hessian/lambda_1_hi"),
+        ("trace/value", "trace/value_lo", "trace/value_hi"),
+        ("sharpness/value", "sharpness/value_lo", "sharpness/value_hi"),
+    ]:
+        v, low, high = (run.scalars[f"landscape/{t}"].last() for t in (value, lo, hi))
+        assert low <= v <= high and high > low, value
+    assert digits.parse_args([]).uncertainty == "none"
