@@ -229,7 +229,6 @@ def test_global_rng_untouched():
         (dict(schedule="linear"), ValueError, "schedule"),
         (dict(tol=0.0), ValueError, "tol"),
         (dict(step_size=-1.0), ValueError, "step_size"),
-        (dict(adaptive=True), ValueError, "asam"),
         (dict(adaptive="kwon"), ValueError, "adaptive"),
         (dict(adaptive=1.0), TypeError, "adaptive"),
         (dict(adaptive="asam", adaptive_eta=-0.1), ValueError, "adaptive_eta"),
@@ -239,3 +238,12 @@ def test_bad_input(kwargs, exc, word):
     probe = Probe(classification_data(10, (5,)), F.cross_entropy)
     with pytest.raises(exc, match=word):
         sharpness(mlp(), probe, **kwargs)
+
+
+def test_adaptive_true_keeps_its_old_meaning_with_a_warning():
+    model = mlp()
+    probe = Probe(classification_data(20, (5,)), F.cross_entropy)
+    with pytest.warns(FutureWarning, match="andriushchenko2023"):
+        old = sharpness(model, probe, rho=0.05, adaptive=True)
+    named = sharpness(model, probe, rho=0.05, adaptive="andriushchenko2023")
+    assert old.adaptive == "andriushchenko2023" and old.value == named.value

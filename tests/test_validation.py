@@ -37,7 +37,6 @@ CASES = [
     (il.Sharpness, dict(rho="big"), TypeError, "rho"),
     (il.Sharpness, dict(method="worst"), ValueError, "method"),
     (il.Sharpness, dict(norm="l1"), ValueError, "norm"),
-    (il.Sharpness, dict(adaptive=True), ValueError, "adaptive"),
     (il.Sharpness, dict(adaptive="kwon"), ValueError, "adaptive"),
     (il.Sharpness, dict(steps=0), ValueError, "steps"),
     (il.Sharpness, dict(tol=-1e-3), ValueError, "tol"),

@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -141,10 +142,15 @@ class SharpnessOptions:
         check_choice("norm", self.norm, SHARPNESS_NORMS)
         adaptive = self.adaptive
         if adaptive is True:
-            raise ValueError(
-                "adaptive=True is ambiguous: pass adaptive='asam' (Kwon et al. 2021: |w| + eta for weights, "
-                "biases unscaled) or adaptive='andriushchenko2023' (|theta| for every parameter)"
+            # Round 1 called |θ| scaling "ASAM": keep what True always computed, and ask for a name.
+            warnings.warn(
+                "sharpness: adaptive=True means adaptive='andriushchenko2023' (|theta| for every parameter, what "
+                "it has always computed); pass the convention by name, or adaptive='asam' for Kwon et al. 2021 "
+                "(|w| + eta for weights, biases unscaled)",
+                FutureWarning,
+                stacklevel=4,
             )
+            adaptive = "andriushchenko2023"
         if adaptive is False or adaptive is None:
             adaptive = None
         elif not isinstance(adaptive, str):
