@@ -60,6 +60,7 @@ __all__ = [
     "bootstrap_ci",
     "correlate",
     "correlations",
+    "paired",
     "figure_curvature",
     "stderr_rows",
     "write_report",
@@ -95,6 +96,29 @@ class Series:
     def last(self) -> float:
         """The value at the last logged step (NaN when empty)."""
         return float(self.values[-1]) if self.values.size else math.nan
+
+
+def paired(run: RunData, geometry: Series, metric: Series) -> tuple[np.ndarray, np.ndarray]:
+    """Values of ``geometry`` and ``metric`` at the moments both were logged.
+
+    Same steps first; when a landscape logged at the trainer's iterations meets a metric an evaluator
+    logged at epochs, the steps are mapped to epochs through the ``landscape/epoch`` scalar that
+    :class:`~ignite_landscape.LandscapeLogHandler` writes, keeping the last firing of each epoch.
+    """
+    steps = np.intersect1d(geometry.steps, metric.steps)
+    direct = (np.array([geometry.at(t) for t in steps]), np.array([metric.at(t) for t in steps]))
+    epochs = run.scalars.get("landscape/epoch")
+    if epochs is None:
+        return direct
+    by_epoch: dict[int, float] = {}
+    for t, v in zip(geometry.steps.tolist(), geometry.values.tolist()):
+        e = epochs.at(t)
+        if math.isfinite(e):
+            by_epoch[int(e)] = float(v)  # steps ascend: the last firing of an epoch wins
+    common = [e for e in sorted(by_epoch) if e in set(metric.steps.tolist())]
+    if len(common) <= len(steps):
+        return direct
+    return np.array([by_epoch[e] for e in common]), np.array([metric.at(e) for e in common])
 
 
 @dataclass
@@ -650,10 +674,7 @@ def correlations(
             if s is None or acc_tag is None:
                 continue
             seen = True
-            acc = run.scalars[acc_tag]
-            steps = np.intersect1d(s.steps, acc.steps)
-            x = np.array([s.at(t) for t in steps])
-            y = np.array([acc.at(t) for t in steps])
+            x, y = paired(run, s, run.scalars[acc_tag])
             out.append(
                 correlate(
                     x,
@@ -1123,11 +1144,9 @@ def figure_correlation(
             s, tag = m.get(run), _accuracy_tag(run, accuracy_tag)
             if s is None or tag is None:
                 continue
-            steps = np.intersect1d(s.steps, run.scalars[tag].steps)
-            if steps.size:
-                pts.append(
-                    (i, run, np.array([s.at(t) for t in steps]), np.array([run.scalars[tag].at(t) for t in steps]))
-                )
+            x, y = paired(run, s, run.scalars[tag])
+            if x.size:
+                pts.append((i, run, x, y))
         if pts:
             panels.append((m, pts))
     if not panels:

@@ -63,6 +63,8 @@ from ignite_landscape.measures.trajectory import TrajectoryPlaneResult
 
 __all__ = ["LandscapeLogHandler", "slice_mesh", "custom_scalars_layout", "margin_tags", "summary_table"]
 
+EPOCH_TAG = "landscape/epoch"
+
 # Not named `logger`: __call__ receives Ignite's TensorboardLogger under that name.
 _log = logging.getLogger(__name__)
 
@@ -341,6 +343,9 @@ class LandscapeLogHandler(BaseHandler):
             )
             self._warned_order = True
         results = getattr(engine.state, "landscape", {}) or {}
+        # The trainer's epoch at this step: the report pairs results logged at iterations with metrics an
+        # evaluator logged at epochs through it.
+        writer.add_scalar(EPOCH_TAG, float(engine.state.epoch), step)
         for name, f in fresh:
             self._logged[name] = f
             for key, value in f.scalars.items():

@@ -246,3 +246,39 @@ def test_correlation_across_three_runs_uses_final_values() -> None:
     # Only two of them: across-run correlation refused.
     two = report.correlations(runs[:2], num_resamples=100)
     assert not next(c for c in two if c.scope.startswith("across")).estimable
+
+
+def test_landscape_at_iterations_pairs_with_accuracy_at_epochs(tmp_path: Path) -> None:
+    # The log handler writes at the trainer's iteration; an evaluator usually logs at epochs. The report
+    # pairs them through the epoch the log handler records, keeping each epoch's last firing.
+    import torch
+    from ignite.engine import Engine, Events
+    from ignite.handlers import TensorboardLogger
+
+    import ignite_landscape as il
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    x, y = torch.randn(12, 3), torch.arange(12) % 2
+    probe = il.Probe((x, y), torch.nn.functional.cross_entropy)
+    trainer = Engine(lambda engine, batch: None)
+    every = Events.ITERATION_COMPLETED(every=2)
+    il.HessianSpectrum(model, probe, k=1).attach(trainer, event=every)
+    tb = TensorboardLogger(log_dir=str(tmp_path / "run"))
+    tb.attach(trainer, log_handler=il.LandscapeLogHandler(figures=False), event_name=every)
+    accuracy = {1: 0.5, 2: 0.6, 3: 0.8, 4: 0.7}
+
+    @trainer.on(Events.EPOCH_COMPLETED)
+    def log_accuracy(engine: Engine) -> None:
+        tb.writer.add_scalar("test/accuracy", accuracy[engine.state.epoch], engine.state.epoch)
+
+    trainer.run([0, 1, 2, 3], max_epochs=4)  # firings at iterations 2, 4, …, 16: two per epoch
+    tb.close()
+    run = report.load_run(tmp_path / "run")
+    assert run.scalars["landscape/epoch"].values.tolist() == [1, 1, 2, 2, 3, 3, 4, 4]
+    lam = run.scalars["landscape/hessian/lambda_max"]
+    x_pts, y_pts = report.paired(run, lam, run.scalars["test/accuracy"])
+    assert y_pts.tolist() == pytest.approx([0.5, 0.6, 0.8, 0.7], rel=1e-6)
+    assert x_pts.tolist() == [lam.at(4), lam.at(8), lam.at(12), lam.at(16)]
+    within = [c for c in report.correlations([run], num_resamples=50) if c.metric == "λ_max"]
+    assert within and within[0].n == 4

@@ -61,7 +61,9 @@ def test_scalars_one_value_per_firing_equal_to_engine_metrics(full):
     tags = set(acc.Tags()["scalars"])
     keys = set(run.metrics[4])
     assert keys <= tags, sorted(keys - tags)
-    assert {t for t in tags if t.startswith("landscape/")} == keys
+    assert {t for t in tags if t.startswith("landscape/")} == keys | {"landscape/epoch"}
+    # The trainer's epoch at each written step, for pairing with metrics logged at epochs.
+    assert [(e.step, e.value) for e in acc.Scalars("landscape/epoch")] == [(10, 1), (20, 2), (30, 3), (40, 4)]
     for key in keys:
         events = acc.Scalars(key)
         # Logged at the trainer's iteration (10 per epoch), whatever event fired the handler.
