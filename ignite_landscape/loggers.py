@@ -39,7 +39,14 @@ from ignite_landscape.handlers.base import Firing
 from ignite_landscape.measures.connectivity import Interpolation
 from ignite_landscape.measures.slices import LossSliceResult
 from ignite_landscape.measures.spectrum import HessianDensityResult
-from ignite_landscape.tensorboard import _curve_data, _default_step, summary_table
+from ignite_landscape.tensorboard import (
+    _curve_data,
+    _default_step,
+    check_writer_options,
+    firing_step,
+    fresh_firings,
+    summary_table,
+)
 
 __all__ = ["LandscapeArtifactHandler", "SUPPORTED_LOGGERS"]
 
@@ -122,14 +129,7 @@ class LandscapeArtifactHandler(BaseHandler):
         max_slice_curves: int = 8,
         log_scale: bool = True,
     ) -> None:
-        if names is not None:
-            if isinstance(names, str) or not all(isinstance(n, str) for n in names):
-                raise TypeError("names must be a sequence of handler names (strings)")
-            names = list(names)
-        if global_step_transform is not None and not callable(global_step_transform):
-            raise TypeError(f"global_step_transform must be callable, got {type(global_step_transform).__name__}")
-        if isinstance(max_slice_curves, bool) or not isinstance(max_slice_curves, int) or max_slice_curves < 1:
-            raise ValueError(f"max_slice_curves must be a positive int, got {max_slice_curves!r}")
+        names = check_writer_options(names, global_step_transform, max_slice_curves)
         self.names = names
         self.global_step_transform = global_step_transform or _default_step
         self.figures = figures
@@ -145,16 +145,10 @@ class LandscapeArtifactHandler(BaseHandler):
         if idist.get_rank() != 0:
             return
         firings: dict[str, Firing] = getattr(engine.state, "landscape_firings", None) or {}
-        fresh = [
-            (name, f)
-            for name, f in firings.items()
-            if (self.names is None or name in self.names) and self._logged.get(name) is not f
-        ]
+        fresh = fresh_firings(engine, self.names, self._logged)
         if not fresh:
             return
-        step = self.global_step_transform(engine, event_name)
-        if not isinstance(step, int):
-            raise TypeError(f"global_step must be an int, got {type(step).__name__}: check global_step_transform")
+        step = firing_step(self.global_step_transform, engine, event_name)
         results = getattr(engine.state, "landscape", {}) or {}
         metrics: dict[str, float] = {}
         for name, f in fresh:

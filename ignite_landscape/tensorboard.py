@@ -242,6 +242,33 @@ def _default_step(engine: Engine, event_name: Any) -> int:
     return int(engine.state.iteration)
 
 
+def check_writer_options(names: Any, global_step_transform: Any, max_slice_curves: Any) -> list[str] | None:
+    """Validate the options every landscape log handler shares; returns ``names`` as a list (or ``None``)."""
+    if names is not None:
+        if isinstance(names, str) or not all(isinstance(n, str) for n in names):
+            raise TypeError("names must be a sequence of handler names (strings)")
+        names = list(names)
+    if global_step_transform is not None and not callable(global_step_transform):
+        raise TypeError(f"global_step_transform must be callable, got {type(global_step_transform).__name__}")
+    if isinstance(max_slice_curves, bool) or not isinstance(max_slice_curves, int) or max_slice_curves < 1:
+        raise ValueError(f"max_slice_curves must be a positive int, got {max_slice_curves!r}")
+    return names
+
+
+def fresh_firings(engine: Engine, names: list[str] | None, logged: dict[str, Firing]) -> list[tuple[str, Firing]]:
+    """The ``(name, firing)`` pairs of ``engine`` not yet in ``logged`` (restricted to ``names``)."""
+    firings: dict[str, Firing] = getattr(engine.state, "landscape_firings", None) or {}
+    return [(n, f) for n, f in firings.items() if (names is None or n in names) and logged.get(n) is not f]
+
+
+def firing_step(transform: Callable[[Engine, Any], int], engine: Engine, event_name: Any) -> int:
+    """The step to log at, checked to be an int."""
+    step = transform(engine, event_name)
+    if not isinstance(step, int):
+        raise TypeError(f"global_step must be an int, got {type(step).__name__}: check global_step_transform")
+    return step
+
+
 class LandscapeLogHandler(BaseHandler):
     """Ignite log handler that writes landscape results to a ``TensorboardLogger``.
 
@@ -280,16 +307,9 @@ class LandscapeLogHandler(BaseHandler):
         max_slice_curves: int = 8,
         log_scale: bool = True,
     ) -> None:
-        if names is not None:
-            if isinstance(names, str) or not all(isinstance(n, str) for n in names):
-                raise TypeError("names must be a sequence of handler names (strings)")
-            names = list(names)
-        if global_step_transform is not None and not callable(global_step_transform):
-            raise TypeError(f"global_step_transform must be callable, got {type(global_step_transform).__name__}")
+        names = check_writer_options(names, global_step_transform, max_slice_curves)
         if isinstance(max_mesh_faces, bool) or not isinstance(max_mesh_faces, int) or max_mesh_faces < 2:
             raise ValueError(f"max_mesh_faces must be an int of at least 2, got {max_mesh_faces!r}")
-        if isinstance(max_slice_curves, bool) or not isinstance(max_slice_curves, int) or max_slice_curves < 1:
-            raise ValueError(f"max_slice_curves must be a positive int, got {max_slice_curves!r}")
         self.names = names
         self.global_step_transform = global_step_transform or _default_step
         self.histograms = histograms
@@ -313,16 +333,10 @@ class LandscapeLogHandler(BaseHandler):
         if idist.get_rank() != 0:
             return
         firings: dict[str, Firing] = getattr(engine.state, "landscape_firings", None) or {}
-        fresh = [
-            (name, f)
-            for name, f in firings.items()
-            if (self.names is None or name in self.names) and self._logged.get(name) is not f
-        ]
+        fresh = fresh_firings(engine, self.names, self._logged)
         if not fresh:
             return
-        step = self.global_step_transform(engine, event_name)
-        if not isinstance(step, int):
-            raise TypeError(f"global_step must be an int, got {type(step).__name__}: check global_step_transform")
+        step = firing_step(self.global_step_transform, engine, event_name)
         writer = logger.writer
         if self.custom_scalars:
             # Margin charts name exact tags, so the layout learns each band from the firings that log one and

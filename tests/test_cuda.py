@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import os
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -71,7 +72,21 @@ def test_batched_slice_on_cuda_equals_point_by_point_and_brute_force() -> None:
         assert torch.equal(v, before[k]), k
 
 
-def _train(with_handlers: bool) -> tuple[dict[str, torch.Tensor], torch.Tensor, list[int]]:
+def _round1_handlers(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[il.LandscapeHandler]:
+    probe = il.Probe((x, y), F.cross_entropy, batch_size=16)
+    train_probe = il.Probe((x, y), F.cross_entropy, batch_size=16, model_mode="train", seed=5)
+    return [
+        il.HessianSpectrum(model, probe, k=2, tol=1e-3),
+        il.Sharpness(model, train_probe, rho=0.05),
+        il.LossSlice(model, probe, steps=5),
+        il.GradientNoiseScale(model, probe),
+    ]
+
+
+def _train(
+    make_handlers: Callable[[nn.Module, torch.Tensor, torch.Tensor], list[il.LandscapeHandler]] | None,
+    budget: il.Budget | None = None,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor, list[int]]:
     """Three epochs of a dropout CNN on the device; the weights and the device RNG state afterwards."""
     torch.manual_seed(0)  # seeds the CUDA generators too
     model = small_cnn(seed=1, dropout=0.3).to(DEVICE)
@@ -88,26 +103,17 @@ def _train(with_handlers: bool) -> tuple[dict[str, torch.Tensor], torch.Tensor, 
         return loss.item()
 
     trainer = Engine(step)
-    handlers = []
-    if with_handlers:
-        probe = il.Probe((x, y), F.cross_entropy, batch_size=16)
-        train_probe = il.Probe((x, y), F.cross_entropy, batch_size=16, model_mode="train", seed=5)
-        handlers = [
-            il.HessianSpectrum(model, probe, k=2, tol=1e-3),
-            il.Sharpness(model, train_probe, rho=0.05),
-            il.LossSlice(model, probe, steps=5),
-            il.GradientNoiseScale(model, probe),
-        ]
-        for h in handlers:
-            h.attach(trainer, Events.EPOCH_COMPLETED)
+    handlers = make_handlers(model, x, y) if make_handlers is not None else []
+    for h in handlers:
+        h.attach(trainer, Events.EPOCH_COMPLETED, budget=budget)
     trainer.run(range(3), max_epochs=3)
     fired = [sum(f.error is None for f in h.history) for h in handlers]
     return {k: v.detach().clone() for k, v in model.state_dict().items()}, _rng_state(), fired
 
 
 def test_training_on_cuda_is_bit_identical_with_handlers_attached() -> None:
-    plain, plain_rng, _ = _train(False)
-    probed, probed_rng, fired = _train(True)
+    plain, plain_rng, _ = _train(None)
+    probed, probed_rng, fired = _train(_round1_handlers)
     assert fired == [3, 3, 3, 3]  # every handler measured at every epoch, without a failure
     for k in plain:
         assert torch.equal(plain[k], probed[k]), k
@@ -171,43 +177,21 @@ def test_exact_trace_on_the_device_equals_the_cpu() -> None:
     assert dev.value == pytest.approx(cpu.value, rel=1e-10)
 
 
+def _round2_handlers(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[il.LandscapeHandler]:
+    probe = il.Probe((x, y), F.cross_entropy, batch_size=16)
+    spectrum = il.HessianSpectrum(model, probe, k=2, tol=1e-3, track_eigenspace=True, curvature="ggn")
+    return [
+        spectrum,
+        il.GradientOverlap(model, probe, k=2, spectrum=spectrum),
+        il.DirectionalCurvature(model, probe),
+        il.GradientStatistics(model, probe),
+        il.TrajectoryPlane(model, probe, steps=3),
+    ]
+
+
 def test_training_on_the_device_is_bit_identical_with_the_new_handlers() -> None:
-    def run(with_handlers: bool) -> tuple[dict[str, torch.Tensor], torch.Tensor, list[int]]:
-        torch.manual_seed(0)
-        model = small_cnn(seed=1, dropout=0.3).to(DEVICE)
-        x, y = classification_data(48, (1, 6, 6), seed=2)
-        x, y = x.to(DEVICE), y.to(DEVICE)
-        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-
-        def step(engine: Engine, i: int) -> float:
-            model.train()
-            opt.zero_grad()
-            loss = F.cross_entropy(model(x[i * 16 : i * 16 + 16]), y[i * 16 : i * 16 + 16])
-            loss.backward()
-            opt.step()
-            return loss.item()
-
-        trainer = Engine(step)
-        handlers = []
-        if with_handlers:
-            probe = il.Probe((x, y), F.cross_entropy, batch_size=16)
-            spectrum = il.HessianSpectrum(model, probe, k=2, tol=1e-3, track_eigenspace=True, curvature="ggn")
-            handlers = [
-                spectrum,
-                il.GradientOverlap(model, probe, k=2, spectrum=spectrum),
-                il.DirectionalCurvature(model, probe),
-                il.GradientStatistics(model, probe),
-                il.TrajectoryPlane(model, probe, steps=3),
-            ]
-            budget = il.Budget(10.0)
-            for h in handlers:
-                h.attach(trainer, Events.EPOCH_COMPLETED, budget=budget)
-        trainer.run(range(3), max_epochs=3)
-        fired = [sum(f.error is None for f in h.history) for h in handlers]
-        return {k: v.detach().clone() for k, v in model.state_dict().items()}, _rng_state(), fired
-
-    plain, plain_rng, _ = run(False)
-    probed, probed_rng, fired = run(True)
+    plain, plain_rng, _ = _train(None)
+    probed, probed_rng, fired = _train(_round2_handlers, budget=il.Budget(10.0))
     assert all(n >= 1 for n in fired), fired
     for k in plain:
         assert torch.equal(plain[k], probed[k]), k
