@@ -54,6 +54,7 @@ from ignite_landscape.handlers.budget import Budget
 from ignite_landscape.params import ParamsArg, ParamSpace, model_device, unwrap_model
 from ignite_landscape.probe import Probe
 from ignite_landscape.restore import preserved_state
+from ignite_landscape.results import record_of
 
 __all__ = ["Firing", "LandscapeHandler", "ON_ERROR", "to_plain", "from_plain"]
 
@@ -77,6 +78,9 @@ class Firing:
         error: ``"ExceptionType: message"`` when the computation failed, else ``None``.
         skipped: True for a firing that a :class:`~ignite_landscape.Budget` skipped (its only scalar
             is the running count ``skipped``; it is never appended to the history).
+        kind: the result's :attr:`~ignite_landscape.results.Result.kind` (that of the last successful
+            firing when this one failed).
+        definitions: one sentence per scalar key: the result's definitions and the handler's own.
     """
 
     epoch: int
@@ -86,6 +90,8 @@ class Firing:
     scalars: dict[str, float] = field(default_factory=dict)
     error: str | None = None
     skipped: bool = False
+    kind: str = ""
+    definitions: dict[str, str] = field(default_factory=dict)
 
     @property
     def failed(self) -> bool:
@@ -326,6 +332,13 @@ class LandscapeHandler:
         """Scalar keys recorded as NaN when the very first computation fails."""
         return []
 
+    def definitions(self) -> dict[str, str]:
+        """Definitions of the scalars the handler adds to its result's (``seconds``, thresholds, ...)."""
+        return {
+            "seconds": "wall time of the firing, in seconds",
+            "skipped": "firings the budget skipped so far",
+        }
+
     def _extra_state(self) -> dict[str, Any]:
         return {}
 
@@ -461,6 +474,11 @@ class LandscapeHandler:
                     state.iteration,
                 )
         scalars["seconds"] = seconds
+        if result is not None:
+            record = record_of(result, self.definitions())
+        else:  # a failed firing reads like the last one that worked
+            before = next((f for f in reversed(self.history) if not f.failed), None)
+            record = {"kind": before.kind, "definitions": before.definitions} if before else record_of(None)
         state.landscape[self.name] = result
         for k, v in scalars.items():
             state.metrics[f"landscape/{self.name}/{k}"] = v
@@ -471,9 +489,18 @@ class LandscapeHandler:
             seconds=seconds,
             scalars=dict(scalars),
             error=error,
+            kind=record["kind"],
+            definitions=self._shared_definitions(record["definitions"]),
         )
         self.history.append(firing)
         state.landscape_firings[self.name] = firing
+
+    def _shared_definitions(self, definitions: Mapping[str, str]) -> dict[str, str]:
+        # Definitions rarely change between firings: every firing shares one dict until they do, so a long
+        # history holds its scalars, not thousands of copies of the same sentences.
+        if self.history and self.history[-1].definitions == definitions:
+            return self.history[-1].definitions
+        return dict(definitions)
 
     def _budget_allows(self, engine: Engine) -> bool:
         if engine.last_event_name == Events.COMPLETED or not self.history:
@@ -562,6 +589,8 @@ def _firing_to_plain(f: Firing) -> dict[str, Any]:
         "seconds": f.seconds,
         "scalars": dict(f.scalars),
         "error": f.error,
+        "kind": f.kind,
+        "definitions": dict(f.definitions),
     }
 
 
@@ -573,4 +602,6 @@ def _firing_from_plain(d: Mapping[str, Any]) -> Firing:
         seconds=float(d["seconds"]),
         scalars={k: float(v) for k, v in d["scalars"].items()},
         error=d["error"],
+        kind=str(d.get("kind", "")),
+        definitions={str(k): str(v) for k, v in dict(d.get("definitions", {})).items()},
     )
