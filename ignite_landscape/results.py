@@ -10,8 +10,8 @@ A result says three things about itself:
 * :meth:`Result.definitions` -- one sentence per scalar (and per curve) saying what the number is, in
   the terms of the options it was computed with (``"SAM step in an ℓ2 ball of radius ρ = 0.05"``).
 
-A result class also carries a :attr:`Result.kind` (``"spectrum"``, ``"slice2d"``, ...): the report
-finds a handler's results by kind, whatever the user named the handler.
+A result class also carries a :attr:`Result.kind` (one of :data:`KINDS`): the report finds a
+handler's results by kind, whatever the user named the handler.
 
 Example:
     >>> from dataclasses import dataclass
@@ -38,7 +38,27 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-__all__ = ["CURVE_KINDS", "Curve", "Result", "result_kind", "record_of"]
+__all__ = ["KINDS", "CURVE_KINDS", "Curve", "Result", "result_kind", "record_of"]
+
+# The kinds of the package's results (a user's own measure may add its own kind).
+KINDS = (
+    "spectrum",  # HessianEigenvalues
+    "trace",  # HessianTraceResult
+    "density",  # HessianDensityResult
+    "sharpness",  # SharpnessResult
+    "slice1d",  # LossSliceResult with dims=1
+    "slice2d",  # LossSliceResult with dims=2
+    "connectivity",  # Interpolation
+    "noise_scale",  # NoiseScale
+    "trajectory",  # TrajectoryPlaneResult
+    "layerwise",  # LayerwiseCurvatureResult
+    "gradstats",  # GradientStatisticsResult
+    "overlap",  # GradientOverlapResult
+    "directional",  # DirectionalCurvatureResult
+    "batch_sharpness",  # BatchSharpnessResult
+    "ggn",  # GGNDecomposition
+    "diagonal",  # HessianDiagonal
+)
 
 # What a writer knows how to draw:
 #   line       y over x (a 1D slice, an interpolation path, a density); ``extra`` may hold more y-series
@@ -175,8 +195,12 @@ class Result:
 
 
 def result_kind(result: Any) -> str:
-    """The kind of ``result`` (``""`` for an object that is not a :class:`Result`)."""
-    return str(getattr(type(result), "kind", "") or "")
+    """The kind of ``result`` (``""`` for an object that is not a :class:`Result`).
+
+    Read from the instance, so a result whose kind depends on a field (a 1D or 2D slice) may define
+    ``kind`` as a property.
+    """
+    return str(getattr(result, "kind", "") or "")
 
 
 def record_of(result: Any, extra_definitions: Mapping[str, str] | None = None) -> dict[str, Any]:
