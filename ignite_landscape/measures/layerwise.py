@@ -1,8 +1,8 @@
-"""Per-layer curvature as one result object: λ_max and trace of every layer's Hessian block.
+"""Per-layer curvature: λ_max and trace of every layer's Hessian block.
 
-:func:`layerwise_curvature_result` wraps :func:`~ignite_landscape.layerwise_curvature` (exact traces from
-one Hessian diagonal where the network allows, ``trace_method="auto"``) in a :class:`LayerwiseCurvatureResult`
-with one scalar per layer and quantity, which the :class:`~ignite_landscape.LayerwiseCurvature` handler
+:func:`layerwise_curvature` returns one :class:`LayerCurvature` per layer; :func:`layerwise_curvature_result`
+wraps it (exact traces from one Hessian diagonal where the network allows, ``trace_method="auto"``) in a
+:class:`LayerwiseCurvatureResult` with one scalar per layer and quantity, which the :class:`~ignite_landscape.LayerwiseCurvature` handler
 streams and the TensorBoard log handler draws as a layers × firings heatmap.
 
 Example:
@@ -16,17 +16,98 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from ignite_landscape.measures.spectrum import LayerCurvature, layerwise_curvature
+from ignite_landscape.linalg import hutchpp, lanczos
+from ignite_landscape.measures.diagonal import ExactUnsupportedError, diagonal_result, session_hessian_diagonal
+from ignite_landscape.params import ParamSpace
 from ignite_landscape.probe import Probe
 
-__all__ = ["LAYER_QUANTITIES", "LayerwiseCurvatureResult", "layerwise_curvature_result"]
+__all__ = [
+    "LAYER_QUANTITIES",
+    "LayerCurvature",
+    "LayerwiseCurvatureResult",
+    "layerwise_curvature",
+    "layerwise_curvature_result",
+]
 
 LAYER_QUANTITIES = ("trace", "lambda_max")
+
+
+@dataclass
+class LayerCurvature:
+    """Curvature of the Hessian block of one layer (its parameters only, the rest held fixed).
+
+    Attributes:
+        name: the module name (``""`` for parameters of the root module).
+        num_params: parameters in the block.
+        lambda_max: top eigenvalue of the block.
+        trace: trace of the block (exact for blocks of at most ``exact_below`` parameters, else Hutch++).
+        trace_stderr: standard error of ``trace`` (0 when exact).
+        num_hvps: Hessian-vector products used for this layer.
+    """
+
+    name: str
+    num_params: int
+    lambda_max: float
+    trace: float
+    trace_stderr: float
+    num_hvps: int
+    parameters: list[str] = field(default_factory=list)
+
+
+def layerwise_curvature(
+    model: nn.Module,
+    probe: Probe,
+    *,
+    tol: float = 1e-4,
+    trace_hvps: int = 30,
+    exact_below: int = 64,
+    seed: int = 0,
+    trace_method: str = "hutch++",
+) -> list[LayerCurvature]:
+    """Top eigenvalue and trace of the Hessian block of each layer that owns trainable parameters.
+
+    Blocks with at most ``exact_below`` parameters are formed densely from HVPs against unit vectors
+    (exact); larger ones use Lanczos (λ_max) and Hutch++ (trace). With ``trace_method="exact"`` every
+    trace comes from one exact Hessian diagonal (:func:`~ignite_landscape.hessian_diagonal`; it raises
+    where that is unsupported); ``"auto"`` uses it where supported and Hutch++ otherwise.
+    """
+    if trace_method not in ("hutch++", "exact", "auto"):
+        raise ValueError(f"trace_method must be one of ('hutch++', 'exact', 'auto'), got {trace_method!r}")
+    exact_traces: dict[str, float] = {}
+    if trace_method != "hutch++":
+        with probe.session(model) as s:
+            try:
+                exact_traces = diagonal_result(session_hessian_diagonal(s), s.space).layer_traces
+            except (ImportError, ExactUnsupportedError):
+                if trace_method == "exact":
+                    raise
+    rows = []
+    for owner, names in ParamSpace.from_model(model).module_groups().items():
+        with probe.session(model, names) as s:
+            n = s.space.numel
+            if owner in exact_traces and n > exact_below:
+                lres = lanczos(s.hvp, n, k=1, tol=tol, seed=seed, dtype=s.dtype, device=s.base[0].device)
+                lam, tr, err = float(lres.eigenvalues[0]), exact_traces[owner], 0.0
+            elif n <= exact_below:
+                eye = torch.eye(n, dtype=s.dtype, device=s.base[0].device)
+                H = torch.stack([s.hvp(eye[i]) for i in range(n)]).double().cpu()
+                H = 0.5 * (H + H.T)
+                lam = float(torch.linalg.eigvalsh(H)[-1])
+                tr, err = float(H.trace()), 0.0
+            else:
+                lres = lanczos(s.hvp, n, k=1, tol=tol, seed=seed, dtype=s.dtype, device=s.base[0].device)
+                lam = float(lres.eigenvalues[0])
+                est = hutchpp(
+                    s.hvp, n, num_matvecs=max(trace_hvps, 6), seed=seed, dtype=s.dtype, device=s.base[0].device
+                )
+                tr, err = est.value, est.stderr
+            rows.append(LayerCurvature(owner, n, lam, tr, err, s.num_hvps, list(names)))
+    return rows
 
 
 @dataclass

@@ -1,7 +1,9 @@
-"""Hessian spectrum of a model on a probe: extreme eigenvalues, trace, density, per-layer table.
+"""Extreme Hessian eigenvalues of a model on a probe (Lanczos), preconditioned ones and eigenspace overlap.
 
-All of them use exact Hessian-vector products from :class:`~ignite_landscape.probe.ProbeSession`
-and the matrix-free routines of :mod:`ignite_landscape.linalg`.
+They use exact Hessian-vector products from :class:`~ignite_landscape.probe.ProbeSession` and the
+matrix-free routines of :mod:`ignite_landscape.linalg`. The trace (:mod:`~ignite_landscape.measures.trace`),
+the density (:mod:`~ignite_landscape.measures.density`) and the per-layer table
+(:mod:`~ignite_landscape.measures.layerwise`) live in their own modules and are re-exported here.
 
 Example:
     >>> import torch
@@ -17,38 +19,30 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from ignite_landscape.curvature import check_curvature, curvature_operator
-from ignite_landscape.linalg import (
-    TRACE_METHODS,
-    Quadrature,
-    gaussian_density,
-    hutchinson,
-    hutchpp,
-    lanczos,
-    stochastic_lanczos_quadrature,
-)
-from ignite_landscape.measures.diagonal import ExactUnsupportedError, diagonal_result, session_hessian_diagonal
+from ignite_landscape.linalg import lanczos
+from ignite_landscape.measures.density import DensityOptions, HessianDensityResult, hessian_density
 from ignite_landscape.measures.jackknife import (
     INTERVAL_Z,
     JACKKNIFE_CHUNKS,
     check_uncertainty,
-    interval,
     interval_scalars,
     jackknife_stderr,
     leave_one_out_probes,
     warn_if_wide,
 )
+from ignite_landscape.measures.layerwise import LayerCurvature, layerwise_curvature
+from ignite_landscape.measures.trace import HessianTraceResult, TraceOptions, hessian_trace
 from ignite_landscape.params import ParamsArg, ParamSpace
 from ignite_landscape.probe import Probe, ProbeSession
-from ignite_landscape.validation import check_choice, check_int, check_positive
+from ignite_landscape.validation import check_int
 
 __all__ = [
     "HessianEigenvalues",
@@ -290,382 +284,6 @@ def _session_eigenvalues(
         eigenvectors=res.eigenvectors,
         tol=tol,
     )
-
-
-@dataclass
-class HessianTraceResult:
-    """A stochastic estimate of the Hessian trace.
-
-    Attributes:
-        value: the estimate of ``tr(H)``.
-        stderr: its standard error.
-        num_hvps: Hessian-vector products used.
-        method: ``"hutchinson"``, ``"hutch++"`` or ``"exact"`` (the method that ran; ``method="auto"`` says
-            which here).
-        num_params: dimension of the Hessian (``value / num_params`` is the mean eigenvalue).
-        layer_traces: for ``"exact"``, the trace of each module's diagonal block (``{module name: trace}``).
-        fallback: for ``method="auto"`` that ran Hutch++, why the exact method was not used.
-        curvature: the matrix whose trace this is (``"hessian"``, ``"ggn"``, ``"fisher"``, ``"empirical_fisher"``).
-        uncertainty: ``"jackknife"`` when ``stderr`` is the jackknife standard error over the probe's samples
-            (with the same random vectors on every subset), else ``None`` (``stderr`` is the estimator's).
-        estimator_stderr: with ``uncertainty``, the estimator's own standard error (``stderr`` without it).
-        uncertainty_hvps: Hessian-vector products spent on the jackknife (not in ``num_hvps``).
-    """
-
-    value: float
-    stderr: float
-    num_hvps: int
-    method: str
-    num_params: int
-    layer_traces: dict[str, float] | None = None
-    fallback: str | None = None
-    curvature: str = "hessian"
-    uncertainty: str | None = None
-    estimator_stderr: float | None = None
-    uncertainty_hvps: int = 0
-
-    @property
-    def interval(self) -> tuple[float, float] | None:
-        """With ``uncertainty``: ``value ± INTERVAL_Z·stderr`` as ``(lo, hi)``, else ``None``."""
-        return interval(self.value, self.stderr) if self.uncertainty is not None else None
-
-    def scalars(self) -> dict[str, float]:
-        """Named scalars for logging (with ``uncertainty`` also ``value_lo``, ``value_hi``, ``uncertainty_hvps``)."""
-        out = {
-            "value": self.value,
-            "stderr": self.stderr,
-            "mean_eigenvalue": self.value / self.num_params,
-            "num_hvps": float(self.num_hvps),
-        }
-        if self.estimator_stderr is not None:
-            out["estimator_stderr"] = self.estimator_stderr
-        if self.uncertainty is not None:
-            out.update(interval_scalars("value", self.value, self.stderr, stderr_key="stderr"))
-            out["uncertainty_hvps"] = float(self.uncertainty_hvps)
-        return out
-
-
-@dataclass(frozen=True)
-class TraceOptions:
-    """The method and budget of :func:`hessian_trace`, validated once (the
-    :class:`~ignite_landscape.HessianTrace` handler builds the same object at construction).
-
-    Attributes:
-        method: ``"hutch++"``, ``"hutchinson"``, ``"exact"`` or ``"auto"``.
-        num_hvps: budget of Hessian-vector products: at least 6 for Hutch++ and ``"auto"`` (which may
-            fall back to it: a sketch, its products and a Hutchinson part of at least 2), at least 2 for
-            Hutchinson (for a standard error), unused by ``"exact"``.
-
-    Raises:
-        TypeError: for a non-int ``num_hvps``.
-        ValueError: for an unknown method or a budget too small for it.
-    """
-
-    method: str = "hutch++"
-    num_hvps: int = 60
-
-    def __post_init__(self) -> None:
-        check_choice("method", self.method, (*TRACE_METHODS, "exact", "auto"))
-        check_int("num_hvps", self.num_hvps, {"hutchinson": 2, "exact": 1}.get(self.method, 6))
-
-
-def hessian_trace(
-    model: nn.Module,
-    probe: Probe,
-    *,
-    method: str = "hutch++",
-    num_hvps: int = 60,
-    params: ParamsArg = None,
-    seed: int = 0,
-    curvature: str = "hessian",
-    uncertainty: str | None = None,
-    jackknife_chunks: int = JACKKNIFE_CHUNKS,
-) -> HessianTraceResult:
-    """Estimate ``tr(H)`` with Hutchinson or Hutch++ and Rademacher vectors, or compute it exactly.
-
-    Args:
-        model: the model; left exactly as it was.
-        probe: the fixed samples and loss.
-        method: ``"hutch++"`` (default; lower variance when a few eigenvalues dominate), ``"hutchinson"``,
-            ``"exact"`` (the exact diagonal summed, see :func:`~ignite_landscape.measures.diagonal.hessian_diagonal`;
-            needs the ``exact`` extra and a supported network) or ``"auto"`` (exact where supported, else
-            Hutch++; ``result.method`` says which ran and ``result.fallback`` why).
-        num_hvps: budget of Hessian-vector products (stochastic methods).
-        params: restrict to a subset of parameters.
-        seed: seed of the random vectors (the same seed gives the same vectors every time).
-        curvature: ``"hessian"``, ``"ggn"``, ``"fisher"`` or ``"empirical_fisher"``; ``"exact"`` is for the Hessian.
-        uncertainty: ``"jackknife"``: ``stderr`` is the jackknife standard error over the probe's samples
-            (``jackknife_chunks`` more runs on the probe without one chunk, with the same random vectors), and
-            the estimator's own goes to ``estimator_stderr``.
-        jackknife_chunks: ``K``, the chunks of the jackknife.
-
-    Raises:
-        ImportError: for ``method="exact"`` without BackPACK (``pip install "ignite_landscape[exact]"``).
-        ValueError: for an unknown method or curvature, ``method="exact"`` on an unsupported network, or a bad
-            ``uncertainty``/``jackknife_chunks``.
-    """
-    check_uncertainty(uncertainty, jackknife_chunks, probe)
-    if uncertainty is not None:
-        full = hessian_trace(
-            model, probe, method=method, num_hvps=num_hvps, params=params, seed=seed, curvature=curvature
-        )
-        loo = [
-            hessian_trace(model, part, method=method, num_hvps=num_hvps, params=params, seed=seed, curvature=curvature)
-            for part in leave_one_out_probes(probe, jackknife_chunks)
-        ]
-        stderr = float(jackknife_stderr(torch.tensor([r.value for r in loo], dtype=torch.float64)))
-        warn_if_wide("trace", full.value, stderr)
-        return dataclasses.replace(
-            full,
-            stderr=stderr,
-            uncertainty=uncertainty,
-            estimator_stderr=full.stderr,
-            uncertainty_hvps=sum(r.num_hvps for r in loo),
-        )
-    TraceOptions(method, num_hvps)
-    check_curvature(curvature)
-    if method == "exact" and curvature != "hessian":
-        raise ValueError(f"method='exact' computes the Hessian's trace: use curvature='hessian', got {curvature!r}")
-    fallback = None
-    with probe.session(model, params) as s:
-        if method in ("exact", "auto") and curvature == "hessian":
-            try:
-                diag = session_hessian_diagonal(s)
-            except (ImportError, ExactUnsupportedError) as exc:
-                if method == "exact":
-                    raise
-                fallback = str(exc)
-            else:
-                exact = diagonal_result(diag, s.space)
-                return HessianTraceResult(exact.value, 0.0, 0, "exact", s.space.numel, exact.layer_traces)
-        elif method == "auto":
-            fallback = f"the exact method computes the Hessian's trace, not the {curvature}'s"
-        ran = "hutchinson" if method == "hutchinson" else "hutch++"
-        estimator = hutchpp if ran == "hutch++" else hutchinson
-        matvec = curvature_operator(s, curvature, seed)
-        est = estimator(matvec, s.space.numel, num_matvecs=num_hvps, seed=seed, dtype=s.dtype, device=s.base[0].device)
-        return HessianTraceResult(
-            est.value, est.stderr, s.num_hvps, ran, s.space.numel, fallback=fallback, curvature=curvature
-        )
-
-
-@dataclass
-class HessianDensityResult:
-    """Eigenvalue density of the Hessian by stochastic Lanczos quadrature.
-
-    Attributes:
-        nodes: ``(runs, m)`` quadrature nodes (Ritz values).
-        weights: ``(runs, m)`` quadrature weights (each row sums to 1).
-        grid: points where the smoothed density is evaluated.
-        density: Gaussian-smoothed density on ``grid``, averaged over runs (integrates to ≈1).
-        sigma: smoothing width.
-        negative_mass: share of the absolute spectral mass at negative eigenvalues, ``Σ_{λ<0}|λ| / Σ|λ|``
-            (robust to the cluster of eigenvalues at zero).
-        negative_fraction: estimated fraction of eigenvalues below ``-0.01·max|λ|``.
-        trace: SLQ's estimate of ``tr(H)`` (``P · Σ τ θ``).
-        num_hvps: Hessian-vector products used.
-        num_params: dimension of the Hessian.
-        mask: ``(runs, m)``, False at the padding of runs that ended early (an invariant Krylov
-            space: a small or low-rank Hessian); padded nodes are 0 with weight 0 and are not
-            eigenvalues, so the extremes and the grid ignore them.
-    """
-
-    nodes: torch.Tensor
-    weights: torch.Tensor
-    grid: torch.Tensor
-    density: torch.Tensor
-    sigma: float
-    negative_mass: float
-    negative_fraction: float
-    trace: float
-    num_hvps: int
-    num_params: int
-    mask: torch.Tensor | None = None
-
-    def _real(self) -> torch.Tensor:
-        return self.nodes[self.mask] if self.mask is not None else self.nodes.reshape(-1)
-
-    @property
-    def lambda_max(self) -> float:
-        """Largest node: a lower bound on λ_max that converges fast."""
-        return float(self._real().max())
-
-    @property
-    def lambda_min(self) -> float:
-        """Smallest node: an upper bound on λ_min."""
-        return float(self._real().min())
-
-    def scalars(self) -> dict[str, float]:
-        """Named scalars for logging."""
-        return {
-            "negative_mass": self.negative_mass,
-            "negative_fraction": self.negative_fraction,
-            "trace": self.trace,
-            "lambda_max": self.lambda_max,
-            "lambda_min": self.lambda_min,
-            "num_hvps": float(self.num_hvps),
-        }
-
-
-@dataclass(frozen=True)
-class DensityOptions:
-    """The quadrature options of :func:`hessian_density`, validated once (the
-    :class:`~ignite_landscape.HessianDensity` handler builds the same object at construction).
-
-    Attributes:
-        num_steps: Lanczos steps per run (``≥ 1``).
-        num_runs: random start vectors (``≥ 1``).
-        grid_size: points of the density grid (``≥ 2``).
-        sigma: Gaussian smoothing width (positive), or ``None`` for 1% of the node range.
-
-    Raises:
-        TypeError, ValueError: for an option of the wrong type or value (naming it).
-    """
-
-    num_steps: int = 30
-    num_runs: int = 4
-    grid_size: int = 512
-    sigma: float | None = None
-
-    def __post_init__(self) -> None:
-        check_int("num_steps", self.num_steps, 1)
-        check_int("num_runs", self.num_runs, 1)
-        check_int("grid_size", self.grid_size, 2)
-        if self.sigma is not None:
-            object.__setattr__(self, "sigma", check_positive("sigma", self.sigma))
-
-
-def hessian_density(
-    model: nn.Module,
-    probe: Probe,
-    *,
-    num_steps: int = 30,
-    num_runs: int = 4,
-    grid_size: int = 512,
-    sigma: float | None = None,
-    params: ParamsArg = None,
-    seed: int = 0,
-    curvature: str = "hessian",
-) -> HessianDensityResult:
-    """Eigenvalue density by stochastic Lanczos quadrature, averaged over ``num_runs`` vectors.
-
-    Args:
-        model: the model; left exactly as it was.
-        probe: the fixed samples and loss.
-        num_steps: Lanczos steps per run (quadrature exact for polynomials of degree ``2·num_steps − 1``).
-        num_runs: random start vectors averaged.
-        grid_size: points of the density grid.
-        sigma: Gaussian smoothing width; default 1% of the node range.
-        params: restrict to a subset of parameters.
-        seed: seed of the start vectors.
-        curvature: ``"hessian"``, ``"ggn"``, ``"fisher"`` or ``"empirical_fisher"``.
-    """
-    DensityOptions(num_steps, num_runs, grid_size, sigma)
-    check_curvature(curvature)
-    with probe.session(model, params) as s:
-        q: Quadrature = stochastic_lanczos_quadrature(
-            curvature_operator(s, curvature, seed),
-            s.space.numel,
-            num_steps=num_steps,
-            num_runs=num_runs,
-            seed=seed,
-            dtype=s.dtype,
-            device=s.base[0].device,
-        )
-        used, n = s.num_hvps, s.space.numel
-    finite = torch.isfinite(q.nodes).all()
-    lo, hi = (q.lambda_min, q.lambda_max) if finite else (0.0, 1.0)
-    width = hi - lo if hi > lo else max(abs(hi), 1.0)
-    if sigma is None:
-        sigma = 0.01 * width
-    grid = torch.linspace(lo - 5 * sigma, hi + 5 * sigma, grid_size, dtype=torch.float64)
-    density = gaussian_density(q, grid, sigma) if finite else torch.full_like(grid, float("nan"))
-    return HessianDensityResult(
-        nodes=q.nodes,
-        weights=q.weights,
-        grid=grid,
-        density=density,
-        sigma=sigma,
-        negative_mass=q.negative_mass if finite else float("nan"),
-        negative_fraction=q.negative_fraction() if finite else float("nan"),
-        trace=n * q.moment(1) if finite else float("nan"),
-        num_hvps=used,
-        num_params=n,
-        mask=q.mask,
-    )
-
-
-@dataclass
-class LayerCurvature:
-    """Curvature of the Hessian block of one layer (its parameters only, the rest held fixed).
-
-    Attributes:
-        name: the module name (``""`` for parameters of the root module).
-        num_params: parameters in the block.
-        lambda_max: top eigenvalue of the block.
-        trace: trace of the block (exact for blocks of at most ``exact_below`` parameters, else Hutch++).
-        trace_stderr: standard error of ``trace`` (0 when exact).
-        num_hvps: Hessian-vector products used for this layer.
-    """
-
-    name: str
-    num_params: int
-    lambda_max: float
-    trace: float
-    trace_stderr: float
-    num_hvps: int
-    parameters: list[str] = field(default_factory=list)
-
-
-def layerwise_curvature(
-    model: nn.Module,
-    probe: Probe,
-    *,
-    tol: float = 1e-4,
-    trace_hvps: int = 30,
-    exact_below: int = 64,
-    seed: int = 0,
-    trace_method: str = "hutch++",
-) -> list[LayerCurvature]:
-    """Top eigenvalue and trace of the Hessian block of each layer that owns trainable parameters.
-
-    Blocks with at most ``exact_below`` parameters are formed densely from HVPs against unit vectors
-    (exact); larger ones use Lanczos (λ_max) and Hutch++ (trace). With ``trace_method="exact"`` every
-    trace comes from one exact Hessian diagonal (:func:`~ignite_landscape.hessian_diagonal`; it raises
-    where that is unsupported); ``"auto"`` uses it where supported and Hutch++ otherwise.
-    """
-    if trace_method not in ("hutch++", "exact", "auto"):
-        raise ValueError(f"trace_method must be one of ('hutch++', 'exact', 'auto'), got {trace_method!r}")
-    exact_traces: dict[str, float] = {}
-    if trace_method != "hutch++":
-        with probe.session(model) as s:
-            try:
-                exact_traces = diagonal_result(session_hessian_diagonal(s), s.space).layer_traces
-            except (ImportError, ExactUnsupportedError):
-                if trace_method == "exact":
-                    raise
-    rows = []
-    for owner, names in ParamSpace.from_model(model).module_groups().items():
-        with probe.session(model, names) as s:
-            n = s.space.numel
-            if owner in exact_traces and n > exact_below:
-                lres = lanczos(s.hvp, n, k=1, tol=tol, seed=seed, dtype=s.dtype, device=s.base[0].device)
-                lam, tr, err = float(lres.eigenvalues[0]), exact_traces[owner], 0.0
-            elif n <= exact_below:
-                eye = torch.eye(n, dtype=s.dtype, device=s.base[0].device)
-                H = torch.stack([s.hvp(eye[i]) for i in range(n)]).double().cpu()
-                H = 0.5 * (H + H.T)
-                lam = float(torch.linalg.eigvalsh(H)[-1])
-                tr, err = float(H.trace()), 0.0
-            else:
-                lres = lanczos(s.hvp, n, k=1, tol=tol, seed=seed, dtype=s.dtype, device=s.base[0].device)
-                lam = float(lres.eigenvalues[0])
-                est = hutchpp(
-                    s.hvp, n, num_matvecs=max(trace_hvps, 6), seed=seed, dtype=s.dtype, device=s.base[0].device
-                )
-                tr, err = est.value, est.stderr
-            rows.append(LayerCurvature(owner, n, lam, tr, err, s.num_hvps, list(names)))
-    return rows
 
 
 def eigenspace_overlap(previous: torch.Tensor, current: torch.Tensor) -> tuple[float, float]:
