@@ -19,6 +19,28 @@ fired it; ``global_step_transform=`` chooses another step):
   layout is written again when a later firing brings a new band,
 * a text summary table of the latest values.
 
+Event-file contract (what :func:`ignite_landscape.report` reads; every tag is written at the step of the
+firing, the trainer's iteration unless ``global_step_transform`` says otherwise):
+
+* scalar ``landscape/<name>/<key>`` for every key of ``firing.scalars`` (``engine.state.metrics`` without the
+  prefix) and scalar ``landscape/epoch``: the trainer's epoch at each step written;
+* text ``landscape/<name>/record``: JSON ``{"kind": firing.kind, "definitions": {key: sentence, ...}}``
+  (:func:`~ignite_landscape.results.record_of`), at a handler's first logged firing that has a kind and again
+  whenever it changes; a reader finds a handler's results by this kind (:data:`~ignite_landscape.results.KINDS`),
+  whatever the handler is named;
+* text ``landscape/<name>/data``: JSON ``{curve_key: Curve.to_plain(), ...}`` of ``result.curves()`` at each
+  firing whose result has curves (read back with :meth:`~ignite_landscape.results.Curve.from_plain`);
+* ``landscape/<name>/<curve_key>``: an image per ``line`` (overlay lines: the last ``max_slice_curves``
+  firings under the current one), ``grid`` (filled contours), ``path`` (the path over its plane's contours) and
+  ``bars`` curve (a labels × firings heatmap of every firing so far), a histogram per ``histogram`` curve
+  (weighted ones through ``add_histogram_raw``); a ``grid`` curve's 3D mesh at ``landscape/<name>/<curve_key>_surface``;
+* text ``landscape/summary``: a markdown table of every handler's latest scalars;
+* the custom-scalars layout (``custom_scalars__config__``), charts keyed by ``firing.kind``.
+
+Text is stored as written (raw JSON, no markdown fence); tensorboardX stores a text tag ``T`` as
+``T/text_summary``, torch's ``SummaryWriter`` as ``T``. (This contract holds from the ``tensorboard/``
+package on; the module below still writes the older ad-hoc ``data`` dicts.)
+
 It works with either writer Ignite picks (tensorboardX if installed, else ``torch.utils.tensorboard``)
 and writes only on rank 0 under ``ignite.distributed``.
 
