@@ -14,21 +14,24 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
 
 from ignite_landscape.curvature import check_curvature, curvature_operator
 from ignite_landscape.linalg import Quadrature, gaussian_density, stochastic_lanczos_quadrature
+from ignite_landscape.measures._definitions import curvature_name, num, products
 from ignite_landscape.params import ParamsArg
 from ignite_landscape.probe import Probe
+from ignite_landscape.results import Curve, Result
 from ignite_landscape.validation import check_int, check_positive
 
 __all__ = ["HessianDensityResult", "DensityOptions", "hessian_density"]
 
 
 @dataclass
-class HessianDensityResult:
+class HessianDensityResult(Result):
     """Eigenvalue density of the Hessian by stochastic Lanczos quadrature.
 
     Attributes:
@@ -46,7 +49,10 @@ class HessianDensityResult:
         mask: ``(runs, m)``, False at the padding of runs that ended early (an invariant Krylov
             space: a small or low-rank Hessian); padded nodes are 0 with weight 0 and are not
             eigenvalues, so the extremes and the grid ignore them.
+        curvature: the matrix (``"hessian"``, ``"ggn"``, ``"fisher"``, ``"empirical_fisher"``).
     """
+
+    kind: ClassVar[str] = "density"
 
     nodes: torch.Tensor
     weights: torch.Tensor
@@ -59,6 +65,7 @@ class HessianDensityResult:
     num_hvps: int
     num_params: int
     mask: torch.Tensor | None = None
+    curvature: str = "hessian"
 
     def _real(self) -> torch.Tensor:
         return self.nodes[self.mask] if self.mask is not None else self.nodes.reshape(-1)
@@ -84,6 +91,61 @@ class HessianDensityResult:
             "num_hvps": float(self.num_hvps),
         }
 
+    def _spectrum(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(nodes, counts)``: the real quadrature nodes and the eigenvalue count each carries.
+
+        The quadrature is a discrete spectral measure: node ``θ`` of a run carries mass ``τ/runs`` of the
+        ``num_params`` eigenvalues, so the counts sum to ``num_params`` (padded and non-finite nodes dropped).
+        """
+        nodes = self.nodes.detach().cpu().double().reshape(-1)
+        mass = (self.weights.detach().cpu().double() / self.weights.shape[0]).reshape(-1)
+        keep = torch.isfinite(nodes) & torch.isfinite(mass)
+        if self.mask is not None:
+            keep &= self.mask.detach().cpu().reshape(-1).bool()
+        return nodes[keep], mass[keep] * self.num_params
+
+    def curves(self) -> dict[str, Curve]:
+        """``density`` (a line over the grid) and ``spectrum`` (the nodes weighted by their eigenvalue counts)."""
+        nodes, counts = self._spectrum()
+        return {
+            "density": Curve(
+                "line",
+                x=self.grid,
+                y=self.density,
+                extra={"sigma": self.sigma},
+                xlabel="eigenvalue",
+                ylabel="density",
+            ),
+            "spectrum": Curve(
+                "histogram", x=nodes, y=counts, extra={"num_params": self.num_params}, xlabel="eigenvalue"
+            ),
+        }
+
+    def definitions(self) -> dict[str, str]:
+        """One sentence per scalar and curve key, with the matrix and the quadrature's runs and steps."""
+        runs, steps = (int(self.nodes.shape[0]), int(self.nodes.shape[1])) if self.nodes.dim() == 2 else (1, 0)
+        matrix = curvature_name(self.curvature)
+        slq = (
+            f"of the {matrix} of the probe loss by stochastic Lanczos quadrature ({runs} random start vectors × "
+            f"{steps} Lanczos steps, {self.num_hvps} products)"
+        )
+        return {
+            "negative_mass": f"share of the absolute spectral mass at negative eigenvalues, Σ_(λ<0)|λ| / Σ|λ|, {slq}",
+            "negative_fraction": f"estimated fraction of the eigenvalues below −0.01·max|λ|, {slq}",
+            "trace": f"estimate of the trace, {self.num_params}·Σ τθ averaged over the runs, {slq}",
+            "lambda_max": f"largest quadrature node (Ritz value), a lower bound on λ_max, {slq}",
+            "lambda_min": f"smallest quadrature node (Ritz value), an upper bound on λ_min, {slq}",
+            "num_hvps": f"{products(self.curvature)} used by the quadrature",
+            "density": (
+                f"eigenvalue density {slq}, smoothed by Gaussians of width σ = {num(self.sigma)} "
+                "(integrates to about 1)"
+            ),
+            "spectrum": (
+                f"quadrature nodes {slq}, each weighted by the number of the {self.num_params} eigenvalues it "
+                "carries (τ/runs · num_params)"
+            ),
+        }
+
 
 @dataclass(frozen=True)
 class DensityOptions:
@@ -95,6 +157,7 @@ class DensityOptions:
         num_runs: random start vectors (``≥ 1``).
         grid_size: points of the density grid (``≥ 2``).
         sigma: Gaussian smoothing width (positive), or ``None`` for 1% of the node range.
+        curvature: ``"hessian"``, ``"ggn"``, ``"fisher"`` or ``"empirical_fisher"``.
 
     Raises:
         TypeError, ValueError: for an option of the wrong type or value (naming it).
@@ -104,8 +167,10 @@ class DensityOptions:
     num_runs: int = 4
     grid_size: int = 512
     sigma: float | None = None
+    curvature: str = "hessian"
 
     def __post_init__(self) -> None:
+        check_curvature(self.curvature)
         check_int("num_steps", self.num_steps, 1)
         check_int("num_runs", self.num_runs, 1)
         check_int("grid_size", self.grid_size, 2)
@@ -138,8 +203,7 @@ def hessian_density(
         seed: seed of the start vectors.
         curvature: ``"hessian"``, ``"ggn"``, ``"fisher"`` or ``"empirical_fisher"``.
     """
-    DensityOptions(num_steps, num_runs, grid_size, sigma)
-    check_curvature(curvature)
+    DensityOptions(num_steps, num_runs, grid_size, sigma, curvature)
     with probe.session(model, params) as s:
         q: Quadrature = stochastic_lanczos_quadrature(
             curvature_operator(s, curvature, seed),
@@ -170,4 +234,5 @@ def hessian_density(
         num_hvps=used,
         num_params=n,
         mask=q.mask,
+        curvature=curvature,
     )

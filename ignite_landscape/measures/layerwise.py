@@ -2,8 +2,9 @@
 
 :func:`layerwise_curvature` returns one :class:`LayerCurvature` per layer; :func:`layerwise_curvature_result`
 wraps it (exact traces from one Hessian diagonal where the network allows, ``trace_method="auto"``) in a
-:class:`LayerwiseCurvatureResult` with one scalar per layer and quantity, which the :class:`~ignite_landscape.LayerwiseCurvature` handler
-streams and the TensorBoard log handler draws as a layers × firings heatmap.
+:class:`LayerwiseCurvatureResult` with one scalar per layer and quantity, which the
+:class:`~ignite_landscape.LayerwiseCurvature` handler streams and the TensorBoard log handler draws as a
+layers × firings heatmap.
 
 Example:
     >>> import torch
@@ -25,11 +26,13 @@ from ignite_landscape.linalg import hutchpp, lanczos
 from ignite_landscape.measures.diagonal import ExactUnsupportedError, diagonal_result, session_hessian_diagonal
 from ignite_landscape.params import ParamSpace
 from ignite_landscape.probe import Probe
+from ignite_landscape.validation import check_choice, check_int, check_positive
 
 __all__ = [
     "LAYER_QUANTITIES",
     "LayerCurvature",
     "LayerwiseCurvatureResult",
+    "LayerwiseOptions",
     "layerwise_curvature",
     "layerwise_curvature_result",
 ]
@@ -57,6 +60,34 @@ class LayerCurvature:
     trace_stderr: float
     num_hvps: int
     parameters: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class LayerwiseOptions:
+    """The options of :func:`layerwise_curvature_result`, validated once (the
+    :class:`~ignite_landscape.LayerwiseCurvature` handler builds the same object at construction).
+
+    Attributes:
+        tol: Lanczos tolerance of each layer's λ_max.
+        trace_method: ``"auto"`` (exact where :func:`~ignite_landscape.hessian_diagonal` supports the
+            network, else Hutch++), ``"exact"`` or ``"hutch++"``.
+        trace_hvps: Hutch++ budget per layer when the trace is not exact (at least 6).
+        exact_below: layers with at most this many parameters are formed densely (exact λ_max and trace).
+
+    Raises:
+        TypeError, ValueError: for an option of the wrong type or value (naming it).
+    """
+
+    tol: float = 1e-4
+    trace_method: str = "auto"
+    trace_hvps: int = 30
+    exact_below: int = 64
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tol", check_positive("tol", self.tol))
+        check_choice("trace_method", self.trace_method, ("auto", "exact", "hutch++"))
+        check_int("trace_hvps", self.trace_hvps, 6)
+        check_int("exact_below", self.exact_below, 0)
 
 
 def layerwise_curvature(

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
 
 from ignite_landscape.curvature import check_curvature, curvature_operator
 from ignite_landscape.linalg import TRACE_METHODS, hutchinson, hutchpp
+from ignite_landscape.measures._definitions import band_definitions, curvature_name, products
 from ignite_landscape.measures.diagonal import ExactUnsupportedError, diagonal_result, session_hessian_diagonal
 from ignite_landscape.measures.jackknife import (
     JACKKNIFE_CHUNKS,
@@ -33,13 +35,14 @@ from ignite_landscape.measures.jackknife import (
 )
 from ignite_landscape.params import ParamsArg
 from ignite_landscape.probe import Probe
+from ignite_landscape.results import Result
 from ignite_landscape.validation import check_choice, check_int
 
 __all__ = ["HessianTraceResult", "TraceOptions", "hessian_trace"]
 
 
 @dataclass
-class HessianTraceResult:
+class HessianTraceResult(Result):
     """A stochastic estimate of the Hessian trace.
 
     Attributes:
@@ -56,7 +59,10 @@ class HessianTraceResult:
             (with the same random vectors on every subset), else ``None`` (``stderr`` is the estimator's).
         estimator_stderr: with ``uncertainty``, the estimator's own standard error (``stderr`` without it).
         uncertainty_hvps: Hessian-vector products spent on the jackknife (not in ``num_hvps``).
+        jackknife_chunks: the probe chunks of the jackknife (0 without ``uncertainty``).
     """
+
+    kind: ClassVar[str] = "trace"
 
     value: float
     stderr: float
@@ -69,6 +75,7 @@ class HessianTraceResult:
     uncertainty: str | None = None
     estimator_stderr: float | None = None
     uncertainty_hvps: int = 0
+    jackknife_chunks: int = 0
 
     @property
     def interval(self) -> tuple[float, float] | None:
@@ -90,6 +97,35 @@ class HessianTraceResult:
             out["uncertainty_hvps"] = float(self.uncertainty_hvps)
         return out
 
+    def definitions(self) -> dict[str, str]:
+        """One sentence per scalar key, with the matrix, the method and its budget."""
+        matrix = curvature_name(self.curvature)
+        if self.method == "exact":
+            how = "exactly, as the sum of the exact Hessian diagonal (BackPACK)"
+            own = "0: the exact trace has no estimator error"
+        else:
+            name = "Hutch++ (Meyer et al. 2021)" if self.method == "hutch++" else "Hutchinson's estimator"
+            how = f"by {name} on {self.num_hvps} {products(self.curvature)} with Rademacher vectors"
+            own = "standard error of the stochastic estimate, from the spread of its Rademacher-vector terms"
+        if self.fallback:
+            how += f" (method='auto' fell back from the exact method: {self.fallback})"
+        out = {
+            "value": f"trace of the {matrix} of the probe loss over its {self.num_params} parameters, {how}",
+            "mean_eigenvalue": f"value / {self.num_params}: the mean eigenvalue of the {matrix}",
+            "num_hvps": f"{products(self.curvature)} used by the estimate (0 for the exact trace)",
+        }
+        if self.uncertainty is not None:
+            chunks = self.jackknife_chunks
+            out.update(band_definitions("value", "the trace", chunks, stderr_key="stderr"))
+            out["stderr"] += " (the same random vectors on every subset)"
+            out["estimator_stderr"] = f"the estimator's own error: {own}"
+            out["uncertainty_hvps"] = (
+                f"{products(self.curvature)} of the {chunks or 'K'} leave-one-chunk-out runs (not in num_hvps)"
+            )
+        else:
+            out["stderr"] = own
+        return out
+
 
 @dataclass(frozen=True)
 class TraceOptions:
@@ -102,17 +138,37 @@ class TraceOptions:
             fall back to it: a sketch, its products and a Hutchinson part of at least 2), at least 2 for
             Hutchinson (for a standard error), unused by ``"exact"``.
 
+        curvature: ``"hessian"``, ``"ggn"``, ``"fisher"`` or ``"empirical_fisher"``; ``"exact"`` is for the Hessian.
+        uncertainty: ``"jackknife"``: ``stderr`` is the jackknife standard error over the probe's samples
+            (``jackknife_chunks`` more runs on the probe without one chunk, with the same random vectors), and
+            the estimator's own goes to ``estimator_stderr``; ``None``: the estimator's standard error.
+        jackknife_chunks: ``K``, the chunks of the jackknife (``2 ≤ K ≤`` the probe's samples).
+
     Raises:
-        TypeError: for a non-int ``num_hvps``.
-        ValueError: for an unknown method or a budget too small for it.
+        TypeError: for a non-int ``num_hvps`` or ``jackknife_chunks``.
+        ValueError: for an unknown method, curvature or uncertainty, a budget too small for the method, or
+            ``method="exact"`` with another curvature than the Hessian.
     """
 
     method: str = "hutch++"
     num_hvps: int = 60
+    curvature: str = "hessian"
+    uncertainty: str | None = None
+    jackknife_chunks: int = JACKKNIFE_CHUNKS
 
     def __post_init__(self) -> None:
         check_choice("method", self.method, (*TRACE_METHODS, "exact", "auto"))
         check_int("num_hvps", self.num_hvps, {"hutchinson": 2, "exact": 1}.get(self.method, 6))
+        check_curvature(self.curvature)
+        if self.method == "exact" and self.curvature != "hessian":
+            raise ValueError(
+                f"method='exact' computes the Hessian's trace: use curvature='hessian', got {self.curvature!r}"
+            )
+        check_uncertainty(self.uncertainty, self.jackknife_chunks)
+
+    def check_probe(self, probe: Probe) -> None:
+        """Raise if the jackknife cannot work on ``probe`` (more chunks than samples, a sharded probe)."""
+        check_uncertainty(self.uncertainty, self.jackknife_chunks, probe)
 
 
 def hessian_trace(
@@ -150,7 +206,7 @@ def hessian_trace(
         ValueError: for an unknown method or curvature, ``method="exact"`` on an unsupported network, or a bad
             ``uncertainty``/``jackknife_chunks``.
     """
-    check_uncertainty(uncertainty, jackknife_chunks, probe)
+    TraceOptions(method, num_hvps, curvature, uncertainty, jackknife_chunks).check_probe(probe)
     if uncertainty is not None:
         full = hessian_trace(
             model, probe, method=method, num_hvps=num_hvps, params=params, seed=seed, curvature=curvature
@@ -167,11 +223,8 @@ def hessian_trace(
             uncertainty=uncertainty,
             estimator_stderr=full.stderr,
             uncertainty_hvps=sum(r.num_hvps for r in loo),
+            jackknife_chunks=jackknife_chunks,
         )
-    TraceOptions(method, num_hvps)
-    check_curvature(curvature)
-    if method == "exact" and curvature != "hessian":
-        raise ValueError(f"method='exact' computes the Hessian's trace: use curvature='hessian', got {curvature!r}")
     fallback = None
     with probe.session(model, params) as s:
         if method in ("exact", "auto") and curvature == "hessian":
