@@ -8,9 +8,11 @@ them with its own ``OutputHandler``, attached on the same event as the landscape
 
 That repeats the latest values whenever the logger's event fires without a fresh result (a firing the
 :class:`~ignite_landscape.Budget` skipped, a landscape handler on a sparser event). The
-:class:`LandscapeArtifactHandler` below writes only fresh results, each at its own step, and sends the
-figures too (the 1D slice with earlier slices under it, the 2D contours and surface, the SLQ density,
-the interpolation path), plus the raw curves as JSON and a markdown summary, as artifacts of the run.
+:class:`LandscapeArtifactHandler` below writes only fresh results, each at its own step, and sends a
+figure of every curve a result has (drawn as in TensorBoard: the 1D slice with earlier slices under it,
+2D contours and surface, ...), the curves themselves and each handler's record (kind and definitions) as
+JSON, and a markdown summary, as artifacts of the run. Like the TensorBoard writers it reads only the
+result protocol (:mod:`ignite_landscape.results`).
 
 Example:
     >>> import tempfile, torch
@@ -36,17 +38,18 @@ from ignite.engine import Engine
 from ignite.handlers.base_logger import BaseHandler
 
 from ignite_landscape.handlers.base import Firing
-from ignite_landscape.measures.connectivity import Interpolation
-from ignite_landscape.measures.slices import LossSliceResult
-from ignite_landscape.measures.spectrum import HessianDensityResult
-from ignite_landscape.tensorboard import (
-    _curve_data,
-    _default_step,
+from ignite_landscape.tensorboard.common import (
+    CurveHistory,
+    Fresh,
     check_writer_options,
+    collect_fresh,
+    default_step,
+    firing_label,
     firing_step,
-    fresh_firings,
     summary_table,
 )
+from ignite_landscape.tensorboard.figures import curve_figure
+from ignite_landscape.tensorboard.text import curve_data, firing_record
 
 __all__ = ["LandscapeArtifactHandler", "SUPPORTED_LOGGERS"]
 
@@ -96,10 +99,11 @@ class LandscapeArtifactHandler(BaseHandler):
     Each call writes every result computed since the previous call, at the trainer's iteration:
 
     * metrics ``landscape/<name>/<quantity>`` (a firing skipped by a budget writes only ``skipped``),
-    * figures ``landscape/<name>/<kind>/step_<step>.png`` (``slice``, ``contour``, ``surface``,
-      ``density``, ``interpolation``),
-    * the raw curves ``landscape/<name>/data/step_<step>.json`` and the summary
-      ``landscape/summary/step_<step>.md``.
+    * a figure per curve ``landscape/<name>/<curve_key>/step_<step>.png`` (a ``grid`` curve also as a 3D
+      surface, ``<curve_key>_surface``),
+    * the curves ``landscape/<name>/data/step_<step>.json`` (``{curve_key: Curve.to_plain()}``), the
+      handler's record ``landscape/<name>/record/step_<step>.json`` (``{"kind", "definitions"}``, when it
+      changes) and the summary ``landscape/summary/step_<step>.md``.
 
     Only rank 0 writes under ``ignite.distributed``.
 
@@ -107,10 +111,10 @@ class LandscapeArtifactHandler(BaseHandler):
         names: only these handler names (default: all).
         global_step_transform: ``f(engine, event_name) -> int`` (default: the engine's iteration).
         figures: send figures.
-        data: send the curves behind the figures as JSON.
+        data: send the curves behind the figures and the records as JSON.
         text: send the markdown summary table.
         max_slice_curves: how many earlier 1D slices the slice figure keeps under the current one.
-        log_scale: draw 2D slices in ``log(loss)``.
+        log_scale: colour grids (contours, surfaces) by ``log10(loss)`` when every loss is positive.
 
     Raises:
         TypeError: if ``names`` are not strings or ``global_step_transform`` is not callable; at the first
@@ -131,69 +135,54 @@ class LandscapeArtifactHandler(BaseHandler):
     ) -> None:
         names = check_writer_options(names, global_step_transform, max_slice_curves)
         self.names = names
-        self.global_step_transform = global_step_transform or _default_step
+        self.global_step_transform = global_step_transform or default_step
         self.figures = figures
         self.data = data
         self.text = text
         self.max_slice_curves = max_slice_curves
         self.log_scale = log_scale
         self._logged: dict[str, Firing] = {}
-        self._slices: dict[str, list[tuple[str, Any]]] = {}
+        self._history = CurveHistory(max_slice_curves)
+        self._records: dict[str, dict[str, Any]] = {}
 
     def __call__(self, engine: Engine, logger: Any, event_name: Any) -> None:
         sink = _sink_for(logger)
         if idist.get_rank() != 0:
             return
         firings: dict[str, Firing] = getattr(engine.state, "landscape_firings", None) or {}
-        fresh = fresh_firings(engine, self.names, self._logged)
+        fresh = collect_fresh(engine, self.names, self._logged, type(self).__name__)
         if not fresh:
             return
         step = firing_step(self.global_step_transform, engine, event_name)
-        results = getattr(engine.state, "landscape", {}) or {}
-        metrics: dict[str, float] = {}
-        for name, f in fresh:
-            self._logged[name] = f
-            metrics.update({f"landscape/{name}/{k}": float(v) for k, v in f.scalars.items()})
+        metrics = {f"landscape/{f.name}/{k}": float(v) for f in fresh for k, v in f.firing.scalars.items()}
         sink.metrics(metrics, step)
-        for name, f in fresh:
-            result = results.get(name, f.result) if f.result is not None else None
-            if result is None:
+        for f in fresh:
+            try:
+                self._send(sink, f, step)
+            except Exception as exc:  # noqa: BLE001 - a drawing problem must not stop training
+                _log.warning("LandscapeArtifactHandler: could not send %r (%s: %s)", f.name, type(exc).__name__, exc)
+        if self.text and any(not f.firing.skipped for f in fresh):
+            shown = {n: v for n, v in firings.items() if self.names is None or n in self.names}
+            sink.text(summary_table(shown), f"landscape/summary/step_{step:09d}.md")
+
+    def _send(self, sink: _MLflowSink, f: Fresh, step: int) -> None:
+        record = firing_record(f.firing)
+        if self.data and record is not None and self._records.get(f.name) != record:
+            sink.json(record, f"landscape/{f.name}/record/step_{step:09d}.json")
+            self._records[f.name] = record
+        if self.data and f.curves:
+            sink.json(curve_data(f.curves), f"landscape/{f.name}/data/step_{step:09d}.json")
+        for key, curve in f.curves.items():
+            shown = self._history.add(f.name, key, firing_label(f.firing), curve)
+            if not self.figures:
                 continue
-            try:
-                self._send_result(sink, name, f, result, step)
-            except Exception as exc:  # a drawing problem must not stop training
-                _log.warning("LandscapeArtifactHandler: could not send %r (%s: %s)", name, type(exc).__name__, exc)
-        if self.text and any(not f.skipped for _, f in fresh):
-            sink.text(summary_table(firings), f"landscape/summary/step_{step:09d}.md")
+            from ignite_landscape import plots  # matplotlib is imported only when a figure is drawn
 
-    def _send_result(self, sink: _MLflowSink, name: str, firing: Firing, result: Any, step: int) -> None:
-        from ignite_landscape import plots  # matplotlib is imported only when a figure is drawn
-
-        figures: list[tuple[str, Any]] = []
-        if isinstance(result, LossSliceResult) and result.dims == 1:
-            history = self._slices.setdefault(name, [])
-            history.append((f"epoch {firing.epoch}", result))
-            del history[: -self.max_slice_curves]
-            if self.figures:
-                labels, items = zip(*history)
+            figures = [(key, curve_figure(f.name, key, shown, log_scale=self.log_scale))]
+            if curve.kind == "grid":
+                title = f"{f.name}: {key} ({firing_label(f.firing)})"
                 figures.append(
-                    ("slice", plots.slice_1d_figure(list(items), list(labels), title=f"{name}: 1D loss slice"))
+                    (f"{key}_surface", plots.grid_surface_figure(curve, title=title, log_scale=self.log_scale))
                 )
-        elif isinstance(result, LossSliceResult) and result.dims == 2 and self.figures:
-            title = f"{name}: epoch {firing.epoch}"
-            figures.append(("contour", plots.slice_2d_contour_figure(result, title=title, log_scale=self.log_scale)))
-            figures.append(("surface", plots.slice_2d_surface_figure(result, title=title, log_scale=self.log_scale)))
-        elif isinstance(result, HessianDensityResult) and self.figures:
-            figures.append(("density", plots.density_figure(result)))
-        elif isinstance(result, Interpolation) and self.figures:
-            figures.append(("interpolation", plots.interpolation_figure(result)))
-        import matplotlib.pyplot as plt
-
-        for kind, fig in figures:
-            try:
-                sink.figure(fig, f"landscape/{name}/{kind}/step_{step:09d}.png")
-            finally:
-                plt.close(fig)
-        curve = _curve_data(result)
-        if curve is not None and self.data:
-            sink.json(curve, f"landscape/{name}/data/step_{step:09d}.json")
+            for path, fig in figures:
+                sink.figure(fig, f"landscape/{f.name}/{path}/step_{step:09d}.png")

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from ignite.engine import Engine, Events
 
 import ignite_landscape as il
+from ignite_landscape.results import Curve
 from tests.helpers import classification_data, small_cnn
 
 try:
@@ -106,20 +107,25 @@ def test_figures_and_curves_read_back(mlflow_run):
     steps = [f.iteration for f in handlers["slice1d"].history]
     for name, kind in [
         ("slice1d", "slice"),
-        ("slice2d", "contour"),
-        ("slice2d", "surface"),
+        ("slice2d", "slice"),
+        ("slice2d", "slice_surface"),
         ("density", "density"),
         ("connectivity", "interpolation"),
     ]:
         expected = [f"landscape/{name}/{kind}/step_{s:09d}.png" for s in steps]
         assert sorted(p for p in files if p.startswith(f"landscape/{name}/{kind}/")) == expected
-    png = Path(client.download_artifacts(run_id, f"landscape/slice2d/contour/step_{steps[-1]:09d}.png", str(root)))
+    png = Path(client.download_artifacts(run_id, f"landscape/slice2d/slice/step_{steps[-1]:09d}.png", str(root)))
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 1000
     # The curve behind the last 1D slice, as logged, equals the handler's result.
     data = Path(client.download_artifacts(run_id, f"landscape/slice1d/data/step_{steps[-1]:09d}.json", str(root)))
-    curve = json.loads(data.read_text())
+    curve = Curve.from_plain(json.loads(data.read_text())["slice"])
     result = handlers["slice1d"].history[-1].result
-    assert curve["loss"] == pytest.approx(result.loss.tolist(), rel=1e-7)
+    assert curve.y.tolist() == pytest.approx(result.loss.tolist(), rel=1e-7)
+    assert curve.x.tolist() == pytest.approx(result.coords[0].tolist(), rel=1e-7)
+    # The handler's record: its kind and a definition per scalar.
+    (record,) = [p for p in files if p.startswith("landscape/slice1d/record/")]
+    record = json.loads(Path(client.download_artifacts(run_id, record, str(root))).read_text())
+    assert record["kind"] == "slice1d" and "center_loss" in record["definitions"]
     summaries = [p for p in files if p.startswith("landscape/summary/")]
     assert len(summaries) == EPOCHS
 

@@ -24,7 +24,8 @@ from tensorboard.util import tensor_util
 from torch import nn
 
 import ignite_landscape as il
-from ignite_landscape.tensorboard import MAX_MESH_VERTICES, slice_mesh
+from ignite_landscape.results import Curve
+from ignite_landscape.tensorboard import MAX_MESH_VERTICES, grid_mesh
 from tests.test_handlers import Run, shared_full_run
 
 EVERY_KIND = {"size_guidance": {"scalars": 0, "histograms": 0, "images": 0, "tensors": 0}}
@@ -95,7 +96,7 @@ def test_figures(full):
     _, _, acc = full
     for tag in (
         "landscape/slice1d/slice",
-        "landscape/slice2d/contour",
+        "landscape/slice2d/slice",
         "landscape/density/density",
         "landscape/connectivity/interpolation",
     ):
@@ -132,18 +133,16 @@ def test_text_summary_and_custom_scalars_layout(full):
     charts = {c.title: list(c.multiline.tag) for cat in layout.category for c in cat.chart}
     scalar_tags = acc.Tags()["scalars"]
 
-    def matched(regexes):
-        return sorted({t for t in scalar_tags for r in regexes if re.search(r, t)})
-
-    assert matched(charts["Hessian eigenvalues and stability threshold"]) == [
+    assert all(t in scalar_tags for tags in charts.values() for t in tags)  # exact tags, each one logged
+    assert charts["Hessian eigenvalues and stability threshold"] == [
         "landscape/hessian/lambda_1",
         "landscape/hessian/lambda_2",
         "landscape/hessian/lambda_3",
         "landscape/hessian/stability_threshold",
     ]
-    assert matched(charts["Sharpness variants"]) == ["landscape/sharpness/value"]
-    assert matched(charts["Hessian trace"]) == ["landscape/density/trace", "landscape/trace/value"]
-    assert "landscape/connectivity/loss_barrier" in matched(charts["Mode connectivity barriers"])
+    assert charts["Sharpness variants"] == ["landscape/sharpness/value"]
+    assert charts["Hessian trace"] == ["landscape/density/trace", "landscape/trace/value"]
+    assert "landscape/connectivity/loss_barrier" in charts["Mode connectivity barriers"]
 
 
 def few_handlers(model, probe, optimizer):
@@ -177,10 +176,47 @@ def test_torch_summary_writer_and_global_step_transform(tmp_path, monkeypatch):
         )
     assert [e.step for e in acc.Histograms("landscape/hessian/eigenvalues")] == [1, 2]
     assert [e.step for e in acc.Histograms("landscape/density/spectrum")] == [1, 2]
-    assert {"landscape/slice1d/slice", "landscape/slice2d/contour"} <= set(acc.Tags()["images"])
+    assert {"landscape/slice1d/slice", "landscape/slice2d/slice"} <= set(acc.Tags()["images"])
     assert len(acc.PluginTagToContent("mesh")) == 3
     assert [t.step for t in acc.Tensors("landscape/summary/text_summary")] == [1, 2]
     assert len(acc.Tensors("custom_scalars__config__")) == 1
+
+
+def test_named_handlers_get_their_charts_figures_and_records_by_kind(tmp_path):
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+    probe = il.Probe((torch.randn(16, 3), torch.randint(0, 2, (16,))), F.cross_entropy)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    trainer = Engine(lambda e, b: None)
+    for h in (
+        il.HessianSpectrum(model, probe, k=2, optimizer=optimizer, name="curv"),
+        il.LossSlice(model, probe, dims=2, steps=5, name="plane"),
+        il.Sharpness(model, probe, name="sam05"),
+        il.Sharpness(model, probe, rho=0.1, name="wide"),
+    ):
+        h.attach(trainer)
+    tb = TensorboardLogger(log_dir=str(tmp_path))
+    tb.attach(trainer, log_handler=il.LandscapeLogHandler(), event_name=Events.EPOCH_COMPLETED)
+    trainer.run([0], max_epochs=2)
+    tb.close()
+    acc = read(tmp_path)
+    layout = layout_pb2.Layout()
+    layout.ParseFromString(tensor_util.make_ndarray(acc.Tensors("custom_scalars__config__")[-1].tensor_proto).item())
+    charts = {c.title: list(c.multiline.tag) for cat in layout.category for c in cat.chart}
+    assert charts["Hessian eigenvalues and stability threshold"] == [
+        "landscape/curv/lambda_1",
+        "landscape/curv/lambda_2",
+        "landscape/curv/stability_threshold",
+    ]
+    assert charts["Sharpness variants"] == ["landscape/sam05/value", "landscape/wide/value"]
+    assert charts["Slice centre loss"] == ["landscape/plane/center_loss"]
+    assert [i.step for i in acc.Images("landscape/plane/slice")] == [1, 2]
+    assert "landscape/plane/slice_surface" in json.dumps(list(acc.PluginTagToContent("mesh")))
+    records = {
+        n: json.loads(acc.Tensors(f"landscape/{n}/record/text_summary")[0].tensor_proto.string_val[0])
+        for n in ("curv", "plane", "sam05")
+    }
+    assert {n: r["kind"] for n, r in records.items()} == {"curv": "spectrum", "plane": "slice2d", "sam05": "sharpness"}
+    assert records["sam05"]["definitions"]["value"]  # one sentence per scalar
 
 
 def tiny_engine(every: int):
@@ -224,18 +260,16 @@ def test_log_handler_bad_input():
         il.LandscapeLogHandler()(Engine(lambda e, b: None), object(), Events.EPOCH_COMPLETED)
 
 
-def grid_result(steps: int):
-    from ignite_landscape.measures.slices import LossSliceResult
-
+def grid_curve(steps: int) -> Curve:
     c = torch.linspace(-1, 1, steps, dtype=torch.float64)
     loss = 0.5 + c[:, None] ** 2 + 3 * c[None, :] ** 2 + 0.3 * c[:, None] * c[None, :]
     loss[0, 0] = float("inf")  # an overflowing corner must not break the mesh
-    return LossSliceResult(coords=[c, c], loss=loss, accuracy=None, center_loss=0.5, dims=2)
+    return Curve("grid", x=c, y=c, z=loss)
 
 
 @pytest.mark.parametrize("steps,max_faces", [(7, 20000), (301, 5000), (301, 200000)])
 def test_mesh_fits_the_viewer_and_the_camera_frames_it(steps, max_faces):
-    vertices, colors, faces, config = slice_mesh(grid_result(steps), max_faces=max_faces)
+    vertices, colors, faces, config = grid_mesh(grid_curve(steps), max_faces=max_faces)
     v, f = vertices[0].double(), faces[0]
     assert f.shape[0] <= max_faces and v.shape[0] <= MAX_MESH_VERTICES
     assert int(f.min()) == 0 and int(f.max()) == v.shape[0] - 1
@@ -308,7 +342,7 @@ def test_real_tensorboard_server_serves_our_scalars(full):
         assert [s[2] for s in series] == pytest.approx(
             [run.metrics[e]["landscape/hessian/lambda_max"] for e in (1, 2, 3, 4)], rel=1e-6
         )
-        assert "landscape/slice2d/surface" in json.dumps(get_json(f"{base}/data/plugin/mesh/tags"))
+        assert "landscape/slice2d/slice_surface" in json.dumps(get_json(f"{base}/data/plugin/mesh/tags"))
     finally:
         proc.terminate()
         try:
