@@ -187,8 +187,9 @@ def test_layerwise_heatmap_and_scalars_in_tensorboard(tmp_path):
     tb.close()
     acc = read(tmp_path)
     images = acc.Tags()["images"]
-    assert "landscape/layers/trace_heatmap" in images and "landscape/layers/lambda_max_heatmap" in images
-    assert len(acc.Images("landscape/layers/trace_heatmap")) == 3
+    # A layers × firings heatmap per bars curve, at landscape/<name>/<curve key>.
+    assert "landscape/layers/trace" in images and "landscape/layers/lambda_max" in images
+    assert len(acc.Images("landscape/layers/trace")) == 3
     # One scalar per layer and quantity, equal to the dense Hessian blocks at the last weights.
     values = [e.value for e in acc.Scalars("landscape/layers/trace/0")]
     assert len(values) == 3

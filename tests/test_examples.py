@@ -216,7 +216,7 @@ def test_digits_main_writes_landscape_events(tmp_path: Path, capsys: pytest.Capt
     lam = run.scalars["landscape/hessian/lambda_1"].values
     assert (lam >= run.scalars["landscape/hessian/lambda_2"].values).all() and (lam > 0).all()
     assert {"landscape/hessian/eigenvalues", "landscape/density/spectrum"} <= set(run.histograms)
-    assert any(t.startswith("landscape/slice2d/surface") for t in run.tensors)
+    assert any(t.startswith("landscape/slice2d/slice_surface") for t in run.tensors)
     assert any(t.startswith("landscape/definitions") for t in run.texts)
     assert any(t.startswith("landscape/summary") for t in run.texts)
     assert 0.0 <= run.scalars["test/accuracy"].last() <= 1.0

@@ -180,7 +180,7 @@ def test_tensorboard_gets_the_plane_figure_and_the_norms_histogram(watched, tmp_
     assert ev[-1].step == run.trainer.state.iteration
     # The report redraws the plane from the logged data.
     assert report.figure_trajectory([report.load_run(logdir)], tmp_path / "t.png") == tmp_path / "t.png"
-    fig = plots.trajectory_plane_figure(final)
+    fig = plots.path_figure(final.curves()["plane"])
     assert "PC1" in fig.axes[0].get_xlabel()
 
 
