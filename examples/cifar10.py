@@ -26,22 +26,34 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["VanillaCNN", "ResNet", "build_model", "parse_args", "training", "main"]
+if __package__ in (None, ""):  # run as a script: make `examples` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from examples import common  # noqa: E402
+
+__all__ = [
+    "ALL_HANDLERS",
+    "VanillaCNN",
+    "ResNet",
+    "build_model",
+    "parse_args",
+    "definitions_markdown",
+    "training",
+    "main",
+]
 
 logger = logging.getLogger("examples.cifar10")
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
-ALL_HANDLERS = ("hessian", "trace", "density", "sharpness", "slice1d", "slice2d", "connectivity", "noise_scale")
+ALL_HANDLERS = common.BASIC_HANDLERS
 
 
 class VanillaCNN(nn.Module):
@@ -132,24 +144,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         prog="cifar10.py", description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
     p.add_argument("--model", choices=("vanilla", "resnet"), default="resnet")
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=0.05, help="SGD step size η (constant, so 2/η stays one line)")
-    p.add_argument("--momentum", type=float, default=0.9)
+    common.add_common_flags(
+        p,
+        defaults={
+            "epochs": 30,
+            "batch_size": 128,
+            "lr": 0.05,
+            "momentum": 0.9,
+            "every": 5,
+            "probe_samples": 1024,
+            "slice_steps": 11,
+        },
+        handlers=ALL_HANDLERS,
+        run_name_help="subfolder of --output-dir (default cifar10-<model>-s<seed>)",
+    )
     p.add_argument("--weight-decay", type=float, default=5e-4)
-    p.add_argument("--every", type=int, default=5, help="measure the landscape every N epochs (and at the end)")
-    p.add_argument(
-        "--probe-samples", type=int, default=1024, help="fixed training samples the landscape is measured on"
-    )
-    p.add_argument(
-        "--handlers", default=",".join(ALL_HANDLERS), help=f"comma-separated subset of {','.join(ALL_HANDLERS)}"
-    )
-    p.add_argument("--top-k", type=int, default=5, help="Hessian eigenvalues tracked")
     p.add_argument("--max-hvps", type=int, default=None, help="cap on Hessian-vector products per Lanczos run")
-    p.add_argument("--slice-steps", type=int, default=11, help="points per axis of the 1D/2D slices")
-    p.add_argument("--trace-hvps", type=int, default=30, help="Hessian-vector products per trace estimate (Hutch++)")
-    p.add_argument("--density-steps", type=int, default=20, help="Lanczos steps per SLQ run (2 runs)")
-    p.add_argument("--rho", type=float, default=0.05, help="sharpness radius ρ")
     p.add_argument(
         "--bn-samples",
         type=int,
@@ -161,31 +171,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data-dir", type=Path, default=Path("data"), help="folder holding cifar-10-batches-py")
     p.add_argument("--download", action="store_true", help="download CIFAR-10 (170 MB) into --data-dir if missing")
     p.add_argument("--no-verify", action="store_true", help="skip torchvision's md5 check of the data files")
-    p.add_argument("--output-dir", type=Path, default=Path("runs"))
-    p.add_argument("--run-name", default=None, help="subfolder of --output-dir (default cifar10-<model>-s<seed>)")
     p.add_argument("--resume", type=Path, default=None, help="checkpoint file, or a folder: its latest checkpoint")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: cuda when available)")
     p.add_argument("--num-workers", type=int, default=2)
     p.add_argument("--backend", default=None, choices=(None, "gloo", "nccl"), help="DDP backend (ignite.distributed)")
     p.add_argument("--nproc-per-node", type=int, default=None, help="processes to spawn with --backend")
-    args = p.parse_args(argv)
-    for name in (
-        "epochs",
-        "batch_size",
-        "every",
-        "probe_samples",
-        "top_k",
-        "slice_steps",
-        "trace_hvps",
-        "density_steps",
-        "bn_samples",
-    ):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    unknown = sorted(set(args.handlers.split(",")) - set(ALL_HANDLERS) - {""})
-    if unknown:
-        p.error(f"--handlers: unknown {unknown}; choose from {','.join(ALL_HANDLERS)}")
+    args = common.check_args(p, p.parse_args(argv), handlers=ALL_HANDLERS, positive=("bn_samples",))
     if args.max_hvps is not None and args.max_hvps < 1:
         p.error(f"--max-hvps must be at least 1, got {args.max_hvps}")
     if args.nproc_per_node is not None and args.backend is None:
@@ -234,54 +225,22 @@ def _datasets(config: dict[str, Any]) -> tuple[Any, Any, Any]:
     return train, train_plain, test
 
 
-def _landscape_handlers(
-    names: list[str],
-    model: nn.Module,
-    probe: Any,
-    optimizer: torch.optim.Optimizer,
-    config: dict[str, Any],
-    bn_loader: Any = None,
-) -> dict[str, Any]:
-    """The landscape handlers asked for, keyed by their default names."""
-    import ignite_landscape as il
-
-    steps, seed = config["slice_steps"], config["seed"]
-    make = {
-        "hessian": lambda: il.HessianSpectrum(
-            model, probe, k=config["top_k"], max_iter=config["max_hvps"], optimizer=optimizer, seed=seed
-        ),
-        "trace": lambda: il.HessianTrace(model, probe, num_hvps=config["trace_hvps"], seed=seed),
-        "density": lambda: il.HessianDensity(model, probe, num_steps=config["density_steps"], num_runs=2, seed=seed),
-        "sharpness": lambda: il.Sharpness(model, probe, rho=config["rho"], seed=seed),
-        "slice1d": lambda: il.LossSlice(model, probe, dims=1, steps=steps, seed=seed),
-        "slice2d": lambda: il.LossSlice(model, probe, dims=2, steps=steps, seed=seed),
-        # BatchNorm statistics are recomputed along the path (on the probe's batches): interpolated
-        # running statistics would invent barriers.
-        "connectivity": lambda: il.ModeConnectivity(model, probe, reference="previous", bn_loader=bn_loader, seed=seed),
-        "noise_scale": lambda: il.GradientNoiseScale(model, probe, seed=seed),
-    }
-    return {name: make[name]() for name in names}
-
-
 def definitions_markdown(config: dict[str, Any], probe_samples: int) -> str:
     """The definitions behind the logged numbers, as the markdown table the ``report`` command reads."""
-    beta = config["momentum"]
     num_params = sum(p.numel() for p in build_model(config["model"]).parameters())
-    rows = {
-        "model": f"{config['model']} ({num_params:,} parameters)",
-        "probe samples": str(probe_samples),
-        "probe": "the first training samples without augmentation, fixed for the whole run, model in eval mode",
-        "optimizer": f"SGD, η = {config['lr']:g}, momentum β = {beta:g}, weight decay {config['weight_decay']:g}, "
-        f"batch size {config['batch_size']}",
-        "stability threshold": "(2 + 2β)/η" if beta else "2/η",
-        "sharpness": f"SAM step, ℓ2 ball, ρ = {config['rho']:g}: L(θ + ρ·g/‖g‖) − L(θ)",
-        "slice directions": "one Gaussian draw, filter-normalized to the weights of each firing, biases and BN zeroed",
-        "slice span": f"[-1, 1] per direction, {config['slice_steps']} points",
-        "connectivity reference": "the weights at the previous firing"
-        + (", BatchNorm statistics recomputed along the path" if config["model"] == "resnet" else ""),
-        "Hessian": f"top {config['top_k']} eigenvalues by Lanczos on exact HVPs of the mean probe loss",
-    }
-    return "| definition | value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows.items())
+    rows = {"model": f"{config['model']} ({num_params:,} parameters)", **common.definition_rows(config, probe_samples)}
+    rows["probe"] = "the first training samples without augmentation, fixed for the whole run, model in eval mode"
+    rows["optimizer"] = (
+        f"SGD, η = {config['lr']:g}, momentum β = {config['momentum']:g}, weight decay {config['weight_decay']:g}, "
+        f"batch size {config['batch_size']}"
+    )
+    rows["slice directions"] = (
+        "one Gaussian draw, filter-normalized to the weights of each firing, biases and BN zeroed"
+    )
+    if config["model"] == "resnet":
+        rows["connectivity reference"] += ", BatchNorm statistics recomputed along the path"
+    del rows["trajectory plane"]
+    return common.markdown_table(rows)
 
 
 def _latest_checkpoint(path: Path) -> Path:
@@ -300,7 +259,7 @@ def training(local_rank: int, config: dict[str, Any]) -> dict[str, float]:
     """
     import ignite.distributed as idist
     from ignite.engine import Events, create_supervised_evaluator, create_supervised_trainer
-    from ignite.handlers import Checkpoint, DiskSaver, ProgressBar, TensorboardLogger, global_step_from_engine
+    from ignite.handlers import Checkpoint, DiskSaver, ProgressBar, global_step_from_engine
     from ignite.metrics import Accuracy, Average, Loss
 
     import ignite_landscape as il
@@ -340,7 +299,6 @@ def training(local_rank: int, config: dict[str, Any]) -> dict[str, float]:
     )
 
     probe = il.Probe(probe_loader, loss_fn, num_samples=config["probe_samples"], device=device)
-    handler_names = [n for n in config["handlers"].split(",") if n]
     # A bounded subset: the whole 50k set would be run through the model at each of the 11 points of
     # every connectivity firing (over 5 minutes per firing on the seed ResNet on a CPU).
     bn_set = torch.utils.data.Subset(probe_set, range(min(config["bn_samples"], len(probe_set))))
@@ -349,22 +307,12 @@ def training(local_rank: int, config: dict[str, Any]) -> dict[str, float]:
         if any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
         else None
     )
-    handlers = _landscape_handlers(handler_names, model, probe, optimizer, config, bn_loader)
+    handlers = common.landscape_handlers(config["handlers"], model, probe, optimizer, config, bn_loader=bn_loader)
     landscape_event = Events.EPOCH_COMPLETED(every=config["every"]) | Events.COMPLETED
     for handler in handlers.values():
         handler.attach(trainer, event=landscape_event)
 
-    @trainer.on(Events.EPOCH_COMPLETED)
-    def evaluate(engine: Any) -> None:
-        evaluator.run(test_loader)
-        engine.state.metrics["test/accuracy"] = evaluator.state.metrics["accuracy"]
-        if rank == 0:
-            logger.info(
-                "epoch %d  train loss %.4f  test accuracy %.4f",
-                engine.state.epoch,
-                engine.state.metrics["loss"],
-                evaluator.state.metrics["accuracy"],
-            )
+    common.evaluate_every_epoch(trainer, evaluator, test_loader, logger, record=True, verbose=rank == 0)
 
     to_save: dict[str, Any] = {"model": model, "optimizer": optimizer, "trainer": trainer}
     to_save.update({f"landscape_{name}": h for name, h in handlers.items()})
@@ -384,36 +332,19 @@ def training(local_rank: int, config: dict[str, Any]) -> dict[str, float]:
     tb_logger = None
     if rank == 0:
         ProgressBar(persist=False).attach(trainer, output_transform=lambda loss: {"loss": loss})
-        # tensorboardX names event files by the second and host only: a resumed run started within the
-        # same second would overwrite the first file without a unique suffix.
-        tb_logger = TensorboardLogger(log_dir=str(run_dir), filename_suffix=f".{os.getpid()}.{time.time_ns()}")
-        tb_logger.writer.add_text("landscape/definitions", definitions_markdown(config, probe.num_samples), 0)
+        definitions = definitions_markdown(config, probe.num_samples)
+        tb_logger = common.tensorboard_logger(run_dir, trainer, evaluator, optimizer, landscape_event, definitions)
         tb_logger.attach_output_handler(
             trainer,
             Events.ITERATION_COMPLETED(every=50),
             tag="training",
             output_transform=lambda loss: {"batch_loss": loss},
         )
-        tb_logger.attach_output_handler(trainer, Events.EPOCH_COMPLETED, tag="train", metric_names=["loss"])
-        tb_logger.attach_output_handler(
-            evaluator,
-            Events.COMPLETED,
-            tag="test",
-            metric_names=["accuracy", "loss"],
-            global_step_transform=global_step_from_engine(trainer, Events.EPOCH_COMPLETED),
-        )
-        tb_logger.attach_opt_params_handler(trainer, Events.EPOCH_STARTED, optimizer, param_name="lr")
-        # Attached after the handlers, so it logs what they measured at the same event.
-        # On the same epoch axis as the test metrics (the default step is the trainer's iteration).
-        by_epoch = global_step_from_engine(trainer, Events.EPOCH_COMPLETED)
-        log_handler = il.LandscapeLogHandler(global_step_transform=by_epoch)
-        tb_logger.attach(trainer, log_handler=log_handler, event_name=landscape_event)
 
     trainer.run(train_loader, max_epochs=config["epochs"])
     if tb_logger is not None:
         tb_logger.close()
-        print(f"TensorBoard event files in {run_dir}; look with: tensorboard --logdir {run_dir.parent}")
-        print(f"Figures and summary: python -m ignite_landscape report {run_dir} --out {run_dir / 'report'}")
+        print(common.next_steps(run_dir))
     return {k: float(v) for k, v in trainer.state.metrics.items() if isinstance(v, (int, float))}
 
 
@@ -425,8 +356,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     import ignite.distributed as idist
 
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    logging.getLogger("ignite").setLevel(logging.WARNING)
+    common.setup_logging()
     config = vars(args)
     if args.backend is None:
         return training(0, config)

@@ -1,4 +1,4 @@
-"""Models and data shared by the examples, benchmarks and tests.
+"""Models and data shared by the examples and benchmarks (the tests have their own, in tests/helpers.py).
 
 ``load_digits`` is real data (8×8 handwritten digits) shipped inside scikit-learn, so everything
 here runs offline.

@@ -59,3 +59,45 @@ def classification_data(n: int, shape, classes: int = 3, seed: int = 1):
     x = torch.randn(n, *shape, generator=g, dtype=torch.float64)
     y = torch.randint(0, classes, (n,), generator=g)
     return x, y
+
+
+# Real data for the tests that train: scikit-learn's 1,797 handwritten 8×8 digits (shipped with it, offline).
+# The tests own these (examples/models.py serves the examples); same split, shuffling and initialisation.
+
+
+def digits_tensors(test_fraction: float = 0.2, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """``(x_train, y_train, x_test, y_test)``, pixels in [0, 1], shape N×1×8×8, split by a permutation of ``seed``."""
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    x = torch.tensor(data.data, dtype=torch.float32).reshape(-1, 1, 8, 8) / 16.0
+    y = torch.tensor(data.target, dtype=torch.int64)
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
+    test = order[: int(round(test_fraction * len(y)))]
+    train = order[len(test) :]
+    return x[train], y[train], x[test], y[test]
+
+
+def digits_train_loader(batch_size: int = 64, seed: int = 0) -> torch.utils.data.DataLoader:
+    """The digits' training split, shuffled by a generator seeded with ``seed``."""
+    x, y, _, _ = digits_tensors(seed=seed)
+    dataset = torch.utils.data.TensorDataset(x, y)
+    g = torch.Generator().manual_seed(seed)
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=g)
+
+
+def digits_mlp(hidden: int = 32, classes: int = 10) -> nn.Module:
+    """Flatten, then ``64 → hidden → classes`` with a ReLU."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, classes))
+
+
+def digits_cnn(classes: int = 10) -> nn.Module:
+    """Two 3×3 convolutions (16, 32 channels) and max-pooling, then ``512 → 64 → classes`` (38,282 parameters).
+
+    Its layers are named ``features.*`` and ``classifier.*``, as per-layer results in the tests expect.
+    """
+    from collections import OrderedDict
+
+    conv = [nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
+    head = [nn.Flatten(), nn.Linear(32 * 4 * 4, 64), nn.ReLU(), nn.Linear(64, classes)]
+    return nn.Sequential(OrderedDict(features=nn.Sequential(*conv), classifier=nn.Sequential(*head)))

@@ -234,13 +234,13 @@ def test_readme_budget_snippet_runs(tmp_path):
 
     from ignite.engine import create_supervised_trainer
 
-    from examples.models import DigitsMLP, digits_loaders
+    from tests.helpers import digits_mlp, digits_train_loader
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
     (block,) = [b for b in re.findall(r"```python\n(.*?)```", readme, flags=re.S) if "il.Budget(" in b]
     torch.manual_seed(0)
-    loader, _ = digits_loaders(batch_size=64)
-    model = DigitsMLP()
+    loader = digits_train_loader(batch_size=64)
+    model = digits_mlp()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     trainer = create_supervised_trainer(model, optimizer, F.cross_entropy)
     probe = il.Probe(loader, F.cross_entropy, num_samples=32)

@@ -4,10 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from examples.models import DigitsMLP, digits_loaders, digits_tensors
 from ignite_landscape import Probe, interpolate
 from ignite_landscape.measures.connectivity import barrier
-from tests.helpers import classification_data, mlp, small_cnn
+from tests.helpers import classification_data, digits_mlp, digits_tensors, digits_train_loader, mlp, small_cnn
 
 
 def lerp_state(a, b, alpha):
@@ -70,9 +69,9 @@ def train(model, loader, epochs=6, lr=0.05):
 
 def test_digits_mlps_from_the_same_init_are_linearly_connected():
     torch.manual_seed(0)
-    init = DigitsMLP(hidden=64)
-    a = train(copy.deepcopy(init), digits_loaders(64, seed=1)[0])
-    b = train(copy.deepcopy(init), digits_loaders(64, seed=2)[0])
+    init = digits_mlp(hidden=64)
+    a = train(copy.deepcopy(init), digits_train_loader(64, seed=1))
+    b = train(copy.deepcopy(init), digits_train_loader(64, seed=2))
     assert any(not torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
     _, _, x_test, y_test = digits_tensors()
     probe = Probe((x_test, y_test), F.cross_entropy)

@@ -21,11 +21,10 @@ from ignite.handlers import Checkpoint, DiskSaver
 from torch import nn
 
 import ignite_landscape as il
-from examples.models import DigitsCNN, digits_tensors
 from ignite_landscape.handlers.base import from_plain, to_plain
 from ignite_landscape.handlers.spectrum import stability_threshold
 from ignite_landscape.probe import ProbeSession
-from tests.helpers import classification_data, dense_hessian, mlp
+from tests.helpers import classification_data, dense_hessian, digits_cnn, digits_tensors, mlp
 
 SEED = 0
 N_TRAIN = 640  # 10 iterations of 64 per epoch
@@ -85,7 +84,7 @@ class Run:
         self.loader = torch.utils.data.DataLoader(
             torch.utils.data.TensorDataset(x, y), batch_size=64, sampler=self.sampler
         )
-        self.model = DigitsCNN()
+        self.model = digits_cnn()
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.05, momentum=0.9)
         self.trainer = create_supervised_trainer(self.model, self.optimizer, nn.CrossEntropyLoss())
         self.losses: list[float] = []

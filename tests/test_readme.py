@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from ignite.engine import create_supervised_trainer
 
-from examples.models import DigitsMLP, digits_loaders
+from tests.helpers import digits_mlp, digits_train_loader
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -20,8 +20,8 @@ def test_readme_quick_start_and_functional_core_run(tmp_path, monkeypatch):
     quick_start, core = _python_blocks()[:2]
     monkeypatch.chdir(tmp_path)  # the quick start logs to runs/exp
     torch.manual_seed(0)
-    train_loader, _ = digits_loaders(batch_size=64)
-    model = DigitsMLP()
+    train_loader = digits_train_loader(batch_size=64)
+    model = digits_mlp()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     loss_fn = F.cross_entropy
     trainer = create_supervised_trainer(model, optimizer, loss_fn)
