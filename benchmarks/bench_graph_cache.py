@@ -38,8 +38,8 @@ def time_hvp(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, args: arg
             t0 = time.process_time()
             s.hvp(v)
             times.append(time.process_time() - t0)
-        cached = s.cached_batches if s._graph is not None else 0
-        return statistics.median(times), cached, getattr(s, "saved_graph_bytes", 0) if cached else 0
+        cached = s.cached_batches
+        return statistics.median(times), cached, s.saved_graph_bytes if cached else 0
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -38,18 +38,18 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from ignite_landscape import distributed
+from ignite_landscape.operators import CurvatureOperator, flatten_grads
 from ignite_landscape.probe import Probe, ProbeSession
+from ignite_landscape.samples import LABEL_DTYPES
 
 __all__ = ["CURVATURES", "check_curvature", "curvature_operator", "batch_objective", "fisher_labels", "prediction"]
 
 CURVATURES = ("hessian", "ggn", "fisher", "empirical_fisher")
-_LABEL_DTYPES = (torch.int64, torch.int32, torch.int16, torch.uint8)
 
 
 def check_curvature(curvature: Any) -> str:
@@ -87,7 +87,7 @@ def _check_classification(output: Any, y: Any) -> None:
     ok = (
         isinstance(output, torch.Tensor)
         and isinstance(y, torch.Tensor)
-        and y.dtype in _LABEL_DTYPES
+        and y.dtype in LABEL_DTYPES
         and y.dim() == 1
         and output.dim() == 2
         and output.shape[0] == y.shape[0]
@@ -124,7 +124,7 @@ class _OutputSpaceCurvature:
                 f"curvature={kind!r} needs per-sample losses, but BatchNorm in model_mode='train' couples the "
                 "samples of a batch: use model_mode='eval'"
             )
-        if kind != "ggn" and not _uniform_sample_weights(s.probe):
+        if kind != "ggn" and not s.probe.uniform_sample_weights():
             raise ValueError(
                 f"curvature={kind!r} weights every sample's loss equally, but this probe's loss_fn weights its "
                 "samples unequally (class weights or ignored targets): use curvature='ggn' or 'hessian'"
@@ -135,10 +135,8 @@ class _OutputSpaceCurvature:
         self.labels: dict[int, torch.Tensor] = {}
 
     def __call__(self, v: torch.Tensor) -> torch.Tensor:
+        # v is flat and in the session's dtype: the session's operator checked and cast it.
         s = self.s
-        if v.shape != (s.space.numel,):
-            raise ValueError(f"v must be a flat vector of {s.space.numel} entries, got shape {tuple(v.shape)}")
-        v = v.to(dtype=s.dtype)
         vs = s.space.split(v)
         leaves = [t.detach().requires_grad_(True) for t in s.base]
         result = torch.zeros_like(v)
@@ -153,10 +151,7 @@ class _OutputSpaceCurvature:
                 jv = _jvp(out, leaves, vs)
                 m_jv = self._output_product(out.detach(), y, i, n, jv)
                 back = torch.autograd.grad(out, leaves, grad_outputs=m_jv, allow_unused=True)
-                result += torch.cat(
-                    [(torch.zeros_like(p) if g is None else g).reshape(-1) for g, p in zip(back, leaves)]
-                )
-        s.num_hvps += 1
+                result += flatten_grads(back, leaves)
         (result,) = step.all_reduce(result)
         return result
 
@@ -204,42 +199,13 @@ def _jvp(out: torch.Tensor, leaves: list[torch.Tensor], vs: list[torch.Tensor]) 
     return torch.zeros_like(out) if jv is None else jv.detach()
 
 
-def _uniform_sample_weights(probe: Probe) -> bool:
-    """Whether every probe sample carries the same weight in the objective's normaliser (collective).
-
-    A silent 1/N weight where the loss weights samples by class or drops ignored targets would give a
-    wrong Fisher, so the operators refuse such probes instead.
-    """
-    cached = getattr(probe, "_uniform_sample_weights", None)
-    if cached is not None:
-        return cached
-    decomposition = getattr(probe, "decomposition", None)
-    weight = None if decomposition is None else decomposition.weight
-    uneven = 0.0
-    if weight is not None:
-        n = probe.targets.shape[0] if isinstance(probe.targets, torch.Tensor) else None
-        if n is None:
-            uneven = 1.0  # structured targets: per-row weights cannot be told apart, refuse
-        else:
-            rows = torch.stack(
-                [torch.as_tensor(weight(probe.targets[i : i + 1]), dtype=torch.float64).cpu() for i in range(n)]
-            )
-            uneven = float(not torch.allclose(rows, rows[0].expand_as(rows), rtol=0.0, atol=0.0))
-    if distributed.world_size() > 1:
-        flag = torch.tensor([uneven], dtype=torch.float64, device=probe.device)
-        uneven = float(distributed.all_reduce(flag, op="MAX")[0])
-    probe._uniform_sample_weights = uneven == 0.0
-    return probe._uniform_sample_weights
-
-
 def _has_batchnorm(model: torch.nn.Module) -> bool:
     return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
-def curvature_operator(
-    s: ProbeSession, curvature: str = "hessian", seed: int = 0
-) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The product ``v ↦ C v`` of the chosen curvature matrix at the session's weights.
+def curvature_operator(s: ProbeSession, curvature: str = "hessian", seed: int = 0) -> CurvatureOperator:
+    """The product ``v ↦ C v`` of the chosen curvature matrix at the session's weights, as an operator
+    with ``shape``, ``dtype`` and ``device`` (:class:`~ignite_landscape.operators.CurvatureOperator`).
 
     Args:
         s: an open probe session (flat vectors in the order of ``s.space``).
@@ -254,8 +220,8 @@ def curvature_operator(
     """
     check_curvature(curvature)
     if curvature == "hessian":
-        return s.hvp
-    return _OutputSpaceCurvature(s, curvature, seed)
+        return s.hvp_operator()
+    return s.operator(_OutputSpaceCurvature(s, curvature, seed), curvature)
 
 
 def fisher_labels(model: torch.nn.Module, probe: Probe, seed: int = 0) -> torch.Tensor:

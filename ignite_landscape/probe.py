@@ -1,4 +1,4 @@
-"""The Probe: a fixed set of samples and exact loss, gradient and Hessian-vector products on it.
+"""The Probe: a fixed set of samples and the exact objective every landscape quantity is computed on.
 
 A :class:`Probe` takes the first ``num_samples`` samples of some data once and keeps exactly those,
 so a quantity measured at epoch 3 and at epoch 30 is measured on the same samples. Every loss,
@@ -8,10 +8,8 @@ computed exactly whatever the batch split (:mod:`ignite_landscape.objective`: an
 weights, ignored targets; in ``model_mode="train"`` BatchNorm's batch statistics make the model's
 output itself depend on the split).
 
-Computations run inside a :class:`ProbeSession`, opened with :meth:`Probe.session`. The session
-evaluates the model *functionally* (``torch.func.functional_call`` with tensors it owns), so the
-model's parameters, ``.grad`` and flags are never written, and it sits inside
-:func:`~ignite_landscape.restore.preserved_state`, which restores everything bit-for-bit anyway.
+Computations run in a :class:`~ignite_landscape.session.ProbeSession` (:mod:`ignite_landscape.session`),
+opened with :meth:`Probe.session`; it never writes the model and restores it bit-for-bit.
 
 Example:
     >>> import torch
@@ -29,19 +27,13 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
-import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import ExitStack
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
 from torch import nn
-from torch.func import functional_call
 
 from ignite_landscape import distributed
-from ignite_landscape.execution import probe_execution
 from ignite_landscape.objective import (
     Decomposition,
     ObjectiveError,
@@ -49,8 +41,20 @@ from ignite_landscape.objective import (
     check_row_mean,
     decompose,
 )
-from ignite_landscape.params import ParamsArg, ParamSpace, model_device, unwrap_model
-from ignite_landscape.restore import RNGState, preserved_state
+from ignite_landscape.params import ParamsArg
+from ignite_landscape.samples import (
+    LABEL_DTYPES,
+    count_correct,
+    default_prepare_batch,
+    fingerprint,
+    is_single_batch,
+    num_rows,
+    read_samples,
+    rows,
+    take_rows,
+    tree_leaves,
+)
+from ignite_landscape.session import ProbeEvaluation, ProbeSession
 
 __all__ = ["Probe", "ProbeSession", "ProbeEvaluation", "MODEL_MODES"]
 
@@ -58,95 +62,6 @@ logger = logging.getLogger(__name__)
 
 MODEL_MODES = ("eval", "train")
 LossFn = Callable[[Any, Any], torch.Tensor]
-
-
-def _tree_map(fn: Callable[[torch.Tensor], Any], obj: Any) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return fn(obj)
-    if isinstance(obj, Mapping):
-        return {k: _tree_map(fn, v) for k, v in obj.items()}
-    if isinstance(obj, (tuple, list)):
-        return type(obj)(_tree_map(fn, v) for v in obj)
-    return obj
-
-
-def _tree_leaves(obj: Any) -> list[torch.Tensor]:
-    if isinstance(obj, torch.Tensor):
-        return [obj]
-    if isinstance(obj, Mapping):
-        return [t for v in obj.values() for t in _tree_leaves(v)]
-    if isinstance(obj, (tuple, list)):
-        return [t for v in obj for t in _tree_leaves(v)]
-    return []
-
-
-def _tree_cat(items: Sequence[Any]) -> Any:
-    first = items[0]
-    if isinstance(first, torch.Tensor):
-        return torch.cat(list(items))
-    if isinstance(first, Mapping):
-        return {k: _tree_cat([i[k] for i in items]) for k in first}
-    if isinstance(first, (tuple, list)):
-        return type(first)(_tree_cat([i[j] for i in items]) for j in range(len(first)))
-    raise TypeError(f"cannot concatenate batch elements of type {type(first).__name__}")
-
-
-def _rows(obj: Any, lo: int, hi: int) -> Any:
-    return _tree_map(lambda t: t[lo:hi], obj)
-
-
-def _num_rows(obj: Any) -> int:
-    leaves = _tree_leaves(obj)
-    if not leaves:
-        raise TypeError("a batch must hold tensors")
-    return leaves[0].shape[0]
-
-
-def default_prepare_batch(batch: Any, device: torch.device | str | None = None, non_blocking: bool = False) -> tuple:
-    """Split a batch ``(x, y, ...)`` into inputs and targets on ``device`` (Ignite's convention)."""
-    if isinstance(batch, Mapping):
-        raise TypeError("batches are dicts: pass prepare_batch=... that returns (x, y)")
-    if not isinstance(batch, (tuple, list)) or len(batch) < 2:
-        raise TypeError(f"a batch must be a sequence (x, y, ...), got {type(batch).__name__}")
-
-    def move(t: torch.Tensor) -> torch.Tensor:
-        return t.to(device=device, non_blocking=non_blocking) if device is not None else t
-
-    return _tree_map(move, batch[0]), _tree_map(move, batch[1])
-
-
-def _is_single_batch(data: Any) -> bool:
-    return (
-        isinstance(data, (tuple, list))
-        and len(data) == 2
-        and all(isinstance(t, torch.Tensor) for t in data)
-        and data[0].dim() >= 1
-        and data[1].dim() >= 1
-        and data[0].shape[0] == data[1].shape[0]
-    )
-
-
-@dataclass(frozen=True)
-class ProbeEvaluation:
-    """Loss (and top-1 accuracy for classification targets) of a model on the probe.
-
-    Attributes:
-        loss: the probe objective (``loss_fn`` over all probe samples as one batch), exactly.
-        accuracy: top-1 accuracy in [0, 1] over the counted targets (every target but ``ignore_index``
-            ones), or ``None`` when the output and targets are not class scores and class labels.
-        num_samples: how many samples the numbers are computed on.
-        accuracy_reason: why ``accuracy`` is ``None`` (``None`` when it is computed).
-    """
-
-    loss: float
-    accuracy: float | None
-    num_samples: int
-    accuracy_reason: str | None = None
-
-    @property
-    def error(self) -> float | None:
-        """Top-1 error, ``1 - accuracy``."""
-        return None if self.accuracy is None else 1.0 - self.accuracy
 
 
 class Probe:
@@ -195,6 +110,12 @@ class Probe:
         ValueError: if ``num_samples``/``batch_size`` are not positive, ``model_mode`` is unknown,
             ``loss_fn`` has ``reduction="none"`` or is an undeclared callable that is not a per-row mean
             on made-up predictions for the targets (``ObjectiveError``), or ``data`` yields no samples.
+
+    Attributes:
+        inputs: the kept inputs (a tensor or a tree of them), ``targets`` the kept targets.
+        prepare_batch: the ``prepare_batch`` used to read the data (Ignite's default when none is given).
+        objective_checked: whether ``loss_fn`` is known to be computed exactly in chunks (always for a
+            torch loss or a ``DecomposedLoss``; for an undeclared callable, once a session checked it).
     """
 
     def __init__(
@@ -235,7 +156,7 @@ class Probe:
             raise ValueError(f"population_size must be a positive int or None, got {population_size!r}")
         if not isinstance(max_graph_bytes, int) or max_graph_bytes < 0:
             raise ValueError(f"max_graph_bytes must be a non-negative int, got {max_graph_bytes!r}")
-        if data is None or isinstance(data, (str, bytes)) or not (_is_single_batch(data) or isinstance(data, Iterable)):
+        if data is None or isinstance(data, (str, bytes)) or not (is_single_batch(data) or isinstance(data, Iterable)):
             raise TypeError(
                 f"data must be a DataLoader, an iterable of batches or one (x, y) batch, got {type(data).__name__}"
             )
@@ -244,26 +165,26 @@ class Probe:
         self.output_transform = output_transform
         self.decomposition: Decomposition = decompose(loss_fn)
         # An undeclared callable is checked to be a per-row mean on the first session.
-        self._row_mean_checked = not self.decomposition.needs_check
+        self.objective_checked = not self.decomposition.needs_check
         self._accuracy_reason_logged = False
         self._normalizer = 1.0
         self.model_mode = model_mode
         self.max_graph_bytes = max_graph_bytes
         self.seed = int(seed)
         self.device = torch.device(device) if device is not None else None
-        self._prepare = prepare_batch or default_prepare_batch
+        self.prepare_batch = prepare_batch or default_prepare_batch
         self._loss_checked = False
-        self._data_size: int | None = None
+        self._uniform_weights: bool | None = None
 
-        inputs, targets, first_batch = self._take(data, num_samples)
+        inputs, targets, first_batch, data_size = read_samples(data, num_samples, self.prepare_batch, self.device)
         self.inputs = inputs
         self.targets = targets
-        self.global_num_samples = _num_rows(targets)
+        self.global_num_samples = num_rows(targets)
         # The data set the samples stand for (the finite-population correction of the noise scale).
-        self.population_size = population_size if population_size is not None else self._data_size
-        if self.population_size is not None and self.population_size < _num_rows(targets):
+        self.population_size = population_size if population_size is not None else data_size
+        if self.population_size is not None and self.population_size < num_rows(targets):
             raise ValueError(
-                f"population_size={self.population_size} is smaller than the probe's {_num_rows(targets)} samples"
+                f"population_size={self.population_size} is smaller than the probe's {num_rows(targets)} samples"
             )
         # Under ignite.distributed each rank evaluates a disjoint, contiguous shard of the global set,
         # decided on first use: the process group may not exist yet when the probe is built.
@@ -271,60 +192,12 @@ class Probe:
         self._layout_value = (0, self.global_num_samples, self.global_num_samples, 0)
         self.batch_size = min(batch_size or first_batch, self.global_num_samples)
         if self.device is None:
-            self.device = _tree_leaves(inputs)[0].device
+            self.device = tree_leaves(inputs)[0].device
         if self.decomposition.needs_check:
-            n = _num_rows(targets)
+            n = num_rows(targets)
             for lo in range(0, n, self.batch_size):
-                if check_on_fake_predictions(loss_fn, _rows(targets, lo, min(lo + self.batch_size, n))) == "skipped":
+                if check_on_fake_predictions(loss_fn, rows(targets, lo, min(lo + self.batch_size, n))) == "skipped":
                     break
-
-    def _take(self, data: Any, num_samples: int) -> tuple[Any, Any, int]:
-        if _is_single_batch(data):
-            batches: Iterable[Any] = [tuple(data)]
-        else:
-            batches = data
-            if isinstance(data, Iterator):
-                warnings.warn(
-                    "Probe: data is an iterator, reading the probe samples consumes it; "
-                    "pass a DataLoader or a re-iterable to leave training's data untouched",
-                    stacklevel=3,
-                )
-        xs: list[Any] = []
-        ys: list[Any] = []
-        count = 0
-        first = 0
-        rng = RNGState()
-        loader_rng = _LoaderRNG(batches)
-        try:
-            iterator: Iterator[Any] = iter(batches)
-            for batch in iterator:
-                x, y = self._prepare(batch, self.device, False)
-                n = _num_rows(y)
-                if n == 0:
-                    continue
-                first = first or n
-                xs.append(_tree_map(lambda t: t.detach(), x))
-                ys.append(_tree_map(lambda t: t.detach(), y))
-                count += n
-                if count >= num_samples:
-                    break
-            else:
-                self._data_size = count  # read to its end: the data holds exactly these samples
-            self._data_size = _sized_dataset(data, count if _is_single_batch(data) else self._data_size)
-            del iterator  # shut down DataLoader workers now, not at garbage collection
-        finally:
-            rng.restore()
-            loader_rng.restore()
-        if count == 0:
-            raise ValueError("data yielded no samples")
-        if count < num_samples:
-            logger.info(
-                "Probe: data holds %d samples, fewer than num_samples=%d; using all of them", count, num_samples
-            )
-        keep = min(count, num_samples)
-        x = _tree_map(lambda t: t[:keep].clone(), _tree_cat(xs))
-        y = _tree_map(lambda t: t[:keep].clone(), _tree_cat(ys))
-        return x, y, first
 
     @property
     def num_samples(self) -> int:
@@ -359,7 +232,7 @@ class Probe:
         """
         key = (distributed.world_size(), distributed.rank())
         if key != self._layout_key:
-            n = _num_rows(self.targets)
+            n = num_rows(self.targets)
             self._layout_value = (0, n, n, 0) if key[0] == 1 else self._distributed_layout()
             self._layout_key = key
             self.global_num_samples = self._layout_value[2]
@@ -375,10 +248,10 @@ class Probe:
         start, stop = self._layout_value[:2]
         local = torch.zeros((), dtype=torch.float64)
         for lo in range(start, stop, self.batch_size):
-            y = _rows(self.targets, lo, min(lo + self.batch_size, stop))
+            y = rows(self.targets, lo, min(lo + self.batch_size, stop))
             local += torch.as_tensor(weight(y), dtype=torch.float64).detach().cpu()
         if distributed.world_size() > 1:
-            device = _tree_leaves(self.targets)[0].device
+            device = tree_leaves(self.targets)[0].device
             local = distributed.all_reduce(local.reshape(1).to(device)).reshape(()).cpu()
         return float(local)
 
@@ -443,7 +316,7 @@ class Probe:
         Raises:
             ObjectiveError: (a ``ValueError``) naming ``loss_fn`` and the fix when it is not a per-row mean.
         """
-        if self._row_mean_checked:
+        if self.objective_checked:
             return
         try:
             with self.session(model):
@@ -461,10 +334,10 @@ class Probe:
         logits with the class dimension second). Targets equal to the loss's ``ignore_index`` are not
         counted.
         """
-        return _count_correct(self.transform(output), y, self.decomposition.ignore_index)
+        return count_correct(self.transform(output), y, self.decomposition.ignore_index)
 
     def _distributed_layout(self) -> tuple[int, int, int, int]:
-        local = _fingerprint(_num_rows(self.targets), self.inputs, self.targets)
+        local = fingerprint(num_rows(self.targets), self.inputs, self.targets)
         both = distributed.all_reduce(torch.cat([local, -local]), op="MAX")
         high, low = both[: local.numel()], -both[local.numel() :]
         total = int(low[0])  # the fewest samples any rank holds
@@ -482,11 +355,14 @@ class Probe:
         out = []
         for lo in range(start, stop, self.batch_size):
             hi = min(lo + self.batch_size, stop)
-            out.append((_rows(self.inputs, lo, hi), _rows(self.targets, lo, hi), hi - lo))
+            out.append((rows(self.inputs, lo, hi), rows(self.targets, lo, hi), hi - lo))
         return out
 
     def session(self, model: nn.Module, params: ParamsArg = None) -> ProbeSession:
-        """Open a session that computes on ``model`` and restores it completely on exit.
+        """A session that computes on ``model`` at its current weights and leaves it exactly as it was.
+
+        Use it as a context manager to set the model up once for many computations (see
+        :class:`~ignite_landscape.session.ProbeSession`).
 
         Args:
             model: the model (DDP/DataParallel wrappers are looked through).
@@ -511,423 +387,68 @@ class Probe:
             )
         self._loss_checked = True
 
+    def subset(self, index: torch.Tensor) -> Probe:
+        """A probe of the samples ``index`` of this one (in that order), with its loss, transform, mode and seed.
+
+        Example:
+            >>> p = Probe((torch.randn(6, 2), torch.randint(0, 2, (6,))), torch.nn.functional.cross_entropy)
+            >>> p.subset(torch.tensor([5, 0, 1])).num_samples
+            3
+        """
+        x, y = take_rows(self.inputs, index), take_rows(self.targets, index)
+        n = int(index.numel())
+        sub = Probe(
+            [(x, y)],
+            self.loss_fn,
+            num_samples=n,
+            batch_size=min(self.batch_size, n),
+            device=self.device,
+            model_mode=self.model_mode,
+            max_graph_bytes=self.max_graph_bytes,
+            seed=self.seed,
+            output_transform=self.output_transform,
+        )
+        sub.objective_checked = self.objective_checked  # the same loss_fn: checked once is checked
+        return sub
+
+    def uniform_sample_weights(self) -> bool:
+        """Whether every probe sample carries the same weight in the objective's normaliser (collective).
+
+        ``False`` for class weights or ignored targets that differ between samples, and for structured
+        targets whose per-row weights cannot be told apart. Computed once per probe.
+        """
+        if self._uniform_weights is not None:
+            return self._uniform_weights
+        weight = self.decomposition.weight
+        uneven = 0.0
+        if weight is not None:
+            if not isinstance(self.targets, torch.Tensor):
+                uneven = 1.0  # structured targets: per-row weights cannot be told apart, refuse
+            else:
+                per_row = torch.stack(
+                    [
+                        torch.as_tensor(weight(self.targets[i : i + 1]), dtype=torch.float64).cpu()
+                        for i in range(self.targets.shape[0])
+                    ]
+                )
+                uneven = float(not torch.allclose(per_row, per_row[0].expand_as(per_row), rtol=0.0, atol=0.0))
+        if distributed.world_size() > 1:
+            flag = torch.tensor([uneven], dtype=torch.float64, device=self.device)
+            uneven = float(distributed.all_reduce(flag, op="MAX")[0])
+        self._uniform_weights = uneven == 0.0
+        return self._uniform_weights
+
+    def report_no_accuracy(self, reason: str) -> None:
+        """Log, once per probe, why accuracy is not computed: a warning when the targets are class labels
+        (accuracy was likely expected), an info message otherwise (regression)."""
+        if self._accuracy_reason_logged:
+            return
+        self._accuracy_reason_logged = True
+        labels = any(t.dtype in LABEL_DTYPES for t in tree_leaves(self.targets))
+        logger.log(logging.WARNING if labels else logging.INFO, "Probe: no accuracy: %s", reason)
+
     def __repr__(self) -> str:
         return (
             f"Probe(num_samples={self.num_samples}, batch_size={self.batch_size}, "
             f"device={self.device}, model_mode={self.model_mode!r})"
-        )
-
-
-def _sized_dataset(data: Any, read: int | None) -> int | None:
-    """``len(data.dataset)`` of a loader over a sized dataset, else ``read`` (the samples of data read to its end)."""
-    try:
-        return len(data.dataset)
-    except (AttributeError, TypeError, NotImplementedError):
-        return read
-
-
-class _LoaderRNG:
-    """A snapshot of the random state that iterating a DataLoader draws from, besides the global RNGs.
-
-    A fresh iterator draws its workers' base seed and the shuffling permutation from the loader's
-    ``generator=`` (shared with its ``RandomSampler``), or from a sampler's own generator. Restoring
-    those makes reading the probe invisible to training. A loader with ``persistent_workers=True``
-    keeps its first iterator for reuse: training must get a fresh one, as without the probe.
-    """
-
-    def __init__(self, data: Any) -> None:
-        self.data = data
-        self.generators: list[tuple[torch.Generator, torch.Tensor]] = []
-        seen: set[int] = set()
-        batch_sampler = getattr(data, "batch_sampler", None)
-        for holder in (data, getattr(data, "sampler", None), batch_sampler, getattr(batch_sampler, "sampler", None)):
-            if holder is None or not hasattr(holder, "__dict__"):
-                continue
-            for value in vars(holder).values():
-                if isinstance(value, torch.Generator) and id(value) not in seen:
-                    seen.add(id(value))
-                    self.generators.append((value, value.get_state()))
-        self.has_iterator = hasattr(data, "_iterator")
-        self.iterator = getattr(data, "_iterator", None)
-
-    def restore(self) -> None:
-        """Put every generator back where it was, and the loader's kept iterator."""
-        for generator, state in self.generators:
-            generator.set_state(state)
-        if self.has_iterator and self.data._iterator is not self.iterator:
-            self.data._iterator = self.iterator
-
-
-def _fingerprint(count: int, *trees: Any) -> torch.Tensor:
-    # Order-sensitive float64 sums of every tensor: equal on two ranks exactly when they hold the same
-    # samples (barring a collision of these sums), computed identically everywhere.
-    values = [torch.tensor(float(count), dtype=torch.float64)]
-    for t in (leaf for tree in trees for leaf in _tree_leaves(tree)):
-        rows = t.detach().reshape(t.shape[0], -1).double().nan_to_num().sum(dim=1)
-        weights = torch.arange(1, rows.numel() + 1, dtype=torch.float64, device=rows.device)
-        values += [rows.sum().cpu(), (rows * weights).sum().cpu()]
-    return torch.stack(values)
-
-
-_LABEL_DTYPES = (torch.int64, torch.int32, torch.int16, torch.uint8)
-
-
-def _classifies(y_pred: Any, y: Any) -> bool:
-    """Whether ``y_pred`` are class scores ``(n, C)`` for integer labels ``y`` of shape ``(n,)``."""
-    return (
-        isinstance(y_pred, torch.Tensor)
-        and isinstance(y, torch.Tensor)
-        and y.dtype in _LABEL_DTYPES
-        and y.dim() == 1
-        and y_pred.dim() == 2
-        and y_pred.shape[0] == y.shape[0]
-    )
-
-
-def _count_correct(y_pred: Any, y: Any, ignore_index: int | None) -> tuple[torch.Tensor, torch.Tensor] | str:
-    """``(correct, counted)`` top-1 predictions for class scores in torch's CrossEntropy layout, or why not."""
-    if not isinstance(y_pred, torch.Tensor):
-        return (
-            f"the model output (after output_transform) is a {type(y_pred).__name__}, not a tensor of class "
-            "scores: pass Probe(..., output_transform=...) that returns the logits"
-        )
-    if not isinstance(y, torch.Tensor) or y.dtype not in _LABEL_DTYPES:
-        what = type(y).__name__ if not isinstance(y, torch.Tensor) else f"{y.dtype} tensor"
-        return f"the targets are a {what}, not integer class labels"
-    if y_pred.dim() != y.dim() + 1 or y_pred.shape[0] != y.shape[0] or y_pred.shape[2:] != y.shape[1:]:
-        return (
-            f"the output of shape {tuple(y_pred.shape)} is not class scores (N, C, ...) for targets of shape "
-            f"{tuple(y.shape)} (torch's CrossEntropyLoss layout: the class dimension second)"
-        )
-    hit = y_pred.argmax(dim=1) == y
-    if ignore_index is None:
-        return hit.sum(), torch.tensor(y.numel(), device=y.device)
-    keep = y != ignore_index
-    return (hit & keep).sum(), keep.sum()
-
-
-class ProbeSession:
-    """Exact computations of one model on one probe, with the model restored on exit.
-
-    Flat vectors (gradients, HVP inputs and outputs, points) use the order of :attr:`space`.
-    Counters ``num_hvps``, ``num_grads`` and ``num_forwards`` count full passes over the probe.
-    ``batch_offset`` is the global index of this rank's first probe batch (0 in one process): in
-    ``model_mode="train"`` batch ``i`` of :meth:`Probe.batches` draws its dropout masks from the seed
-    ``probe.seed + batch_offset + i``, as in a single process.
-    """
-
-    def __init__(self, probe: Probe, model: nn.Module, params: ParamsArg = None) -> None:
-        self.probe = probe
-        self.model = unwrap_model(model)
-        self.space = ParamSpace.from_model(self.model, params)
-        _check_device(self.model, probe)
-        self.num_hvps = 0
-        self.num_grads = 0
-        self.num_forwards = 0
-        self._stack = ExitStack()
-        self._graph: tuple[list[torch.Tensor], torch.Tensor] | None = None
-        self._graph_failed = False
-        self.cached_batches = 0  # probe batches whose gradient graph is kept between HVPs
-
-    def __enter__(self) -> ProbeSession:
-        if self.probe.model_mode == "train" and distributed.world_size() > 1:
-            if any(isinstance(m, nn.SyncBatchNorm) for m in self.model.modules()):
-                raise ValueError(
-                    "model_mode='train' with SyncBatchNorm under a process group would synchronise batch "
-                    "statistics across ranks: use model_mode='eval'"
-                )
-        # Collective on first use: every rank opens the session at the same point.
-        self.batch_offset = self.probe.layout()[3]
-        try:
-            self._enter()
-        except BaseException:
-            self._stack.close()
-            raise
-        return self
-
-    def _enter(self) -> None:
-        self._stack.enter_context(preserved_state(self.model))
-        # Eager, no autocast, math attention: the exact function, with a double backward (see execution.py).
-        self._stack.enter_context(probe_execution(self.model, self.probe.device))
-        self.model.train(self.probe.model_mode == "train")
-        named = dict(self.model.named_parameters())
-        self.base = [named[n].detach() for n in self.space.names]
-        self.dtype = self.base[0].dtype
-        self.fixed = {n: p.detach() for n, p in named.items() if n not in set(self.space.names)}
-        # In train mode BatchNorm writes running statistics in place: give it throwaway copies.
-        self.buffers = (
-            {n: b.detach().clone() for n, b in self.model.named_buffers()} if self.probe.model_mode == "train" else {}
-        )
-        if not self.probe._row_mean_checked:
-            self._check_row_mean()
-
-    def _check_row_mean(self) -> None:
-        # An undeclared loss_fn is computed as a per-row mean; refuse it now, before any number is
-        # reported, if a chunk shows otherwise (one forward pass, once per probe).
-        counts = torch.zeros(2, dtype=torch.float64, device=self.probe.device)  # checked, non-finite
-        with distributed.Lockstep() as step, torch.no_grad():
-            for i, (x, y, _) in enumerate(self.probe.batches()):
-                status = self.probe.check_row_mean(self.forward(x, self.base, i), y)
-                counts[0] += status == "checked"
-                counts[1] += status == "nonfinite"
-        self.num_forwards += 1
-        (counts,) = step.all_reduce(counts)
-        if float(counts[0]) > 0:
-            self.probe._row_mean_checked = True
-        elif float(counts[1]) == 0:
-            raise ObjectiveError(
-                f"loss_fn {getattr(self.probe.loss_fn, '__name__', type(self.probe.loss_fn).__name__)}: cannot "
-                "check that it is a per-row mean (every probe batch has one row); use batch_size >= 2, or declare "
-                "it as il.DecomposedLoss(total_fn, normalizer=...)"
-            )
-        # Otherwise every loss is NaN/inf (so is every result): check again on the next session.
-
-    def __exit__(self, *exc: Any) -> None:
-        self._graph = None
-        self._stack.close()
-
-    # -- points ---------------------------------------------------------------------------------
-    @property
-    def theta(self) -> torch.Tensor:
-        """The current weights of the selected parameters as one flat vector (a copy)."""
-        return self.space.flatten(self.base)
-
-    def _params_at(self, point: torch.Tensor | Sequence[torch.Tensor] | None) -> list[torch.Tensor]:
-        if point is None:
-            return self.base
-        if isinstance(point, torch.Tensor):
-            return self.space.split(point)
-        return list(point)
-
-    def forward(self, x: Any, params: Sequence[torch.Tensor], batch_index: int = 0) -> Any:
-        """Model output on ``x`` with the selected parameters set to ``params`` (functionally)."""
-        if self.probe.model_mode == "train":
-            torch.manual_seed(self.probe.seed + self.batch_offset + batch_index)
-        tensors = dict(self.fixed)
-        tensors.update(zip(self.space.names, params))
-        tensors.update(self.buffers)
-        args = x if isinstance(x, tuple) else (x,)
-        return functional_call(self.model, tensors, args, strict=False)
-
-    def batch_objective(self, output: Any, y: Any, i: int) -> torch.Tensor:
-        """Batch ``i``'s contribution to the probe objective, from the model's raw ``output`` on it.
-
-        ``output`` is what :meth:`forward` returns for batch ``i`` of :meth:`Probe.batches` (``y`` its
-        targets); ``output_transform`` and the loss's decomposition are applied here. Summed over this
-        rank's batches (and all-reduced over ranks) it is exactly the probe objective ``L(θ)``, so its
-        derivatives summed the same way are the exact gradient and Hessian. It is a plain function of
-        ``output`` (``torch.func`` transforms apply). ``i`` is the batch's index in :meth:`Probe.batches`.
-        """
-        return self.probe.objective(output, y)
-
-    def _batch_loss(self, params: Sequence[torch.Tensor], x: Any, y: Any, i: int) -> tuple[torch.Tensor, Any]:
-        y_pred = self.forward(x, params, i)
-        return self.batch_objective(y_pred, y, i), y_pred
-
-    # -- exact quantities ----------------------------------------------------------------------
-    def evaluate(self, point: torch.Tensor | Sequence[torch.Tensor] | None = None) -> ProbeEvaluation:
-        """Loss and accuracy at ``point`` (flat vector or per-parameter tensors; default: current weights)."""
-        params = self._params_at(point)
-        # loss, correct, counted targets, "not classification" flag
-        stats = torch.zeros(4, dtype=torch.float64, device=self.probe.device)
-        reason: str | None = None
-        with distributed.Lockstep() as step, torch.no_grad():
-            for i, (x, y, _) in enumerate(self.probe.batches()):
-                loss, y_pred = self._batch_loss(params, x, y, i)
-                stats[0] += loss.double()
-                c = self.probe.count_correct(y_pred, y)
-                if isinstance(c, str):
-                    reason = reason or c
-                else:
-                    stats[1] += c[0].double()
-                    stats[2] += c[1].double()
-            stats[3] = 0.0 if reason is None else 1.0
-        self.num_forwards += 1
-        (stats,) = step.all_reduce(stats)
-        loss_value = float(stats[0])
-        _warn_if_nonfinite(loss_value)
-        accuracy = None
-        if float(stats[3]) == 0 and float(stats[2]) > 0:
-            accuracy = float(stats[1]) / float(stats[2])
-        elif float(stats[3]) == 0:
-            reason = "every target is ignore_index"
-        elif reason is None:
-            reason = "another rank's output or targets are not class scores and labels (see its log)"
-        if reason is not None and not self.probe._accuracy_reason_logged:
-            self.probe._accuracy_reason_logged = True
-            # Loud when the targets are labels (accuracy was likely expected), quiet for regression.
-            labels = any(t.dtype in _LABEL_DTYPES for t in _tree_leaves(self.probe.targets))
-            logger.log(logging.WARNING if labels else logging.INFO, "Probe: no accuracy: %s", reason)
-        return ProbeEvaluation(
-            loss=loss_value, accuracy=accuracy, num_samples=self.probe.num_samples, accuracy_reason=reason
-        )
-
-    def loss(self, point: torch.Tensor | Sequence[torch.Tensor] | None = None) -> float:
-        """The exact probe objective at ``point`` (default: current weights)."""
-        return self.evaluate(point).loss
-
-    def loss_and_grad(self, point: torch.Tensor | Sequence[torch.Tensor] | None = None) -> tuple[float, torch.Tensor]:
-        """The exact probe objective and its gradient (flat) at ``point`` (default: current weights)."""
-        leaves = [t.detach().requires_grad_(True) for t in self._params_at(point)]
-        grad = torch.zeros(self.space.numel, dtype=self.dtype, device=leaves[0].device)
-        loss_sum = torch.zeros((), dtype=torch.float64, device=leaves[0].device)
-        with distributed.Lockstep() as step, torch.enable_grad():
-            for i, (x, y, _) in enumerate(self.probe.batches()):
-                loss, _ = self._batch_loss(leaves, x, y, i)
-                g = torch.autograd.grad(loss, leaves, allow_unused=True)
-                grad += _flat(g, leaves)
-                loss_sum += loss.detach().double()
-        self.num_grads += 1
-        grad, loss_sum = step.all_reduce(grad, loss_sum)
-        loss_value = float(loss_sum)
-        _warn_if_nonfinite(loss_value)
-        return loss_value, grad
-
-    def grad(self, point: torch.Tensor | Sequence[torch.Tensor] | None = None) -> torch.Tensor:
-        """Exact gradient (flat) of the probe objective at ``point``."""
-        return self.loss_and_grad(point)[1]
-
-    def hvp(self, v: torch.Tensor) -> torch.Tensor:
-        """Exact Hessian-vector product ``H v`` at the current weights (double backward)."""
-        if v.shape != (self.space.numel,):
-            raise ValueError(f"v must be a flat vector of {self.space.numel} entries, got shape {tuple(v.shape)}")
-        v = v.to(dtype=self.dtype)
-        hv = v  # only a placeholder of the right shape should this rank's part fail
-        with distributed.Lockstep() as step:
-            graph = self._cached_graph()
-            if graph is not None:
-                leaves, weighted_grad = graph
-                pairs = [(w, vi) for w, vi in zip(weighted_grad, self.space.split(v)) if w.requires_grad]
-                out = torch.autograd.grad(
-                    [w for w, _ in pairs],
-                    leaves,
-                    grad_outputs=[vi for _, vi in pairs],
-                    retain_graph=True,
-                    allow_unused=True,
-                )
-                hv = _flat(out, leaves)
-                if self.cached_batches < len(self.probe.batches()):
-                    hv = hv + self._hvp_recompute(v, start=self.cached_batches)
-            else:
-                hv = self._hvp_recompute(v)
-        self.num_hvps += 1
-        (hv,) = step.all_reduce(hv)
-        return hv
-
-    def _hvp_recompute(self, v: torch.Tensor, start: int = 0) -> torch.Tensor:
-        leaves = [t.detach().requires_grad_(True) for t in self.base]
-        vs = self.space.split(v)
-        hv = torch.zeros_like(v)
-        with torch.enable_grad():
-            for i, (x, y, _) in enumerate(self.probe.batches()):
-                if i < start:
-                    continue  # in the cached graph
-                loss, _ = self._batch_loss(leaves, x, y, i)
-                g = torch.autograd.grad(loss, leaves, create_graph=True, allow_unused=True)
-                used = [(gi, vi, li) for gi, vi, li in zip(g, vs, leaves) if gi is not None]
-                if not used:
-                    continue
-                dot = sum((gi * vi).sum() for gi, vi, _ in used)
-                if not dot.requires_grad:
-                    continue  # the gradient is constant in the weights: this batch adds nothing
-                out = torch.autograd.grad(dot, leaves, allow_unused=True)
-                hv += _flat(out, leaves)
-        return hv
-
-    def _cached_graph(self) -> tuple[list[torch.Tensor], list[torch.Tensor]] | None:
-        if self._graph is not None:
-            return self._graph
-        if self._graph_failed or self.probe.max_graph_bytes == 0:
-            return None
-        counter = _SavedBytes(self.probe.max_graph_bytes)
-        leaves = [t.detach().requires_grad_(True) for t in self.base]
-        batches = self.probe.batches()
-        weighted: list[torch.Tensor] | None = None
-        cached = 0
-        kept_bytes = 0
-        loss = g = scaled = candidate = None
-        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(counter.pack, counter.unpack):
-            for i, (x, y, _) in enumerate(batches):
-                loss, _ = self._batch_loss(leaves, x, y, i)
-                g = torch.autograd.grad(loss, leaves, create_graph=True, allow_unused=True)
-                g = [torch.zeros_like(li) if gi is None else gi for gi, li in zip(g, leaves)]
-                scaled = g  # batch_objective already carries the batch's share of the objective
-                candidate = scaled if weighted is None else [a + b for a, b in zip(weighted, scaled)]
-                if counter.exceeded:
-                    # Keep the batches that fit and recompute only the rest per HVP: memory and time
-                    # then trade off in proportion instead of falling off a cliff at the limit.
-                    break
-                weighted, cached, kept_bytes = candidate, i + 1, counter.bytes
-            del loss, g, scaled, candidate  # the batch over the limit: its graph is freed here
-        if cached == 0 or weighted is None or not any(w.requires_grad for w in weighted):
-            self._graph_failed = True
-            logger.debug("Probe: gradient graph needs more than %d bytes; recomputing per HVP", counter.limit)
-            return None
-        if cached < len(batches):
-            logger.debug("Probe: %d of %d batches' gradient graph kept (%d bytes)", cached, len(batches), kept_bytes)
-        self._graph = (leaves, weighted)
-        self.cached_batches = cached
-        self.saved_graph_bytes = kept_bytes
-        return self._graph
-
-
-class _SavedBytes:
-    """Counts the distinct storage bytes the autograd graph saves, to stay within a memory budget."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.bytes = 0
-        self._seen: set[int] = set()
-
-    @property
-    def exceeded(self) -> bool:
-        return self.bytes > self.limit
-
-    def pack(self, t: torch.Tensor) -> tuple[torch.Tensor, int]:
-        try:
-            storage = t.untyped_storage()
-            key = storage.data_ptr()
-            if key not in self._seen:
-                self._seen.add(key)
-                self.bytes += storage.nbytes()
-        except (RuntimeError, NotImplementedError):
-            self.bytes += t.numel() * t.element_size()
-        # Never keep ``t`` itself: a tensor saved by its own backward node (the output of ReLU, softmax,
-        # exp) would then hold that node through its grad_fn, a reference cycle inside autograd's C++
-        # graph that Python's collector cannot see, so every cached graph would outlive its session.
-        # A detached alias shares the storage and the version counter; autograd re-attaches the
-        # grad_fn or grad accumulator on unpack.
-        return t.detach(), t._version
-
-    @staticmethod
-    def unpack(packed: tuple[torch.Tensor, int]) -> torch.Tensor:
-        t, version = packed
-        # With saved-tensor hooks autograd skips its own check that a saved tensor was not modified in
-        # place since it was saved (it cannot know what the hook returns): redo it, or an in-place op
-        # (``nn.ReLU(inplace=True)`` on a saved tensor) would silently corrupt the gradient.
-        if t._version != version:
-            raise RuntimeError(
-                "a tensor saved for the gradient graph was modified by an in-place operation "
-                f"(version {t._version}, saved at version {version}); the Hessian-vector product would be wrong"
-            )
-        return t
-
-
-def _flat(grads: Sequence[torch.Tensor | None], like: Sequence[torch.Tensor]) -> torch.Tensor:
-    return torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1) for g, p in zip(grads, like)])
-
-
-def _warn_if_nonfinite(loss: float) -> None:
-    if not math.isfinite(loss):
-        warnings.warn(
-            f"Probe: the loss is not finite ({loss}); results computed from it are NaN", RuntimeWarning, stacklevel=3
-        )
-
-
-def _check_device(model: nn.Module, probe: Probe) -> None:
-    device = model_device(model)
-    if probe.device is not None and device.type != probe.device.type:
-        raise ValueError(
-            f"the probe's samples are on {probe.device} but the model is on {device}: "
-            "build the Probe with device= matching the model"
         )

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from ignite_landscape import Probe, gradient_noise_scale
+from ignite_landscape import session as session_module
 from ignite_landscape.measures import persample
 from tests.helpers import classification_data, mlp, small_cnn
 
@@ -165,7 +166,7 @@ def test_chunks_bound_the_per_sample_gradients_held_at_once(monkeypatch):
     x, y = classification_data(37, (5,))
     probe = Probe((x, y), F.cross_entropy, batch_size=37)
     largest = []
-    real_vmap = persample.vmap
+    real_vmap = session_module.vmap
 
     def counting_vmap(fn, *args, **kwargs):
         mapped = real_vmap(fn, *args, **kwargs)
@@ -177,7 +178,7 @@ def test_chunks_bound_the_per_sample_gradients_held_at_once(monkeypatch):
 
         return run
 
-    monkeypatch.setattr(persample, "vmap", counting_vmap)
+    monkeypatch.setattr(session_module, "vmap", counting_vmap)
     results = {}
     for chunk in (1, 4, 37):
         largest.clear()

@@ -222,16 +222,17 @@ def interpolate(
         if recalibrate:
             for m in _bn_modules(work):
                 m.momentum = None
+        session = None if recalibrate else probe.session(model, param_names)
         for alpha in alphas.tolist():
             state = state_at(alpha)
-            if recalibrate:
+            if session is None:
                 _recalibrate(work, state, bn_loader, bn_batches, probe)
                 ev = probe.evaluate(work)
             else:
-                with probe.session(model, param_names) as s:
-                    # The session's forward reads buffers from this dict: use the interpolated ones.
-                    s.buffers = {n: state[n] for n in buffer_names}
-                    ev = s.evaluate([state[n] for n in s.space.names])
+                # The interpolated buffers too (BatchNorm running statistics), not the model's own.
+                ev = session.evaluate(
+                    [state[n] for n in session.space.names], buffers={n: state[n] for n in buffer_names}
+                )
             losses.append(ev.loss)
             if ev.error is None:
                 classify = False
@@ -276,7 +277,7 @@ def _recalibrate(
             for i, batch in enumerate(loader):
                 if batches is not None and i >= batches:
                     break
-                x, _ = probe._prepare(batch, device, False)
+                x, _ = probe.prepare_batch(batch, device, False)
                 work(*(x if isinstance(x, tuple) else (x,)))
                 seen += 1
         work.eval()

@@ -27,7 +27,8 @@ import logging
 
 import torch
 
-from ignite_landscape.probe import Probe, _num_rows, _tree_map
+from ignite_landscape.probe import Probe
+from ignite_landscape.samples import num_rows
 from ignite_landscape.validation import check_choice, check_int
 
 __all__ = [
@@ -68,28 +69,13 @@ def check_uncertainty(uncertainty: str | None, chunks: int, probe: Probe | None 
         return
     if chunks > probe.num_samples:
         raise ValueError(f"jackknife_chunks must be at most the probe's {probe.num_samples} samples, got {chunks}")
-    if _num_rows(probe.targets) != probe.num_samples:
+    if num_rows(probe.targets) != probe.num_samples:
         raise ValueError("uncertainty='jackknife' needs every rank to hold all the probe's samples (one shared probe)")
 
 
 def subset_probe(probe: Probe, index: torch.Tensor) -> Probe:
     """A probe of the samples ``index`` of ``probe`` (in that order), with its loss, transform, mode and seed."""
-    x = _tree_map(lambda t: t[index.to(t.device)], probe.inputs)
-    y = _tree_map(lambda t: t[index.to(t.device)], probe.targets)
-    n = int(index.numel())
-    sub = Probe(
-        [(x, y)],
-        probe.loss_fn,
-        num_samples=n,
-        batch_size=min(probe.batch_size, n),
-        device=probe.device,
-        model_mode=probe.model_mode,
-        max_graph_bytes=probe.max_graph_bytes,
-        seed=probe.seed,
-        output_transform=probe.output_transform,
-    )
-    sub._row_mean_checked = probe._row_mean_checked  # the same loss_fn: checked once is checked
-    return sub
+    return probe.subset(index)
 
 
 def leave_one_out_probes(probe: Probe, chunks: int) -> list[Probe]:

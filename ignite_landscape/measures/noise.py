@@ -66,7 +66,7 @@ from ignite_landscape import distributed
 from ignite_landscape.linalg import generator
 from ignite_landscape.measures.persample import CHUNK_BYTES, check_per_sample_mode, per_sample_moments
 from ignite_landscape.params import ParamsArg
-from ignite_landscape.probe import Probe, ProbeSession, _tree_cat, _tree_map
+from ignite_landscape.probe import Probe, ProbeSession
 from ignite_landscape.validation import check_choice, check_int
 
 __all__ = ["NoiseScale", "NoiseOptions", "gradient_noise_scale", "NOISE_METHODS", "CHUNK_BYTES"]
@@ -297,31 +297,18 @@ def _two_batch(s: ProbeSession, opts: NoiseOptions, seed: int) -> NoiseScale:
     small = opts.small_batch or max(1, n_total // 16)
     if distributed.world_size() > 1:
         raise ValueError("method='two_batch' runs in a single process; use 'per_sample' under ignite.distributed")
-    batches = s.probe.batches()
-    x_all = _tree_cat([b[0] for b in batches])
-    y_all = _tree_cat([b[1] for b in batches])
     _, g_full = s.loss_and_grad()
     g_full = g_full.double()
     perm = torch.randperm(n_total, generator=generator(seed)).to(s.probe.device)
     k = n_total // small
-    leaves = [t.detach().requires_grad_(True) for t in s.base]
     curvature = _wants_b_noise(opts)
     sq = ghg = 0.0
-    with torch.enable_grad():
-        for j in range(k):
-            idx = perm[j * small : (j + 1) * small]
-            x = _tree_map(lambda t, idx=idx: t[idx], x_all)
-            y = _tree_map(lambda t, idx=idx: t[idx], y_all)
-            # The mean of the small batch's per-sample gradients (see _per_sample): n/B times its share.
-            loss = s.batch_objective(s.forward(x, leaves, j), y, j) * (n_total / small)
-            gs = torch.autograd.grad(loss, leaves, allow_unused=True)
-            flat = torch.cat(
-                [(torch.zeros_like(p) if g is None else g).reshape(-1) for g, p in zip(gs, leaves)]
-            ).double()
-            sq += float(flat @ flat)
-            if curvature:
-                ghg += float(flat @ s.hvp(flat).double())
-    s.num_grads += 1
+    # The mean of each small batch's per-sample gradients (see _per_sample): n/B times its share.
+    for g in s.subset_gradients(perm[j * small : (j + 1) * small] for j in range(k)):
+        flat = g.double()
+        sq += float(flat @ flat)
+        if curvature:
+            ghg += float(flat @ s.hvp(flat).double())
     small_sq = sq / k
     full_sq = float(g_full @ g_full)
     trace_sigma = (small_sq - full_sq) / (1.0 / small - 1.0 / n_total)

@@ -33,10 +33,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
-from torch.func import grad, vmap
 
 from ignite_landscape import distributed
-from ignite_landscape.probe import ProbeSession, _rows, _tree_map
+from ignite_landscape.probe import ProbeSession
 
 __all__ = [
     "CHUNK_BYTES",
@@ -75,23 +74,13 @@ def chunk_size_for(s: ProbeSession, chunk_size: int | None) -> int:
 def per_sample_gradients(s: ProbeSession, chunk: int) -> Iterator[tuple[int, tuple[torch.Tensor, ...]]]:
     """This rank's exact per-sample gradients ``g_i = n·∇ℓ_i``, ``chunk`` samples at a time, in probe order.
 
+    The session's :meth:`~ignite_landscape.session.ProbeSession.per_sample_gradients`.
+
     Yields:
         ``(c, grads)``: the chunk's sample count and one tensor of shape ``(c, *p.shape)`` per selected
         parameter (the session's dtype). Nothing else is held between chunks.
     """
-    n_total = s.probe.global_num_samples
-
-    def sample_loss(ps: tuple[torch.Tensor, ...], x: object, y: object) -> torch.Tensor:
-        # n·(sample i's share of the probe objective): the mean of these gradients is the probe gradient.
-        one = _tree_map(lambda t: t.unsqueeze(0), x)
-        return s.batch_objective(s.forward(one, ps), _tree_map(lambda t: t.unsqueeze(0), y), 0) * n_total
-
-    per_sample_grad = vmap(grad(sample_loss), in_dims=(None, 0, 0))
-    params = tuple(s.base)
-    for x, y, n in s.probe.batches():
-        for lo in range(0, n, chunk):
-            hi = min(lo + chunk, n)
-            yield hi - lo, per_sample_grad(params, _rows(x, lo, hi), _rows(y, lo, hi))
+    return s.per_sample_gradients(chunk)
 
 
 @dataclass
@@ -162,7 +151,6 @@ def per_sample_moments(
             m2 += torch.cat(m2_parts) + delta * delta * (count * c / total)
             mean += delta * (c / total)
             count = total
-    s.num_grads += 1
     (weighted,) = step.all_reduce(mean * count)
     g_bar = weighted / n_total
     # Between ranks: each rank's mean against the global one (zero in one process).

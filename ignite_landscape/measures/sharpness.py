@@ -76,7 +76,8 @@ from ignite_landscape.measures.jackknife import (
     warn_if_wide,
 )
 from ignite_landscape.params import ParamsArg, ParamSpace
-from ignite_landscape.probe import Probe, ProbeSession, _num_rows
+from ignite_landscape.probe import Probe, ProbeSession
+from ignite_landscape.samples import num_rows
 from ignite_landscape.validation import check_choice, check_int, check_positive
 
 __all__ = [
@@ -379,7 +380,7 @@ def _m_sharpness(
 ) -> SharpnessResult:
     m = opts.m
     assert m is not None
-    if _num_rows(probe.targets) != probe.num_samples:
+    if num_rows(probe.targets) != probe.num_samples:
         # Chunks are cut by global sample index from the samples this rank holds.
         raise ValueError("m-sharpness needs every rank to hold all the probe's samples (one shared probe)")
     whole = dataclasses.replace(opts, m=None)

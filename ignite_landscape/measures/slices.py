@@ -27,16 +27,14 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.func import functional_call, vmap
 
-from ignite_landscape import distributed
 from ignite_landscape.measures.directions import check_directions
-from ignite_landscape.probe import Probe, ProbeSession, _tree_map
+from ignite_landscape.probe import Probe
 
 __all__ = ["LossSliceResult", "SliceOptions", "loss_slice", "grid_coordinates"]
 
@@ -246,12 +244,12 @@ def _loss_slice(
             try:
                 while done < len(points):
                     chunk = points[done : done + batch_points]
-                    lc, ac = _evaluate_batched(s, torch.stack([point(c) for c in chunk]))
-                    losses[done : done + len(chunk)] = lc
-                    if ac is None:
+                    ev = s.evaluate_stacked(torch.stack([point(c) for c in chunk]))
+                    losses[done : done + len(chunk)] = ev.loss
+                    if ev.accuracy is None:
                         classify = False
                     else:
-                        accs[done : done + len(chunk)] = ac
+                        accs[done : done + len(chunk)] = ev.accuracy
                     done += len(chunk)
                 batched = True
             except (RuntimeError, NotImplementedError, ValueError, TypeError) as e:
@@ -259,12 +257,12 @@ def _loss_slice(
                 done = 0
                 classify = True
         if done < len(points):
-            rest = _evaluate_sequential(s, theta, flat_dirs, points[done:])
-            losses[done:] = rest[0]
-            if rest[1] is None:
+            rest = s.evaluate_many(_swept(theta, flat_dirs, points[done:]))
+            losses[done:] = rest.loss
+            if rest.accuracy is None:
                 classify = False
             else:
-                accs[done:] = rest[1]
+                accs[done:] = rest.accuracy
 
     shape = (opts.steps,) * dims
     loss = losses.view(shape)
@@ -282,114 +280,13 @@ def _loss_slice(
     )
 
 
-class _Sweep(nn.Module):
-    """Runs a callback on the wrapped model, so one ``functional_call`` covers a whole sweep of points."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, fn: Callable[[nn.Module], object]) -> object:
-        return fn(self.model)
-
-
-def _evaluate_sequential(
-    s: ProbeSession, theta: torch.Tensor, flat_dirs: list[torch.Tensor], points: list[tuple[float, ...]]
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Loss and accuracy at each point, one point at a time, as :meth:`ProbeSession.evaluate` computes them.
-
-    A grid point costs one forward pass over the probe, so per-point overhead matters for small models.
-    Rather than one ``functional_call`` per point and batch, the model is reparametrized once, with
-    tensors that are views of a work buffer owned here; each point is written into that buffer in place
-    and the model runs directly. The model's own parameters are never written.
-    """
-    probe = s.probe
-    batches = probe.batches()
-    train_mode = probe.model_mode == "train"
-    work = torch.empty_like(theta)
-    tensors = {f"model.{n}": t for n, t in zip(s.space.names, s.space.split(work))}
-    tensors.update({f"model.{n}": t for n, t in s.buffers.items()})
-    inputs = [x if isinstance(x, tuple) else (x,) for x, _, _ in batches]
-    # Per probe batch, the loss (and correct count) at every point, kept as tensors: reducing them once
-    # after the sweep saves a handful of small ops and a sync per point, which show on small models.
-    losses: list[list[torch.Tensor]] = [[] for _ in batches]
-    corrects: list[list[torch.Tensor]] = [[] for _ in batches]
-    counted = torch.zeros((), dtype=torch.float64, device=theta.device)
-    classify = True
-
-    def sweep(model: nn.Module) -> None:
-        nonlocal classify, counted
-        for k, c in enumerate(points):
-            # θ + a·d₀ (+ b·d₁) in the reused buffer; exactly θ at the centre.
-            src = theta
-            for ci, d in zip(c, flat_dirs):
-                if ci != 0.0:
-                    torch.add(src, d, alpha=ci, out=work)
-                    src = work
-            if src is theta:
-                work.copy_(theta)
-            for i, (_, y, _) in enumerate(batches):
-                if train_mode:
-                    torch.manual_seed(probe.seed + s.batch_offset + i)  # the dropout masks of ProbeSession.forward
-                out = model(*inputs[i])
-                losses[i].append(s.batch_objective(out, y, i))
-                if classify:
-                    cc = probe.count_correct(out, y)
-                    classify = not isinstance(cc, str)
-                    if classify:
-                        corrects[i].append(cc[0])
-                        if k == 0:  # the targets counted do not depend on the point
-                            counted = counted + cc[1].double()
-
-    # A rank that fails mid-sweep still joins the reduction, so the others never wait forever.
-    with distributed.Lockstep() as step, torch.no_grad():
-        functional_call(_Sweep(s.model), tensors, (sweep,), strict=False)
-    s.num_forwards += len(points)
-    # Summed over batches in order, as ProbeSession.evaluate does: the centre equals it bit for bit.
-    stats = torch.zeros(len(points), 2, dtype=torch.float64, device=theta.device)
-    for i in range(len(batches)):
-        stats[:, 0] += torch.stack(losses[i]).double()
-        if classify:
-            stats[:, 1] += torch.stack(corrects[i]).double()
-    flags = torch.stack([counted, torch.tensor(0.0 if classify else 1.0, dtype=torch.float64, device=theta.device)])
-    stats, flags = step.all_reduce(stats, flags)
-    stats, flags = stats.cpu(), flags.cpu()
-    ok = float(flags[1]) == 0 and float(flags[0]) > 0
-    return stats[:, 0], (stats[:, 1] / float(flags[0]) if ok else None)
-
-
-def _evaluate_batched(s: ProbeSession, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Probe loss and accuracy at each row of ``points`` (a ``(B, P)`` stack), with one vmap per probe batch."""
-    probe = s.probe
-    batches = probe.batches()
-    per_param = [
-        t.reshape(points.shape[0], *shape) for t, shape in zip(points.split(s.space.numels, dim=1), s.space.shapes)
-    ]
-    loss_sum = torch.zeros(points.shape[0], dtype=torch.float64, device=points.device)
-    correct = torch.zeros(points.shape[0], dtype=torch.float64, device=points.device)
-    counted = torch.zeros((), dtype=torch.float64, device=points.device)
-    classify = True
-    with distributed.Lockstep() as step, torch.no_grad():
-        for i, (x, y, _) in enumerate(batches):
-
-            def f(*ps: torch.Tensor, x: object = x, y: object = y, i: int = i) -> tuple[torch.Tensor, object]:
-                out = s.forward(x, ps, i)
-                return s.batch_objective(out, y, i), out
-
-            losses, outs = vmap(f)(*per_param)
-            if losses.shape != (points.shape[0],):
-                raise ValueError(f"loss_fn must return a scalar, got shape {tuple(losses.shape[1:])}")
-            loss_sum += losses.double()
-            for b in range(points.shape[0] if classify else 0):
-                cc = probe.count_correct(_tree_map(lambda t, b=b: t[b], outs), y)
-                if isinstance(cc, str):
-                    classify = False
-                    break
-                correct[b] += cc[0].double()
-                if b == 0:
-                    counted = counted + cc[1].double()
-    s.num_forwards += points.shape[0]
-    flags = torch.stack([counted, torch.tensor(0.0 if classify else 1.0, dtype=torch.float64, device=points.device)])
-    stats, flags = step.all_reduce(torch.stack([loss_sum, correct]), flags)
-    ok = float(flags[1]) == 0 and float(flags[0]) > 0
-    return stats[0].cpu(), ((stats[1] / float(flags[0])).cpu() if ok else None)
+def _swept(
+    theta: torch.Tensor, flat_dirs: list[torch.Tensor], points: list[tuple[float, ...]]
+) -> Iterator[torch.Tensor]:
+    """``θ + a·d₀ (+ b·d₁)`` for each coefficient tuple, one at a time; exactly ``θ`` at the centre."""
+    for c in points:
+        p = theta
+        for ci, d in zip(c, flat_dirs):
+            if ci != 0.0:
+                p = torch.add(p, d, alpha=ci)
+        yield p
