@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,6 +28,7 @@ from ignite_landscape.tensorboard import (
     custom_scalars_layout,
     grid_mesh,
 )
+from tests.test_tensorboard import read
 
 X = np.linspace(-1.0, 1.0, 5)
 NODES = np.array([-0.5, 0.1, 2.0, 7.5, np.nan])
@@ -89,13 +89,6 @@ def call(handler: Any, tb: TensorboardLogger, engine: Engine, epoch: int, firing
     engine.state.landscape_firings = {**(getattr(engine.state, "landscape_firings", None) or {}), **firings}
     engine.state.landscape = {n: f.result for n, f in engine.state.landscape_firings.items()}
     handler(engine, tb, Events.EPOCH_COMPLETED)
-
-
-def read(logdir: Path) -> EventAccumulator:
-    (event_file,) = Path(logdir).glob("events.out.tfevents.*")
-    acc = EventAccumulator(str(event_file), size_guidance={"scalars": 0, "histograms": 0, "images": 0, "tensors": 0})
-    acc.Reload()
-    return acc
 
 
 def texts(acc: EventAccumulator, tag: str) -> list[tuple[int, str]]:
