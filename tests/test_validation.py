@@ -3,7 +3,10 @@ same check (and message) the measure function applies on entry."""
 
 from __future__ import annotations
 
+import inspect
 import math
+import pydoc
+import re
 
 import pytest
 import torch
@@ -151,3 +154,100 @@ def test_option_errors_come_before_probe_errors():
         il.GradientNoiseScale(mlp(), tiny, method="exact")
     with pytest.raises(ValueError, match="2 samples"):
         il.GradientNoiseScale(mlp(), tiny)
+
+
+# -- every option of every handler: declared once, validated at construction, documented -------------
+HANDLERS = [
+    il.HessianSpectrum,
+    il.HessianTrace,
+    il.HessianDensity,
+    il.Sharpness,
+    il.LossSlice,
+    il.ModeConnectivity,
+    il.GradientNoiseScale,
+    il.DirectionalCurvature,
+    il.BatchSharpness,
+    il.GradientOverlap,
+    il.LayerwiseCurvature,
+    il.GGNOutliers,
+    il.GradientStatistics,
+    il.TrajectoryPlane,
+]
+BASE_KEYWORDS = {"name", "params", "seed", "on_error", "progress", "progress_after", "guard"}
+
+
+def _options(cls: type) -> list[inspect.Parameter]:
+    return [p for p in list(inspect.signature(cls).parameters.values())[2:] if p.name not in BASE_KEYWORDS]
+
+
+def _bad_values(annotation: object) -> list[object]:
+    """A value of no accepted type, and one of a plausible type but out of range or unknown."""
+    text = str(annotation)
+    if "bool" in text and "str" not in text and "int" not in text:
+        typed: list[object] = ["yes"]
+    elif "str" in text:
+        typed = ["nope"]
+    elif "int" in text or "float" in text or "tuple" in text:
+        typed = [-1]
+    else:  # an optimizer, a loader, a handler: only the wrong type
+        typed = []
+    return [object(), *typed]
+
+
+OPTION_CASES = [(cls, p.name, bad) for cls in HANDLERS for p in _options(cls) for bad in _bad_values(p.annotation)]
+
+
+@pytest.mark.parametrize(
+    "cls,option,bad",
+    OPTION_CASES,
+    ids=[f"{c.__name__}-{o}-{type(b).__name__}" for c, o, b in OPTION_CASES],
+)
+def test_every_option_of_every_handler_is_validated_at_construction(cls, option, bad, model_and_probe):
+    model, probe = model_and_probe
+    with pytest.raises((TypeError, ValueError), match=rf"\b{option}\b"):
+        cls(model, probe, **{option: bad})
+
+
+def test_every_handler_has_options():
+    # The parametrisation above covers them all: no handler without declared options.
+    counts = {cls.__name__: len(_options(cls)) for cls in HANDLERS}
+    assert all(n >= 1 for n in counts.values()), counts
+    assert sum(counts.values()) >= 60, counts
+
+
+@pytest.mark.parametrize("cls", HANDLERS, ids=[c.__name__ for c in HANDLERS])
+def test_help_lists_every_option_with_its_default(cls):
+    text = pydoc.render_doc(cls, renderer=pydoc.plaintext)
+    for p in _options(cls):
+        assert re.search(rf"\b{p.name}: .+ Default: ``{re.escape(repr(p.default))}``", text), (cls.__name__, p.name)
+        assert f"{p.name}: see the options." not in text, (cls.__name__, p.name)  # every option described
+    # The signature shown by help() is the constructor's, not (*args, **kwargs).
+    assert "**kwargs" not in str(inspect.signature(cls)) and "model" in str(inspect.signature(cls))
+
+
+def test_options_keep_their_positions_and_read_as_attributes(model_and_probe):
+    model, probe = model_and_probe
+    h = il.Sharpness(model, probe, 0.1, "ascent", name="sam")
+    assert (h.rho, h.method, h.name) == (0.1, "ascent", "sam")
+    assert h.options == h.options_type(rho=0.1, method="ascent")
+    with pytest.raises(AttributeError, match="rho"):
+        h.rho = 0.2
+    s = il.LossSlice(model, probe, 2)
+    assert (s.name, s.steps, s.normalization) == ("slice2d", 11, "filter")
+    with pytest.raises(TypeError, match="rhoo"):
+        il.Sharpness(model, probe, rhoo=0.1)
+    with pytest.raises(TypeError):
+        il.Sharpness(model, probe, 0.1, "sam", "l2", False, 100)  # steps is keyword-only
+
+
+def test_handlers_record_a_probe_definition(model_and_probe):
+    from ignite.engine import Engine
+
+    model, probe = model_and_probe
+    trainer = Engine(lambda e, b: None)
+    h = il.HessianTrace(model, probe, num_hvps=6)
+    h.attach(trainer)
+    trainer.run([0], max_epochs=1)
+    assert h.last.definitions["probe"] == (
+        f"40 fixed samples, model in eval mode, objective {probe.decomposition.description}"
+    )

@@ -55,6 +55,7 @@ from ignite_landscape.params import ParamsArg, ParamSpace, model_device, unwrap_
 from ignite_landscape.probe import Probe
 from ignite_landscape.restore import preserved_state
 from ignite_landscape.results import record_of
+from ignite_landscape.validation import check_choice, check_int
 
 __all__ = ["Firing", "LandscapeHandler", "ON_ERROR", "to_plain", "from_plain"]
 
@@ -206,28 +207,6 @@ def _interactive() -> bool:
         return False
 
 
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be at least {minimum}, got {value}")
-    return value
-
-
-def _check_choice(name: str, value: Any, choices: tuple[Any, ...]) -> Any:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
-    return value
-
-
-def _check_positive(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a positive finite number, got {value}")
-    return float(value)
-
-
 class LandscapeHandler:
     """Base class of the Ignite handlers: one measure, run on events, results into ``engine.state``.
 
@@ -282,8 +261,8 @@ class LandscapeHandler:
             raise TypeError(f"name must be a string, got {type(name).__name__}")
         if not name or "/" in name or name != name.strip():
             raise ValueError(f"name must be a non-empty string without '/' or surrounding spaces, got {name!r}")
-        _check_choice("on_error", on_error, ON_ERROR)
-        _check_int("seed", seed, 0)
+        check_choice("on_error", on_error, ON_ERROR)
+        check_int("seed", seed, 0)
         if progress is not None and not isinstance(progress, bool):
             raise TypeError(f"progress must be a bool or None, got {type(progress).__name__}")
         if isinstance(progress_after, bool) or not isinstance(progress_after, (int, float)) or not progress_after >= 0:
@@ -337,7 +316,16 @@ class LandscapeHandler:
         return {
             "seconds": "wall time of the firing, in seconds",
             "skipped": "firings the budget skipped so far",
+            "probe": self._probe_definition(self.probe),
         }
+
+    @staticmethod
+    def _probe_definition(probe: Probe) -> str:
+        # The report prints it under each figure: what the numbers were measured on.
+        return (
+            f"{probe.num_samples} fixed samples, model in {probe.model_mode} mode, "
+            f"objective {probe.decomposition.description}"
+        )
 
     def _extra_state(self) -> dict[str, Any]:
         return {}
@@ -444,6 +432,8 @@ class LandscapeHandler:
             ):
                 result = self.compute(engine)
                 scalars = self.scalars_of(engine, result)
+                # Inside the guard: a definition that cannot be written must not stop training either.
+                record = record_of(result, self.definitions())
         except Exception as exc:
             if self.on_error == "raise":
                 raise
@@ -474,9 +464,7 @@ class LandscapeHandler:
                     state.iteration,
                 )
         scalars["seconds"] = seconds
-        if result is not None:
-            record = record_of(result, self.definitions())
-        else:  # a failed firing reads like the last one that worked
+        if result is None:  # a failed firing reads like the last one that worked
             before = next((f for f in reversed(self.history) if not f.failed), None)
             record = {"kind": before.kind, "definitions": before.definitions} if before else record_of(None)
         state.landscape[self.name] = result

@@ -21,7 +21,8 @@ Example:
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +30,12 @@ import torch
 from ignite.engine import Engine
 from torch import nn
 
-from ignite_landscape.handlers.base import LandscapeHandler
+from ignite_landscape.handlers.measure import MeasureHandler, fields_of
 from ignite_landscape.measures.connectivity import InterpolationOptions, interpolate
 from ignite_landscape.params import strip_wrapper_prefixes, unwrap_model
 from ignite_landscape.probe import Probe
 
-__all__ = ["ModeConnectivity", "REFERENCES"]
+__all__ = ["ModeConnectivity", "ModeConnectivityOptions", "REFERENCES"]
 
 REFERENCES = ("init", "previous")
 
@@ -43,29 +44,45 @@ def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in unwrap_model(model).state_dict().items()}
 
 
-class ModeConnectivity(LandscapeHandler):
+@dataclass(frozen=True)
+class ModeConnectivityOptions(InterpolationOptions):
+    """The options of :class:`ModeConnectivity`: those of :func:`~ignite_landscape.interpolate` and the reference.
+
+    Attributes:
+        reference: ``"init"`` (weights at attach), ``"previous"`` (weights at the previous firing; the
+            weights at attach for the first), a state dict of the model, or the path of a file saved with
+            ``torch.save`` holding one (or an Ignite checkpoint: see ``reference_key``).
+        reference_key: the entry of a checkpoint file that holds the model (default ``"model"`` when the
+            file is not a plain state dict).
+    """
+
+    reference: str | os.PathLike | Mapping[str, torch.Tensor] = "init"
+    reference_key: str | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        ref = self.reference
+        if not isinstance(ref, (str, os.PathLike, Mapping)):
+            raise TypeError(f"reference must be 'init', 'previous', a state dict or a path, got {type(ref).__name__}")
+        if isinstance(ref, (str, os.PathLike)) and ref not in REFERENCES and not Path(ref).is_file():
+            raise ValueError(f"reference must be 'init', 'previous', a state dict or an existing file, got {ref!r}")
+        if self.reference_key is not None:
+            if not isinstance(self.reference_key, str):
+                raise TypeError(f"reference_key must be a string or None, got {type(self.reference_key).__name__}")
+            if isinstance(ref, Mapping) or ref in REFERENCES:
+                raise ValueError("reference_key names an entry of a reference file: give reference= a path")
+
+
+class ModeConnectivity(MeasureHandler):
     """Loss and error along the straight line from a reference to the current weights.
 
     Scalars: ``loss_barrier``, ``loss_a`` (reference), ``loss_b`` (current), ``max_loss`` (and
     ``error_barrier``, ``error_a``, ``error_b`` for classification).
 
-    Args:
-        model: the trained model.
-        probe: the fixed samples.
-        reference: ``"init"`` (weights at attach), ``"previous"`` (weights at the previous firing; the
-            weights at attach for the first), a state dict of the model, or the path of a file saved with
-            ``torch.save`` holding one (or an Ignite checkpoint: see ``reference_key``).
-        steps: points on the line (both ends included).
-        bn_loader: batches to recalibrate BatchNorm statistics at every interpolated point (under
-            ignite.distributed, this rank's share: the statistics are averaged over all ranks' batches).
-        bn_batches: how many of them.
-        reference_key: the entry of a checkpoint file that holds the model (default ``"model"`` when the
-            file is not a plain state dict).
-        **kwargs: ``name``, ``params``, ``seed``, ``on_error``, ``progress`` (see :class:`LandscapeHandler`).
-
     The barrier is measured against the chord between the end values (Entezari et al. 2022): with
     ``reference="previous"`` between the weights of consecutive firings, with ``"init"`` between the
-    weights at attach time and now.
+    weights at attach time and now. ``bn_loader`` batches are this rank's share under ignite.distributed
+    (the statistics are averaged over all ranks' batches).
 
     Raises:
         TypeError, ValueError: for an unknown reference kind, reference weights that do not fit the model,
@@ -73,44 +90,25 @@ class ModeConnectivity(LandscapeHandler):
     """
 
     default_name = "connectivity"
+    options_type = ModeConnectivityOptions
+    positional = ("reference", "steps")
+    state_names = ("reference",)
 
-    def __init__(
-        self,
-        model: nn.Module,
-        probe: Probe,
-        reference: str | os.PathLike | Mapping[str, torch.Tensor] = "init",
-        steps: int = 11,
-        *,
-        bn_loader: Iterable[Any] | None = None,
-        bn_batches: int | None = None,
-        reference_key: str | None = None,
-        **kwargs: Any,
-    ) -> None:
-        # Validated by the same object interpolate() builds: an option that cannot work fails here.
-        InterpolationOptions(steps, bn_loader, bn_batches)
-        super().__init__(model, probe, **kwargs)
-        self.steps = steps
-        self.bn_loader = bn_loader
-        self.bn_batches = bn_batches
+    def __init__(self, model: nn.Module, probe: Probe, *args: Any, **kwargs: Any) -> None:
+        super().__init__(model, probe, *args, **kwargs)
+        reference = self.options.reference
         self.reference: dict[str, torch.Tensor] | None = None
         if isinstance(reference, str) and reference in REFERENCES:
             self.reference_kind = reference
         elif isinstance(reference, Mapping):
             self.reference_kind = "given"
             self.reference = self._checked(reference, "reference")
-        elif isinstance(reference, (str, os.PathLike)):
+        else:
             path = Path(reference)
-            if not path.is_file():
-                raise ValueError(
-                    f"reference must be 'init', 'previous', a state dict or an existing file, got {reference!r}"
-                )
             loaded = torch.load(path, map_location="cpu", weights_only=True)
             self.reference_kind = "given"
-            self.reference = self._checked(self._extract(loaded, reference_key, path), f"reference file {path}")
-        else:
-            raise TypeError(
-                f"reference must be 'init', 'previous', a state dict or a path, got {type(reference).__name__}"
-            )
+            key = self.options.reference_key
+            self.reference = self._checked(self._extract(loaded, key, path), f"reference file {path}")
 
     def _extract(self, loaded: Any, key: str | None, path: Path) -> Mapping[str, torch.Tensor]:
         if not isinstance(loaded, Mapping):
@@ -152,15 +150,8 @@ class ModeConnectivity(LandscapeHandler):
     def compute(self, engine: Engine) -> Any:
         if self.reference is None:  # fired without attach: the reference is now
             self.reference = _snapshot(self.model)
-        result = interpolate(
-            self.model,
-            self.reference,
-            self.model,
-            self.probe,
-            steps=self.steps,
-            bn_loader=self.bn_loader,
-            bn_batches=self.bn_batches,
-        )
+        options = fields_of(self.options, InterpolationOptions)
+        result = interpolate(self.model, self.reference, self.model, self.probe, **options)
         if self.reference_kind == "previous":
             self.reference = _snapshot(self.model)
         return result

@@ -20,21 +20,29 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from ignite.engine import Engine, Events
 from torch import nn
 
-from ignite_landscape.curvature import check_curvature
-from ignite_landscape.handlers.base import LandscapeHandler, _check_choice, _check_int, _check_positive
-from ignite_landscape.measures.directional import DIRECTIONS, batch_sharpness, directional_curvature
-from ignite_landscape.measures.layerwise import LayerwiseCurvatureResult, layerwise_curvature_result
-from ignite_landscape.measures.outliers import GGNDecomposition, ggn_decomposition
-from ignite_landscape.measures.overlap import GradientOverlapResult, gradient_overlap
+from ignite_landscape.handlers.base import LandscapeHandler
+from ignite_landscape.handlers.measure import MeasureHandler, by_keywords, copy_weights, fields_of
+from ignite_landscape.measures.directional import (
+    BatchSharpnessOptions,
+    DirectionalOptions,
+    batch_sharpness,
+    directional_curvature,
+)
+from ignite_landscape.measures.layerwise import LayerwiseOptions, layerwise_curvature_result
+from ignite_landscape.measures.outliers import GGNOptions, ggn_decomposition
+from ignite_landscape.measures.overlap import GradientOverlapResult, OverlapOptions, gradient_overlap
 from ignite_landscape.params import unwrap_model
 from ignite_landscape.probe import Probe
+from ignite_landscape.validation import check_positive
 
 __all__ = [
     "DirectionalCurvature",
@@ -47,7 +55,7 @@ __all__ = [
 
 def _check_lr(lr: Any, optimizer: Any) -> None:
     if lr is not None:
-        _check_positive("lr", lr)
+        check_positive("lr", lr)
     if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
     if lr is not None and optimizer is not None:
@@ -61,7 +69,35 @@ def _current_lr(lr: float | None, optimizer: torch.optim.Optimizer | None) -> fl
     return lr
 
 
-class DirectionalCurvature(LandscapeHandler):
+def _threshold_definitions(lr: float | None, optimizer: torch.optim.Optimizer | None) -> dict[str, str]:
+    current = _current_lr(lr, optimizer)
+    if current is None:
+        return {}
+    source = "the optimizer's group 0 learning rate" if optimizer is not None else "lr="
+    return {
+        "threshold": f"2/η with η = {current:g} ({source}): the curvature at which gradient descent turns unstable",
+        "ratio": "value/threshold = value·η/2 (1 at the edge of stability)",
+    }
+
+
+@dataclass(frozen=True)
+class DirectionalCurvatureOptions(DirectionalOptions):
+    """The options of :class:`DirectionalCurvature`: those of :func:`~ignite_landscape.directional_curvature` and η.
+
+    Attributes:
+        lr: the step size for the ``2/η`` threshold (or ``optimizer=`` to read it at each firing).
+        optimizer: the training optimizer, read for its first group's ``lr``.
+    """
+
+    lr: float | None = None
+    optimizer: torch.optim.Optimizer | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_lr(self.lr, self.optimizer)
+
+
+class DirectionalCurvature(MeasureHandler):
     """The curvature ``dᵀCd/‖d‖²`` along the probe gradient, the last optimizer update or a fixed direction.
 
     Scalars: ``value``, ``direction_norm``, ``num_hvps`` (and with ``lr``/``optimizer``: ``threshold`` = 2/η and
@@ -70,43 +106,18 @@ class DirectionalCurvature(LandscapeHandler):
     With ``direction="update"`` the handler copies the selected weights at every ``ITERATION_STARTED``
     (one parameter-sized buffer, written in place; nothing else is touched) so that at a firing the update
     is the weights now minus those before the last iteration.
-
-    Args:
-        model: the trained model.
-        probe: the fixed samples.
-        direction: ``"gradient"``, ``"update"`` or a ``{parameter name: tensor}`` dict (a fixed direction).
-        curvature: ``"hessian"``, ``"ggn"``, ``"fisher"`` or ``"empirical_fisher"``.
-        lr: the step size for the ``2/η`` threshold (or ``optimizer=`` to read it at each firing).
-        optimizer: the training optimizer, read for its first group's ``lr``.
-        **kwargs: ``name``, ``params``, ``seed``, ``on_error``, ``progress`` (see :class:`LandscapeHandler`).
     """
 
     default_name = "directional"
+    options_type = DirectionalCurvatureOptions
+    positional = ("direction", "curvature")
 
-    def __init__(
-        self,
-        model: nn.Module,
-        probe: Probe,
-        direction: str | Mapping[str, torch.Tensor] = "gradient",
-        curvature: str = "hessian",
-        *,
-        lr: float | None = None,
-        optimizer: torch.optim.Optimizer | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(model, probe, **kwargs)
-        if isinstance(direction, str):
-            _check_choice("direction", direction, DIRECTIONS)
-        elif isinstance(direction, Mapping):
-            self.space.flatten(direction)  # raises for missing parameters or wrong shapes
-            direction = {k: v.detach().clone() for k, v in direction.items()}
-        else:
-            raise TypeError(f"direction must be 'gradient', 'update' or a dict, got {type(direction).__name__}")
-        self.direction = direction
-        self.curvature = check_curvature(curvature)
-        _check_lr(lr, optimizer)
-        self.lr = lr
-        self.optimizer = optimizer
+    def __init__(self, model: nn.Module, probe: Probe, *args: Any, **kwargs: Any) -> None:
+        super().__init__(model, probe, *args, **kwargs)
+        direction = self.options.direction
+        if not isinstance(direction, str):  # a copy: later changes to the caller's tensors do not leak in
+            copy = {k: v.detach().clone() for k, v in direction.items()} if isinstance(direction, Mapping) else None
+            object.__setattr__(self, "options", dataclasses.replace(self.options, direction=copy or direction.clone()))
         self._before: list[torch.Tensor] | None = None
 
     def _on_attach(self, engine: Engine) -> None:
@@ -114,13 +125,7 @@ class DirectionalCurvature(LandscapeHandler):
             engine.add_event_handler(Events.ITERATION_STARTED, self._snapshot)
 
     def _snapshot(self, engine: Engine) -> None:
-        params = self.space.tensors(unwrap_model(self.model))
-        with torch.no_grad():
-            if self._before is None:
-                self._before = [p.detach().clone() for p in params]
-            else:
-                for b, p in zip(self._before, params):
-                    b.copy_(p)
+        self._before = copy_weights(self._before, self.space, self.model)
 
     def expected_keys(self) -> list[str]:
         return ["value", "direction_norm"]
@@ -131,14 +136,9 @@ class DirectionalCurvature(LandscapeHandler):
             if self._before is None:
                 raise ValueError("no optimizer update yet: the handler fired before the first iteration")
             previous = dict(zip(self.space.names, self._before))
+        options = fields_of(self.options, DirectionalOptions)
         return directional_curvature(
-            self.model,
-            self.probe,
-            self.direction,
-            previous=previous,
-            curvature=self.curvature,
-            params=self.params,
-            seed=self.seed,
+            self.model, self.probe, previous=previous, params=self.params, seed=self.seed, **options
         )
 
     def scalars_of(self, engine: Engine, result: Any) -> dict[str, float]:
@@ -149,49 +149,40 @@ class DirectionalCurvature(LandscapeHandler):
             out["ratio"] = result.value * lr / 2.0
         return out
 
+    def definitions(self) -> dict[str, str]:
+        return {**super().definitions(), **_threshold_definitions(self.lr, self.optimizer)}
 
-class BatchSharpness(LandscapeHandler):
-    """Mean curvature of mini-batch losses along their own gradients, against ``2/η`` (edge of stochastic stability).
 
-    Scalars: ``value``, ``stderr``, ``batch_size``, ``num_batches`` (and ``threshold``, ``ratio`` with
-    ``lr``/``optimizer``). The same ``num_batches`` mini-batches (drawn from the probe with ``seed``) are
-    used at every firing, so the curve over training is not noisier than the quantity itself.
+@dataclass(frozen=True)
+class BatchSharpnessHandlerOptions(BatchSharpnessOptions):
+    """The options of :class:`BatchSharpness`: those of :func:`~ignite_landscape.batch_sharpness` and the optimizer.
 
-    Args:
-        model: the trained model.
-        probe: the samples the mini-batches are drawn from (at least ``batch_size`` of them).
+    Attributes:
         batch_size: the trainer's batch size; ``None`` reads ``batch_size`` of the trainer's DataLoader.
         num_batches: mini-batches per firing (one forward, backward and double backward each).
         lr: the step size for the ``2/η`` threshold (or ``optimizer=`` to read it at each firing).
         optimizer: the training optimizer, read for its first group's ``lr``.
-        **kwargs: ``name``, ``params``, ``seed``, ``on_error``, ``progress`` (see :class:`LandscapeHandler`).
+    """
+
+    optimizer: torch.optim.Optimizer | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_lr(self.lr, self.optimizer)
+
+
+class BatchSharpness(MeasureHandler):
+    """Mean curvature of mini-batch losses along their own gradients, against ``2/η`` (edge of stochastic stability).
+
+    Scalars: ``value``, ``stderr``, ``batch_size``, ``num_batches`` (and ``threshold``, ``ratio`` with
+    ``lr``/``optimizer``). The same ``num_batches`` mini-batches (drawn from the probe with ``seed``) are
+    used at every firing, so the curve over training is not noisier than the quantity itself. The probe
+    must hold at least ``batch_size`` samples.
     """
 
     default_name = "batch_sharpness"
-
-    def __init__(
-        self,
-        model: nn.Module,
-        probe: Probe,
-        batch_size: int | None = None,
-        num_batches: int = 10,
-        *,
-        lr: float | None = None,
-        optimizer: torch.optim.Optimizer | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(model, probe, **kwargs)
-        if batch_size is not None:
-            _check_int("batch_size", batch_size, 1)
-            if batch_size > probe.num_samples:
-                raise ValueError(
-                    f"batch_size must be at most the probe's {probe.num_samples} samples, got {batch_size}"
-                )
-        self.batch_size = batch_size
-        self.num_batches = _check_int("num_batches", num_batches, 2)
-        _check_lr(lr, optimizer)
-        self.lr = lr
-        self.optimizer = optimizer
+    options_type = BatchSharpnessHandlerOptions
+    positional = ("batch_size", "num_batches")
 
     def expected_keys(self) -> list[str]:
         return ["value", "stderr"]
@@ -215,53 +206,51 @@ class BatchSharpness(LandscapeHandler):
             seed=self.seed,
         )
 
+    def definitions(self) -> dict[str, str]:
+        return {**super().definitions(), **_threshold_definitions(self.lr, self.optimizer)}
 
-class GradientOverlap(LandscapeHandler):
-    """The gradient's share in the top-k eigenspace, ``‖P_k g‖²/‖g‖²`` (Gur-Ari et al. 2018).
 
-    Scalars: ``value``, ``grad_norm``, ``num_hvps``, ``overlap_1`` … ``overlap_k``, ``reused`` (1 when the
-    eigenvectors came from ``spectrum``).
+@dataclass(frozen=True)
+class GradientOverlapOptions(OverlapOptions):
+    """The options of :class:`GradientOverlap`: those of :func:`~ignite_landscape.gradient_overlap` and a spectrum.
 
-    Args:
-        model: the trained model.
-        probe: the fixed samples.
-        k: dimension of the eigenspace.
-        curvature: ``"hessian"``, ``"ggn"``, ``"fisher"`` or ``"empirical_fisher"``.
-        tol: Lanczos tolerance when the eigenvectors are computed here.
+    Attributes:
         spectrum: a :class:`~ignite_landscape.HessianSpectrum` handler on the same model, probe mode and
             parameters, attached *before* this one to the same event: when it has fired at this moment with
             at least ``k`` largest eigenvectors, they are used and no Lanczos runs here (curvature must be
             ``"hessian"``).
-        **kwargs: ``name``, ``params``, ``seed``, ``on_error``, ``progress`` (see :class:`LandscapeHandler`).
     """
 
-    default_name = "overlap"
+    spectrum: LandscapeHandler | None = None
 
-    def __init__(
-        self,
-        model: nn.Module,
-        probe: Probe,
-        k: int = 10,
-        curvature: str = "hessian",
-        tol: float = 1e-4,
-        *,
-        spectrum: LandscapeHandler | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(model, probe, **kwargs)
-        self.k = _check_int("k", k, 1)
-        if k >= self.space.numel:
-            raise ValueError(f"k must be smaller than the number of parameters ({self.space.numel}), got {k}")
-        self.curvature = check_curvature(curvature)
-        self.tol = _check_positive("tol", tol)
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        spectrum = self.spectrum
         if spectrum is not None:
             if not hasattr(spectrum, "eigenvectors") or not isinstance(spectrum, LandscapeHandler):
                 raise TypeError(f"spectrum must be a HessianSpectrum handler, got {type(spectrum).__name__}")
-            if curvature != "hessian":
+            if self.curvature != "hessian":
                 raise ValueError("spectrum= holds Hessian eigenvectors: it needs curvature='hessian'")
-            if spectrum.space != self.space or unwrap_model(spectrum.model) is not unwrap_model(model):
-                raise ValueError("spectrum must measure the same model and parameters")
-        self.spectrum = spectrum
+
+
+class GradientOverlap(MeasureHandler):
+    """The gradient's share in the top-k eigenspace, ``‖P_k g‖²/‖g‖²`` (Gur-Ari et al. 2018).
+
+    Scalars: ``value``, ``grad_norm``, ``num_hvps``, ``overlap_1`` … ``overlap_k``, ``reused`` (1 when the
+    eigenvectors came from ``spectrum``).
+    """
+
+    default_name = "overlap"
+    options_type = GradientOverlapOptions
+    positional = ("k", "curvature", "tol")
+
+    def __init__(self, model: nn.Module, probe: Probe, *args: Any, **kwargs: Any) -> None:
+        super().__init__(model, probe, *args, **kwargs)
+        spectrum = self.spectrum
+        if spectrum is not None and (
+            spectrum.space != self.space or unwrap_model(spectrum.model) is not unwrap_model(model)
+        ):
+            raise ValueError("spectrum must measure the same model and parameters")
 
     def expected_keys(self) -> list[str]:
         return ["value"]
@@ -290,13 +279,11 @@ class GradientOverlap(LandscapeHandler):
         return gradient_overlap(
             self.model,
             self.probe,
-            self.k,
-            curvature=self.curvature,
-            tol=self.tol,
             params=self.params,
             seed=self.seed,
             eigenvectors=None if reuse is None else reuse[0],
             eigenvalues=None if reuse is None else reuse[1],
+            **fields_of(self.options, OverlapOptions),
         )
 
     def scalars_of(self, engine: Engine, result: GradientOverlapResult) -> dict[str, float]:
@@ -304,111 +291,45 @@ class GradientOverlap(LandscapeHandler):
         out["reused"] = 1.0 if result.reused else 0.0
         return out
 
+    def definitions(self) -> dict[str, str]:
+        out = super().definitions()
+        out["reused"] = "1 when the eigenvectors came from the spectrum handler's firing at this moment, else 0"
+        return out
 
-class LayerwiseCurvature(LandscapeHandler):
+
+class LayerwiseCurvature(MeasureHandler):
     """Per-layer curvature over training: λ_max and trace of each layer's Hessian block.
 
     Scalars: ``lambda_max/<layer>`` and ``trace/<layer>`` per module (``root`` for parameters of the model
     itself). The traces are exact where :func:`~ignite_landscape.hessian_diagonal` supports the network
     (``trace_method="auto"``; one extended backward pass gives every layer's), else Hutch++. The
     :class:`~ignite_landscape.LandscapeLogHandler` draws the history as a layers × firings heatmap image.
-
-    Args:
-        model: the trained model.
-        probe: the fixed samples.
-        tol: Lanczos tolerance of each layer's λ_max.
-        trace_method: ``"auto"``, ``"exact"`` or ``"hutch++"``.
-        trace_hvps: Hutch++ budget per layer when the trace is not exact.
-        exact_below: layers with at most this many parameters are formed densely (exact λ_max and trace).
-        **kwargs: ``name``, ``seed``, ``on_error``, ``progress`` (see :class:`LandscapeHandler`).
+    It measures every layer: ``params=`` is not supported.
     """
 
     default_name = "layers"
+    options_type = LayerwiseOptions
+    measure = staticmethod(by_keywords(layerwise_curvature_result))
+    positional = ("tol",)
 
-    def __init__(
-        self,
-        model: nn.Module,
-        probe: Probe,
-        tol: float = 1e-4,
-        *,
-        trace_method: str = "auto",
-        trace_hvps: int = 30,
-        exact_below: int = 64,
-        **kwargs: Any,
-    ) -> None:
+    def __init__(self, model: nn.Module, probe: Probe, *args: Any, **kwargs: Any) -> None:
         if kwargs.get("params") is not None:
             raise ValueError("LayerwiseCurvature measures every layer: params= is not supported")
-        super().__init__(model, probe, **kwargs)
-        self.tol = _check_positive("tol", tol)
-        self.trace_method = _check_choice("trace_method", trace_method, ("auto", "exact", "hutch++"))
-        self.trace_hvps = _check_int("trace_hvps", trace_hvps, 6)
-        self.exact_below = _check_int("exact_below", exact_below, 0)
-
-    def compute(self, engine: Engine) -> LayerwiseCurvatureResult:
-        return layerwise_curvature_result(
-            self.model,
-            self.probe,
-            tol=self.tol,
-            trace_method=self.trace_method,
-            trace_hvps=self.trace_hvps,
-            exact_below=self.exact_below,
-            seed=self.seed,
-        )
+        super().__init__(model, probe, *args, **kwargs)
 
 
-class GGNOutliers(LandscapeHandler):
+class GGNOutliers(MeasureHandler):
     """``H = G + R`` (λ_max and trace of each) and the number of outliers of the GGN spectrum (Papyan).
 
     Scalars: ``lambda_max_hessian``, ``lambda_max_ggn``, ``lambda_max_residual``, ``lambda_min_residual``,
     ``trace_hessian``, ``trace_ggn``, ``trace_residual``, ``trace_stderr``, ``num_outliers``, ``num_classes``,
     ``num_hvps``. See :func:`~ignite_landscape.measures.outliers.count_outliers` for the separation rule.
-
-    Args:
-        model: the trained model.
-        probe: the fixed samples.
-        k: top GGN eigenvalues computed (default ``2C + 2``).
-        tol: Lanczos tolerance.
-        trace_hvps: Hutch++ budget of each trace.
-        ratio: the break factor of the outlier rule.
-        **kwargs: ``name``, ``params``, ``seed``, ``on_error``, ``progress`` (see :class:`LandscapeHandler`).
     """
 
     default_name = "ggn"
-
-    def __init__(
-        self,
-        model: nn.Module,
-        probe: Probe,
-        k: int | None = None,
-        tol: float = 1e-4,
-        *,
-        trace_hvps: int = 60,
-        ratio: float = 2.0,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(model, probe, **kwargs)
-        if k is not None:
-            _check_int("k", k, 1)
-            if k >= self.space.numel:
-                raise ValueError(f"k must be smaller than the number of parameters ({self.space.numel}), got {k}")
-        self.k = k
-        self.tol = _check_positive("tol", tol)
-        self.trace_hvps = _check_int("trace_hvps", trace_hvps, 6)
-        if not _check_positive("ratio", ratio) > 1:
-            raise ValueError(f"ratio must be above 1, got {ratio}")
-        self.ratio = float(ratio)
+    options_type = GGNOptions
+    measure = staticmethod(by_keywords(ggn_decomposition))
+    positional = ("k", "tol")
 
     def expected_keys(self) -> list[str]:
         return ["lambda_max_ggn", "num_outliers"]
-
-    def compute(self, engine: Engine) -> GGNDecomposition:
-        return ggn_decomposition(
-            self.model,
-            self.probe,
-            self.k,
-            tol=self.tol,
-            trace_hvps=self.trace_hvps,
-            ratio=self.ratio,
-            params=self.params,
-            seed=self.seed,
-        )

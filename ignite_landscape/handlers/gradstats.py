@@ -21,23 +21,20 @@ from typing import Any
 
 import torch
 from ignite.engine import Engine
-from torch import nn
 
-from ignite_landscape.handlers.base import LandscapeHandler
+from ignite_landscape.handlers.measure import MeasureHandler
 from ignite_landscape.measures.gradstats import (
     GradientStatisticsResult,
     GradStatsOptions,
     _gradient_statistics,
     initial_weights,
 )
-from ignite_landscape.measures.jackknife import JACKKNIFE_CHUNKS
 from ignite_landscape.params import unwrap_model
-from ignite_landscape.probe import Probe
 
 __all__ = ["GradientStatistics"]
 
 
-class GradientStatistics(LandscapeHandler):
+class GradientStatistics(MeasureHandler):
     """Per-sample gradient statistics on the probe and the length of the path (see
     :func:`~ignite_landscape.gradient_statistics`).
 
@@ -51,17 +48,8 @@ class GradientStatistics(LandscapeHandler):
     when it is first attached, and the weights at its previous firing, overwritten in place at each
     firing. ``update_norm`` is the change since the previous firing that ran (at the first, since attach
     time; a firing a :class:`~ignite_landscape.Budget` skipped does not count): attached to
-    ``Events.ITERATION_COMPLETED`` it is the last optimizer step.
-
-    Args:
-        model: the trained model.
-        probe: the fixed samples, ``model_mode="eval"`` (at least 2).
-        chunk_size: per-sample gradients computed at once.
-        uncertainty: ``"jackknife"``: error bars on ``gsnr`` and ``fisher_trace`` from the same per-sample
-            gradients (scalars ``<q>_stderr``, ``<q>_lo``, ``<q>_hi``; see
-            :func:`~ignite_landscape.gradient_statistics`).
-        jackknife_chunks: ``K``, the chunks of the jackknife (``2 ≤ K ≤`` the probe's samples).
-        **kwargs: ``name``, ``params``, ``seed``, ``on_error``, ``progress`` (see :class:`LandscapeHandler`).
+    ``Events.ITERATION_COMPLETED`` it is the last optimizer step. The probe must be in
+    ``model_mode="eval"`` and hold at least 2 samples.
 
     Raises:
         TypeError, ValueError: for a bad ``chunk_size``, ``uncertainty`` or ``jackknife_chunks``, a train-mode
@@ -69,24 +57,10 @@ class GradientStatistics(LandscapeHandler):
     """
 
     default_name = "gradstats"
+    options_type = GradStatsOptions
 
-    def __init__(
-        self,
-        model: nn.Module,
-        probe: Probe,
-        *,
-        chunk_size: int | None = None,
-        uncertainty: str | None = None,
-        jackknife_chunks: int = JACKKNIFE_CHUNKS,
-        **kwargs: Any,
-    ) -> None:
-        self.options = GradStatsOptions(chunk_size, uncertainty, jackknife_chunks)
-        super().__init__(model, probe, **kwargs)
-        self.options.check_probe(probe)
-        self.options.check_uncertainty(probe)
-        self.uncertainty = uncertainty
-        self.jackknife_chunks = jackknife_chunks
-        self.chunk_size = chunk_size
+    def __init__(self, model: Any, probe: Any, *args: Any, **kwargs: Any) -> None:
+        super().__init__(model, probe, *args, **kwargs)
         self.initial: dict[str, torch.Tensor] | None = None
         self.previous: dict[str, torch.Tensor] | None = None
 

@@ -24,78 +24,58 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from ignite.engine import Engine
-from torch import nn
 
-from ignite_landscape.handlers.base import LandscapeHandler
+from ignite_landscape.handlers.measure import MeasureHandler
 from ignite_landscape.measures.noise import NoiseOptions, NoiseScale, _noise_scale
-from ignite_landscape.probe import Probe
-from ignite_landscape.validation import check_fraction
+from ignite_landscape.validation import check_bool, check_fraction
 
-__all__ = ["GradientNoiseScale"]
+__all__ = ["GradientNoiseScale", "NoiseScaleOptions"]
 
 
-class GradientNoiseScale(LandscapeHandler):
+@dataclass(frozen=True)
+class NoiseScaleOptions(NoiseOptions):
+    """The options of :class:`GradientNoiseScale`: those of :func:`~ignite_landscape.gradient_noise_scale` and two more.
+
+    Attributes:
+        b_noise: also compute the curvature-aware ``B_noise = tr(HΣ)/(GᵀHG)`` (scalars ``b_noise``,
+            ``trace_h_sigma``, ``grad_curvature``; not smoothed). Off by default: it costs one exact
+            Hessian-vector product per probe sample (``"per_sample"``) or per small batch (``"two_batch"``).
+        smoothing: weight of the past in the moving averages, in ``[0, 1)`` (0: no smoothing); they span
+            about ``1/(1 − smoothing)`` firings. Where ``‖G‖²`` falls by orders of magnitude between firings
+            (epoch-spaced firings late in training) a long average is dominated by the early, large
+            values and lags the raw ``b_simple`` by as much: keep it short there.
+    """
+
+    b_noise: bool = False
+    smoothing: float = 0.5
+
+    def __post_init__(self) -> None:
+        check_bool("b_noise", self.b_noise)
+        super().__post_init__()
+        object.__setattr__(self, "smoothing", check_fraction("smoothing", self.smoothing))
+
+
+class GradientNoiseScale(MeasureHandler):
     """The simple gradient noise scale on the probe: the batch size above which larger batches stop helping.
 
     Scalars: ``b_simple``, ``trace_sigma``, ``grad_norm_sq``, ``probe_grad_norm_sq`` (this firing) and
     ``b_simple_smoothed``, ``trace_sigma_smoothed``, ``grad_norm_sq_smoothed`` (the moving averages).
     ``‖G‖²`` carries the finite-population correction with the probe's ``population_size`` (see
-    :func:`~ignite_landscape.gradient_noise_scale`).
-
-    Args:
-        model: the trained model.
-        probe: the fixed samples (at least 2).
-        method: ``"per_sample"`` (exact per-sample gradients) or ``"two_batch"`` (the paper's estimator
-            from a small and a large batch).
-        small_batch: size of the small batch for ``"two_batch"``.
-        chunk_size: per-sample gradients held at once (``"per_sample"``).
-        population_size: ``N`` of the finite-population correction (default: the probe's).
-        smoothing: weight of the past in the moving averages, in ``[0, 1)`` (0: no smoothing); they span
-            about ``1/(1 − smoothing)`` firings. Where ``‖G‖²`` falls by orders of magnitude between firings
-            (epoch-spaced firings late in training) a long average is dominated by the early, large
-            values and lags the raw ``b_simple`` by as much: keep it short there.
-        b_noise: also compute the curvature-aware ``B_noise = tr(HΣ)/(GᵀHG)`` (scalars ``b_noise``,
-            ``trace_h_sigma``, ``grad_curvature``; not smoothed). Off by default: it costs one exact
-            Hessian-vector product per probe sample (``"per_sample"``) or per small batch (``"two_batch"``).
-        **kwargs: ``name``, ``params``, ``seed``, ``on_error``, ``progress`` (see :class:`LandscapeHandler`).
+    :func:`~ignite_landscape.gradient_noise_scale`). The probe needs at least 2 samples.
 
     Raises:
         TypeError, ValueError: for an option that cannot work with this probe, naming it.
     """
 
     default_name = "noise_scale"
+    options_type = NoiseScaleOptions
 
-    def __init__(
-        self,
-        model: nn.Module,
-        probe: Probe,
-        *,
-        method: str = "per_sample",
-        small_batch: int | None = None,
-        chunk_size: int | None = None,
-        population_size: int | float | None = None,
-        smoothing: float = 0.5,
-        b_noise: bool = False,
-        **kwargs: Any,
-    ) -> None:
-        if not isinstance(b_noise, bool):
-            raise TypeError(f"b_noise must be a bool, got {type(b_noise).__name__}")
-        self.options = NoiseOptions(
-            method=method,
-            small_batch=small_batch,
-            chunk_size=chunk_size,
-            population_size=population_size,
-            b_noise=b_noise,
-        )
-        self.smoothing = check_fraction("smoothing", smoothing)
-        super().__init__(model, probe, **kwargs)
-        self.options.check_probe(probe)
-        self.method = method
-        self.small_batch = small_batch
-        self.b_noise = b_noise
+    def __init__(self, model: Any, probe: Any, *args: Any, **kwargs: Any) -> None:
+        super().__init__(model, probe, *args, **kwargs)
         # Exponential moving sums of tr(Σ) and ‖G‖² and the total weight, so the bias correction is exact.
         self._ema = [0.0, 0.0, 0.0]
 

@@ -26,13 +26,14 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from ignite.engine import Engine
 from torch import nn
 
-from ignite_landscape.handlers.base import LandscapeHandler, _check_choice
+from ignite_landscape.handlers.measure import MeasureHandler
 from ignite_landscape.measures.directions import (
     NORMALIZATIONS,
     check_directions,
@@ -43,33 +44,62 @@ from ignite_landscape.measures.directions import (
 from ignite_landscape.measures.slices import SliceOptions, _loss_slice
 from ignite_landscape.params import unwrap_model
 from ignite_landscape.probe import Probe
+from ignite_landscape.validation import check_bool, check_choice, check_int
 
-__all__ = ["LossSlice", "DIRECTION_KINDS"]
+__all__ = ["LossSlice", "LossSliceOptions", "DIRECTION_KINDS"]
 
 DIRECTION_KINDS = ("random", "eigenvector")
 
 
-class LossSlice(LandscapeHandler):
+@dataclass(frozen=True)
+class LossSliceOptions(SliceOptions):
+    """The options of :class:`LossSlice`: the grid of :func:`~ignite_landscape.loss_slice` and its directions.
+
+    Attributes:
+        steps: grid points per direction (``None``: 21 for 1D, 11 for 2D; odd puts the centre on the grid).
+        dims: 1 or 2.
+        directions: ``"random"`` (Gaussian, normalized to the weights), ``"eigenvector"`` (top Hessian
+            eigenvectors) or ``dims`` explicit directions ``{parameter name: tensor}``.
+        normalization: ``"filter"``, ``"layer"`` or ``"none"``, applied to the raw draw against the current
+            weights at every firing; ``None``: ``"filter"`` for random directions and ``"none"`` (unit
+            eigenvectors, coordinates are distances in weight space) for eigenvectors.
+        ignore_bias_bn: zero biases and BatchNorm parameters in random directions.
+    """
+
+    steps: int | None = None  # type: ignore[assignment]
+    dims: int = 1
+    directions: str | Sequence[Mapping[str, torch.Tensor]] = "random"
+    normalization: str | None = None
+    ignore_bias_bn: bool = True
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__  # frozen: the resolved defaults are written once, here
+        check_int("dims", self.dims, 1)
+        if self.dims not in (1, 2):
+            raise ValueError(f"dims must be 1 or 2, got {self.dims}")
+        if self.steps is None:
+            set_(self, "steps", 21 if self.dims == 1 else 11)
+        super().__post_init__()
+        directions = self.directions
+        if isinstance(directions, str):
+            check_choice("directions", directions, DIRECTION_KINDS)
+        elif isinstance(directions, Sequence):
+            if len(directions) != self.dims:
+                raise ValueError(f"directions: dims={self.dims} needs {self.dims} directions, got {len(directions)}")
+        else:
+            raise TypeError(f"directions must be 'random', 'eigenvector' or a list of directions, got {directions!r}")
+        if self.normalization is None:
+            set_(self, "normalization", "none" if directions == "eigenvector" else "filter")
+        check_choice("normalization", self.normalization, NORMALIZATIONS)
+        check_bool("ignore_bias_bn", self.ignore_bias_bn)
+
+
+class LossSlice(MeasureHandler):
     """Loss (and accuracy) on a line (``dims=1``) or plane (``dims=2``) centred on the current weights.
 
     Default names ``"slice1d"`` / ``"slice2d"``. Scalars: ``center_loss``, ``min_loss``, ``max_loss``
     (and ``center_accuracy``). The result (``coords``, ``loss``, ``accuracy``) is in
     ``engine.state.landscape[name]``.
-
-    Args:
-        model: the trained model.
-        probe: the fixed samples.
-        dims: 1 or 2.
-        steps: grid points per direction (default 21 for 1D, 11 for 2D; odd puts the centre on the grid).
-        span: coordinate range along each direction; 0 must fall on the grid.
-        directions: ``"random"`` (Gaussian, normalized to the weights), ``"eigenvector"`` (top Hessian
-            eigenvectors) or ``dims`` explicit directions ``{parameter name: tensor}``.
-        normalization: ``"filter"``, ``"layer"`` or ``"none"``, applied to the raw draw against the current
-            weights at every firing; default ``"filter"`` for random directions and ``"none"`` (unit
-            eigenvectors, coordinates are distances in weight space) for eigenvectors.
-        ignore_bias_bn: zero biases and BatchNorm parameters in random directions.
-        batch_points: evaluate this many grid points per vectorised forward pass.
-        **kwargs: ``name``, ``params``, ``seed``, ``on_error``, ``progress`` (see :class:`LandscapeHandler`).
 
     Raises:
         TypeError, ValueError: for ``dims`` other than 1 or 2, a grid that cannot work (``steps``/``span``
@@ -78,48 +108,24 @@ class LossSlice(LandscapeHandler):
             that do not fit the model.
     """
 
-    def __init__(
-        self,
-        model: nn.Module,
-        probe: Probe,
-        dims: int = 1,
-        steps: int | None = None,
-        span: tuple[float, float] = (-1.0, 1.0),
-        *,
-        directions: str | Sequence[Mapping[str, torch.Tensor]] = "random",
-        normalization: str | None = None,
-        ignore_bias_bn: bool = True,
-        batch_points: int | None = None,
-        **kwargs: Any,
-    ) -> None:
-        if isinstance(dims, bool) or not isinstance(dims, int):
-            raise TypeError(f"dims must be an int (1 or 2), got {type(dims).__name__}")
-        if dims not in (1, 2):
-            raise ValueError(f"dims must be 1 or 2, got {dims}")
-        self.default_name = f"slice{dims}d"
-        super().__init__(model, probe, **kwargs)
-        self.dims = dims
-        self.options = SliceOptions((21 if dims == 1 else 11) if steps is None else steps, span, batch_points)
-        self.steps, self.span, self.batch_points = self.options.steps, self.options.span, self.options.batch_points
-        if normalization is None:
-            normalization = "none" if directions == "eigenvector" else "filter"
-        self.normalization = _check_choice("normalization", normalization, NORMALIZATIONS)
-        if not isinstance(ignore_bias_bn, bool):
-            raise TypeError(f"ignore_bias_bn must be a bool, got {type(ignore_bias_bn).__name__}")
-        self.ignore_bias_bn = ignore_bias_bn
+    options_type = LossSliceOptions
+    positional = ("dims", "steps", "span")
+
+    @property  # type: ignore[override]
+    def default_name(self) -> str:  # type: ignore[override]
+        return f"slice{self.options.dims}d"
+
+    def __init__(self, model: nn.Module, probe: Probe, *args: Any, **kwargs: Any) -> None:
+        super().__init__(model, probe, *args, **kwargs)
         # The raw draw (unnormalised), kept from the first firing on.
         self.raw_directions: list[dict[str, torch.Tensor]] | None = None
+        directions = self.options.directions
         if isinstance(directions, str):
-            self.direction_kind = _check_choice("directions", directions, DIRECTION_KINDS)
-        elif isinstance(directions, Sequence):
-            dirs = list(directions)
-            if len(dirs) != dims:
-                raise ValueError(f"directions: dims={dims} needs {dims} directions, got {len(dirs)}")
-            check_directions(model, dirs)
-            self.direction_kind = "given"
-            self.raw_directions = [{k: v.detach().clone() for k, v in d.items()} for d in dirs]
+            self.direction_kind = directions
         else:
-            raise TypeError(f"directions must be 'random', 'eigenvector' or a list of directions, got {directions!r}")
+            check_directions(model, list(directions))
+            self.direction_kind = "given"
+            self.raw_directions = [{k: v.detach().clone() for k, v in d.items()} for d in directions]
 
     def expected_keys(self) -> list[str]:
         return ["center_loss", "min_loss", "max_loss"]

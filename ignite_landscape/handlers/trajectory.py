@@ -31,12 +31,13 @@ import torch
 from ignite.engine import Engine, Events
 from torch import nn
 
-from ignite_landscape.handlers.base import LandscapeHandler, _check_int
+from ignite_landscape.handlers.measure import MeasureHandler
 from ignite_landscape.measures.trajectory import TrajectoryOptions, TrajectoryPlaneResult, _trajectory_plane
 from ignite_landscape.params import unwrap_model
 from ignite_landscape.probe import Probe
+from ignite_landscape.validation import check_int
 
-__all__ = ["TrajectoryPlane", "TrajectoryPoint"]
+__all__ = ["TrajectoryPlane", "TrajectoryPlaneOptions", "TrajectoryPoint"]
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +61,26 @@ class TrajectoryPoint:
         return {"num_points": float(self.num_points), "stride": float(self.stride)}
 
 
-class TrajectoryPlane(LandscapeHandler):
+@dataclass(frozen=True)
+class TrajectoryPlaneOptions(TrajectoryOptions):
+    """The options of :class:`TrajectoryPlane`: those of :func:`~ignite_landscape.trajectory_plane` and two more.
+
+    Attributes:
+        max_points: the most points held (at least 3).
+        plane_every: also compute the plane at every N-th firing (``None``: only at ``COMPLETED``).
+    """
+
+    max_points: int = 100
+    plane_every: int | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_int("max_points", self.max_points, 3)
+        if self.plane_every is not None:
+            check_int("plane_every", self.plane_every, 1)
+
+
+class TrajectoryPlane(MeasureHandler):
     """The training path projected on its top-2 PCA plane, drawn over the loss in that plane (Li et al. 2018).
 
     At each firing the handler copies the selected weights into host memory; at ``Events.COMPLETED``
@@ -81,41 +101,15 @@ class TrajectoryPlane(LandscapeHandler):
     checkpoint continues the same path. Computing the plane builds one ``m × P`` float64 matrix for the PCA
     and evaluates ``steps²`` probe losses.
 
-    Args:
-        model: the trained model.
-        probe: the fixed samples of the loss slice.
-        steps: grid points per axis of the slice (odd).
-        margin: room around the projected path, as a fraction of its extent on each axis.
-        max_points: the most points held (at least 3).
-        plane_every: also compute the plane at every N-th firing (``None``: only at ``COMPLETED``).
-        batch_points: grid points per vmap call of the slice.
-        **kwargs: ``name``, ``params``, ``seed``, ``on_error``, ``progress`` (see :class:`LandscapeHandler`).
-
     Raises:
         TypeError, ValueError: for a bad option, naming it.
     """
 
     default_name = "trajectory"
+    options_type = TrajectoryPlaneOptions
 
-    def __init__(
-        self,
-        model: nn.Module,
-        probe: Probe,
-        *,
-        steps: int = 21,
-        margin: float = 0.25,
-        max_points: int = 100,
-        plane_every: int | None = None,
-        batch_points: int | None = None,
-        **kwargs: Any,
-    ) -> None:
-        self.options = TrajectoryOptions(steps, margin, batch_points)
-        self.max_points = _check_int("max_points", max_points, 3)
-        if plane_every is not None:
-            _check_int("plane_every", plane_every, 1)
-        super().__init__(model, probe, **kwargs)
-        self.steps, self.margin, self.batch_points = steps, self.options.margin, batch_points
-        self.plane_every = plane_every
+    def __init__(self, model: nn.Module, probe: Probe, *args: Any, **kwargs: Any) -> None:
+        super().__init__(model, probe, *args, **kwargs)
         # (firing index, trainer iteration, weights); firing -1 is the attach-time point.
         self.points: list[tuple[int, int, dict[str, torch.Tensor]]] = []
         self.stride = 1

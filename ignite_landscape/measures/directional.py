@@ -37,10 +37,13 @@ from torch import nn
 from ignite_landscape.curvature import check_curvature, curvature_operator, prediction
 from ignite_landscape.params import ParamsArg
 from ignite_landscape.probe import Probe
+from ignite_landscape.validation import check_int, check_positive
 
 __all__ = [
     "DIRECTIONS",
     "DirectionalCurvatureResult",
+    "DirectionalOptions",
+    "BatchSharpnessOptions",
     "BatchSharpnessResult",
     "directional_curvature",
     "batch_sharpness",
@@ -90,6 +93,75 @@ def _as_flat(name: str, value: Any, space: Any, like: torch.Tensor) -> torch.Ten
     return flat
 
 
+@dataclass(frozen=True)
+class DirectionalOptions:
+    """The options of :func:`directional_curvature`, validated once (the
+    :class:`~ignite_landscape.DirectionalCurvature` handler builds the same object at construction).
+
+    Attributes:
+        direction: ``"gradient"`` (the probe gradient), ``"update"`` (the last optimizer step) or a fixed
+            direction, a ``{parameter name: tensor}`` dict or a flat tensor.
+        curvature: ``"hessian"``, ``"ggn"``, ``"fisher"`` or ``"empirical_fisher"``.
+
+    Raises:
+        TypeError, ValueError: for an unknown direction kind or curvature (naming it).
+    """
+
+    direction: str | Mapping[str, torch.Tensor] | torch.Tensor = "gradient"
+    curvature: str = "hessian"
+
+    def __post_init__(self) -> None:
+        check_curvature(self.curvature)
+        direction = self.direction
+        if isinstance(direction, str):
+            if direction not in DIRECTIONS:
+                raise ValueError(f"direction must be one of {DIRECTIONS} or a dict/tensor, got {direction!r}")
+        elif not isinstance(direction, (Mapping, torch.Tensor)):
+            raise TypeError(
+                f"direction must be 'gradient', 'update', a dict or a tensor, got {type(direction).__name__}"
+            )
+
+    def check_space(self, space: Any) -> None:
+        """Raise if a fixed direction does not fit the selected parameters."""
+        if isinstance(self.direction, Mapping):
+            space.flatten(self.direction)  # raises for missing parameters or wrong shapes
+        elif isinstance(self.direction, torch.Tensor) and self.direction.numel() != space.numel:
+            raise ValueError(f"direction has {self.direction.numel()} entries, the parameters {space.numel}")
+
+
+@dataclass(frozen=True)
+class BatchSharpnessOptions:
+    """The options of :func:`batch_sharpness`, validated once (the :class:`~ignite_landscape.BatchSharpness`
+    handler builds the same object at construction).
+
+    Attributes:
+        batch_size: the trainer's batch size (the handler reads the trainer's DataLoader for ``None``).
+        num_batches: mini-batches drawn (at least 2, for a standard error).
+        lr: the step size for the ``2/η`` threshold, or ``None``.
+
+    Raises:
+        TypeError, ValueError: for a non-int or too small ``batch_size``/``num_batches`` or ``lr ≤ 0``.
+    """
+
+    batch_size: int | None = None
+    num_batches: int = 10
+    lr: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.batch_size is not None:
+            check_int("batch_size", self.batch_size, 1)
+        check_int("num_batches", self.num_batches, 2)
+        if self.lr is not None:
+            object.__setattr__(self, "lr", check_positive("lr", self.lr))
+
+    def check_probe(self, probe: Probe) -> None:
+        """Raise if ``batch_size`` is above the probe's samples."""
+        if self.batch_size is not None and self.batch_size > probe.num_samples:
+            raise ValueError(
+                f"batch_size must be at most the probe's {probe.num_samples} samples, got {self.batch_size}"
+            )
+
+
 def directional_curvature(
     model: nn.Module,
     probe: Probe,
@@ -118,14 +190,9 @@ def directional_curvature(
             the wrong shape, a non-finite direction, or an explicitly given zero direction.
         TypeError: if ``direction`` or ``previous`` is of the wrong type.
     """
-    check_curvature(curvature)
-    if isinstance(direction, str):
-        if direction not in DIRECTIONS:
-            raise ValueError(f"direction must be one of {DIRECTIONS} or a dict/tensor, got {direction!r}")
-        if direction == "update" and previous is None:
-            raise ValueError("direction='update' needs previous= (the weights before the update)")
-    elif not isinstance(direction, (Mapping, torch.Tensor)):
-        raise TypeError(f"direction must be 'gradient', 'update', a dict or a tensor, got {type(direction).__name__}")
+    DirectionalOptions(direction, curvature)
+    if direction == "update" and previous is None:
+        raise ValueError("direction='update' needs previous= (the weights before the update)")
     with probe.session(model, params) as s:
         theta = s.theta
         if direction == "gradient":
@@ -250,13 +317,8 @@ def batch_sharpness(
         TypeError: if ``batch_size`` or ``num_batches`` is not an int.
         ValueError: if ``batch_size`` is not in ``[1, probe.num_samples]``, ``num_batches < 2`` or ``lr ≤ 0``.
     """
-    for name, value, low in (("batch_size", batch_size, 1), ("num_batches", num_batches, 2)):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-        if value < low:
-            raise ValueError(f"{name} must be at least {low}, got {value}")
-    if lr is not None and not (isinstance(lr, (int, float)) and not isinstance(lr, bool) and lr > 0):
-        raise ValueError(f"lr must be a positive number or None, got {lr!r}")
+    check_int("batch_size", batch_size, 1)  # the options allow None (the handler's "the trainer's"), not here
+    BatchSharpnessOptions(batch_size, num_batches, lr)
     num_rows = int(next(iter(_leaves(probe.targets))).shape[0])
     batches = minibatch_indices(num_rows, batch_size, num_batches, seed)
     values: list[float] = []

@@ -93,15 +93,16 @@ class GradStatsOptions:
             check_int("chunk_size", self.chunk_size, 1)
         check_uncertainty(self.uncertainty, self.jackknife_chunks)
 
-    @staticmethod
-    def check_probe(probe: Probe) -> None:
-        """Raise if the probe cannot give per-sample statistics (fewer than 2 samples, train mode)."""
+    def check_probe(self, probe: Probe) -> None:
+        """Raise if the probe cannot give per-sample statistics (fewer than 2 samples, train mode) or the
+        jackknife cannot work on it."""
         if probe.num_samples < 2:
             raise ValueError("probe: gradient statistics need at least 2 samples (a variance)")
         check_per_sample_mode(
             probe.model_mode,
             "build the probe with model_mode='eval' (probe.with_model_mode('eval') shares the samples)",
         )
+        self.check_uncertainty(probe)
 
     def check_uncertainty(self, probe: Probe) -> None:
         """Raise if the jackknife cannot work on ``probe`` (more chunks than samples, a sharded probe)."""
@@ -231,7 +232,6 @@ def gradient_statistics(
     """
     opts = GradStatsOptions(chunk_size, uncertainty, jackknife_chunks)
     opts.check_probe(probe)
-    opts.check_uncertainty(probe)
     space = ParamSpace.from_model(model, params)
     for arg, weights in (("initial", initial), ("previous", previous)):
         if weights is not None:

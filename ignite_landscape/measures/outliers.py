@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -35,8 +36,9 @@ from ignite_landscape.curvature import curvature_operator, prediction
 from ignite_landscape.linalg import hutchpp, lanczos
 from ignite_landscape.params import ParamsArg
 from ignite_landscape.probe import Probe
+from ignite_landscape.validation import check_int, check_positive
 
-__all__ = ["GGNDecomposition", "count_outliers", "ggn_decomposition"]
+__all__ = ["GGNDecomposition", "GGNOptions", "count_outliers", "ggn_decomposition"]
 
 
 def count_outliers(eigenvalues: torch.Tensor, ratio: float = 2.0, zero_tol: float = 1e-10) -> int:
@@ -119,6 +121,41 @@ class GGNDecomposition:
             "num_hvps": float(self.num_hvps),
             **{f"ggn_lambda_{i}": float(v) for i, v in enumerate(self.ggn_eigenvalues.tolist(), 1)},
         }
+
+
+@dataclass(frozen=True)
+class GGNOptions:
+    """The options of :func:`ggn_decomposition`, validated once (the :class:`~ignite_landscape.GGNOutliers`
+    handler builds the same object at construction).
+
+    Attributes:
+        k: top GGN eigenvalues computed (``None``: ``2C + 2`` for ``C`` classes, else 12).
+        tol: Lanczos tolerance relative to each eigenvalue.
+        trace_hvps: products per Hutch++ trace estimate (of ``H`` and of ``G``; at least 6).
+        ratio: the break factor of :func:`count_outliers` (above 1).
+
+    Raises:
+        TypeError, ValueError: for an option of the wrong type or value (naming it).
+    """
+
+    k: int | None = None
+    tol: float = 1e-4
+    trace_hvps: int = 60
+    ratio: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.k is not None:
+            check_int("k", self.k, 1)
+        object.__setattr__(self, "tol", check_positive("tol", self.tol))
+        check_int("trace_hvps", self.trace_hvps, 6)
+        if not check_positive("ratio", self.ratio) > 1:
+            raise ValueError(f"ratio must be above 1, got {self.ratio}")
+        object.__setattr__(self, "ratio", float(self.ratio))
+
+    def check_space(self, space: Any) -> None:
+        """Raise if ``k`` is not below the number of selected parameters."""
+        if self.k is not None and self.k >= space.numel:
+            raise ValueError(f"k must be smaller than the number of parameters ({space.numel}), got {self.k}")
 
 
 def ggn_decomposition(

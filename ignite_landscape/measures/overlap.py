@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -30,8 +31,9 @@ from ignite_landscape.curvature import check_curvature, curvature_operator
 from ignite_landscape.linalg import lanczos
 from ignite_landscape.params import ParamsArg
 from ignite_landscape.probe import Probe
+from ignite_landscape.validation import check_int, check_positive
 
-__all__ = ["GradientOverlapResult", "gradient_overlap"]
+__all__ = ["GradientOverlapResult", "OverlapOptions", "gradient_overlap"]
 
 
 @dataclass
@@ -69,6 +71,39 @@ class GradientOverlapResult:
         return out
 
 
+@dataclass(frozen=True)
+class OverlapOptions:
+    """The options of :func:`gradient_overlap`, validated once (the :class:`~ignite_landscape.GradientOverlap`
+    handler builds the same object at construction).
+
+    Attributes:
+        k: dimension of the eigenspace (``1 ≤ k <`` number of parameters).
+        curvature: ``"hessian"``, ``"ggn"``, ``"fisher"`` or ``"empirical_fisher"``.
+        tol: Lanczos tolerance on each Ritz residual, relative to the eigenvalue.
+        max_iter: cap on Lanczos iterations (``None``: no cap).
+
+    Raises:
+        TypeError, ValueError: for an option of the wrong type or value (naming it).
+    """
+
+    k: int = 10
+    curvature: str = "hessian"
+    tol: float = 1e-4
+    max_iter: int | None = None
+
+    def __post_init__(self) -> None:
+        check_int("k", self.k, 1)
+        check_curvature(self.curvature)
+        object.__setattr__(self, "tol", check_positive("tol", self.tol))
+        if self.max_iter is not None:
+            check_int("max_iter", self.max_iter, 1)
+
+    def check_space(self, space: Any) -> None:
+        """Raise if ``k`` is not below the number of selected parameters."""
+        if self.k >= space.numel:
+            raise ValueError(f"k must be smaller than the number of parameters ({space.numel}), got {self.k}")
+
+
 def gradient_overlap(
     model: nn.Module,
     probe: Probe,
@@ -101,11 +136,7 @@ def gradient_overlap(
         ValueError: if ``k`` is out of range, ``curvature`` unknown or ``eigenvectors`` of the wrong shape.
         TypeError: if ``k`` is not an int.
     """
-    if isinstance(k, bool) or not isinstance(k, int):
-        raise TypeError(f"k must be an int, got {type(k).__name__}")
-    if k < 1:
-        raise ValueError(f"k must be at least 1, got {k}")
-    check_curvature(curvature)
+    OverlapOptions(k, curvature, tol, max_iter)
     with probe.session(model, params) as s:
         n = s.space.numel
         if k >= n:
