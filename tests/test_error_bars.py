@@ -18,6 +18,8 @@ from tensorboard.util import tensor_util
 import ignite_landscape as il
 from ignite_landscape import report
 from ignite_landscape.measures.jackknife import INTERVAL_Z
+from ignite_landscape.report.layout import band
+from ignite_landscape.report.statistics import format_number
 from tests.helpers import classification_data, mlp
 from tests.test_gradstats import loop_grads
 from tests.test_handlers import Run, assert_same_state
@@ -255,7 +257,7 @@ def test_report_draws_the_bands_and_lists_the_standard_errors(banded_run, tmp_pa
         assert err == pytest.approx(acc.Scalars(stderr_tag)[-1].value, rel=1e-6)
         assert value == pytest.approx(acc.Scalars(tag)[-1].value, rel=1e-6)
         assert kind == "jackknife"
-        line = f"| {logdir.name} | {q} | {report._fmt(value)} | {report._fmt(err, 3)} |"
+        line = f"| {logdir.name} | {q} | {format_number(value)} | {format_number(err, 3)} |"
         assert line in summary, line
     assert "landscape/hessian/lambda_max" not in rows  # the same number as λ_1
 
@@ -278,11 +280,9 @@ def test_report_bands_follow_the_stderr_scalars(tmp_path):
 
     fig = Figure()
     ax = fig.add_subplot()
-    assert report._band(
-        ax, run.series("landscape/hessian/lambda_1"), run.series("landscape/hessian/lambda_1_stderr"), "C0"
-    )
+    assert band(ax, run.series("landscape/hessian/lambda_1"), run.series("landscape/hessian/lambda_1_stderr"), "C0")
     (poly,) = [c for c in ax.collections if isinstance(c, PolyCollection)]
     ys = poly.get_paths()[0].vertices[:, 1]
     assert ys.min() == pytest.approx(1.0 - 0.2) and ys.max() == pytest.approx(3.0 + 0.6)
-    assert not report._band(ax, run.series("landscape/hessian/lambda_2"), None, "C1")
+    assert not band(ax, run.series("landscape/hessian/lambda_2"), None, "C1")
     assert report.figure_spectrum([run], tmp_path / "spectrum.png") is not None

@@ -1,7 +1,8 @@
-"""The report command: honest statistics, event-file reading, every figure, summary.md, exit codes."""
+"""The report command: honest statistics, event-file reading, handlers by kind, every figure, summary.md, exit codes."""
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import scipy.stats
 
 from ignite_landscape import report
 from ignite_landscape.report import bootstrap_ci, correlate, kendall_tau, pearson
+from ignite_landscape.report.statistics import format_number
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 ROOT = Path(__file__).resolve().parent.parent
@@ -184,8 +186,8 @@ def test_report_on_two_runs_writes_every_figure(two_run_report: Path) -> None:
     assert across and all("cannot be estimated" in line for line in across)
     assert any(line.startswith("| λ_max |") and "cannot be estimated: 2 runs" in line for line in across)
     assert "With 2 runs, no correlation *across runs* can be estimated" in summary
-    # The definitions the run logged are stated.
-    assert "probe: 32 fixed training samples" in summary and "ρ = 0.05" in summary
+    # The definitions the run logged are stated (from the handlers' records, or older runs' table).
+    assert "probe: 32 fixed" in summary and "ρ = 0.05" in summary
 
 
 def test_report_numbers_match_the_event_files(two_runs: Path, two_run_report: Path) -> None:
@@ -209,8 +211,8 @@ def test_report_numbers_match_the_event_files(two_runs: Path, two_run_report: Pa
     assert pooled.kendall == pytest.approx(scipy.stats.kendalltau(x, y).statistic, abs=1e-9)
     assert pooled.pearson_ci[0] <= pooled.pearson <= pooled.pearson_ci[1]
     row = (
-        f"| λ_max | pooled (epoch, run) pairs | 6 | {report._fmt(pooled.pearson, 3)} | "
-        f"[{report._fmt(pooled.pearson_ci[0], 3)}, {report._fmt(pooled.pearson_ci[1], 3)}] |"
+        f"| λ_max | pooled (epoch, run) pairs | 6 | {format_number(pooled.pearson, 3)} | "
+        f"[{format_number(pooled.pearson_ci[0], 3)}, {format_number(pooled.pearson_ci[1], 3)}] |"
     )
     assert row in (two_run_report / "summary.md").read_text()
     across = next(c for c in corrs if c.metric == "λ_max" and c.scope.startswith("across"))
@@ -282,3 +284,163 @@ def test_landscape_at_iterations_pairs_with_accuracy_at_epochs(tmp_path: Path) -
     assert x_pts.tolist() == [lam.at(4), lam.at(8), lam.at(12), lam.at(16)]
     within = [c for c in report.correlations([run], num_resamples=50) if c.metric == "λ_max"]
     assert within and within[0].n == 4
+
+
+# ------------------------------------------------------------------------------ handlers found by kind
+
+LR = 0.1
+# What the event-file contract (ignite_landscape.tensorboard) writes per handler: its result kind and the
+# definition of each quantity. The report must take everything it says about a handler from here.
+RECORDS = {
+    "curv": {
+        "kind": "spectrum",
+        "definitions": {
+            "lambda_max": "largest eigenvalue of the Hessian of the mean probe loss (Lanczos, exact HVPs)",
+            "stability_threshold": f"2/η with η = {LR}, the step size of the optimizer's group 0",
+            "probe": "48 fixed samples, model in eval mode",
+        },
+    },
+    "plane": {
+        "kind": "slice2d",
+        "definitions": {"slice": "loss on a 5 × 5 grid over two filter-normalized directions"},
+    },
+    "sam05": {"kind": "sharpness", "definitions": {"value": "max over ‖ε‖₂ ≤ ρ = 0.05 of L(θ+ε) − L(θ), one SAM step"}},
+    "sam10": {"kind": "sharpness", "definitions": {"value": "max over ‖ε‖₂ ≤ ρ = 0.1 of L(θ+ε) − L(θ), one SAM step"}},
+}
+
+
+def _named_training(log_dir: Path, contract_writer: bool) -> tuple[dict[str, object], dict[str, list[float]]]:
+    """Three epochs of a tiny classifier with user-named handlers, logged to ``log_dir``.
+
+    ``contract_writer``: write the event file with a plain SummaryWriter in the contract's format (records,
+    curve data, scalars) instead of LandscapeLogHandler. Returns the final results and each scalar's values.
+    """
+    import torch
+    import torch.nn.functional as F
+    from ignite.engine import Engine, Events
+    from ignite.handlers import TensorboardLogger
+
+    import ignite_landscape as il
+    from ignite_landscape.results import Curve
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+    x, y = torch.randn(48, 4), torch.randint(0, 3, (48,))
+    probe = il.Probe((x, y), F.cross_entropy)
+    opt = torch.optim.SGD(model.parameters(), lr=LR)
+
+    def step(engine: Engine, batch: object) -> None:
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+
+    trainer = Engine(step)
+    il.HessianSpectrum(model, probe, k=2, optimizer=opt, name="curv").attach(trainer, Events.EPOCH_COMPLETED)
+    il.LossSlice(model, probe, dims=2, steps=5, name="plane").attach(trainer, Events.EPOCH_COMPLETED)
+    il.Sharpness(model, probe, rho=0.05, name="sam05").attach(trainer, Events.EPOCH_COMPLETED)
+    il.Sharpness(model, probe, rho=0.1, name="sam10").attach(trainer, Events.EPOCH_COMPLETED)
+    logged: dict[str, list[float]] = {}
+    tb = TensorboardLogger(log_dir=str(log_dir))
+    if not contract_writer:
+        tb.attach(trainer, log_handler=il.LandscapeLogHandler(mesh=False), event_name=Events.EPOCH_COMPLETED)
+
+    @trainer.on(Events.EPOCH_COMPLETED)
+    def write(engine: Engine) -> None:
+        it = engine.state.iteration
+        tb.writer.add_scalar("test/accuracy", float(probe.evaluate(model).accuracy), it)
+        for tag, value in engine.state.metrics.items():
+            if tag.startswith("landscape/"):
+                logged.setdefault(tag, []).append(float(value))
+                if contract_writer:
+                    tb.writer.add_scalar(tag, float(value), it)
+        if contract_writer:
+            for name, record in RECORDS.items():
+                tb.writer.add_text(f"landscape/{name}/record", json.dumps(record), it)
+            sl = engine.state.landscape["plane"]
+            grid = Curve("grid", x=sl.coords[0], y=sl.coords[1], z=sl.loss)
+            tb.writer.add_text("landscape/plane/data", json.dumps({"slice": grid.to_plain()}), it)
+
+    trainer.run([0], max_epochs=3)
+    tb.close()
+    return dict(trainer.state.landscape), logged
+
+
+def _assert_named_report(run_dir: Path, out: Path, final: dict[str, object], logged: dict[str, list[float]]) -> str:
+    rep = report.write_report([run_dir], out, num_resamples=50)
+    assert {"spectrum", "contour", "surface", "metric_comparison", "overview"} <= set(rep.figures)
+    (run,) = rep.runs
+    assert run.handlers("spectrum") == ["curv"] and run.handlers("slice2d") == ["plane"]
+    assert run.handlers("sharpness") == ["sam05", "sam10"]
+    # The spectrum panel of "curv" with its 2/η line, labelled from its definition.
+    (panel,) = report.spectrum_panels(rep.runs)
+    assert panel.name == "curv" and [label for label, _, _ in panel.eigenvalues] == ["λ_1", "λ_2"]
+    assert panel.threshold is not None and panel.threshold.values == pytest.approx([2 / LR] * 3, rel=1e-6)
+    assert "η = 0.1" in panel.threshold_label
+    # The contour is the last 2D slice's loss grid.
+    ((name, history),) = run.curve_history("slice2d", "slice")
+    assert name == "plane" and len(history) == 3
+    assert history[-1][1].z == pytest.approx(final["plane"].loss.numpy(), rel=1e-7)
+    # Summary rows: the first sharpness handler in name order; both appear in the metric figure's series.
+    (row,) = rep.rows
+    assert row["lambda_max"] == pytest.approx(logged["landscape/curv/lambda_max"][-1], rel=1e-6)
+    assert row["threshold"] == pytest.approx(2 / LR, rel=1e-6)
+    assert row["sharpness"] == pytest.approx(logged["landscape/sam05/value"][-1], rel=1e-6)
+    assert logged["landscape/sam10/value"][-1] != pytest.approx(row["sharpness"], rel=1e-3)
+    assert [n for n, _ in report.METRICS[[m.key for m in report.METRICS].index("sharpness")].all(run)] == [
+        "sam05",
+        "sam10",
+    ]
+    summary = rep.summary.read_text()
+    assert f"| λ_max | {format_number(row['lambda_max'])} |" in summary
+    assert f"| sharpness | {format_number(row['sharpness'])} |" in summary
+    for name in ("curv", "plane", "sam05", "sam10"):
+        assert f"| {name} |" in summary
+    sam10 = f"| sam10 | sharpness | value | {format_number(logged['landscape/sam10/value'][-1])} |"
+    assert sam10 in summary
+    return summary
+
+
+def test_named_handlers_are_reported_by_kind(tmp_path: Path) -> None:
+    final, logged = _named_training(tmp_path / "run", contract_writer=True)
+    summary = _assert_named_report(tmp_path / "run", tmp_path / "out", final, logged)
+    # Definitions come from the records: the sharpness sentence, the probe, the slice.
+    assert "ρ = 0.05 of L(θ+ε) − L(θ), one SAM step" in summary
+    assert "probe: 48 fixed samples, model in eval mode" in summary
+    assert "slice: loss on a 5 × 5 grid" in summary
+
+
+def test_runs_written_before_records_are_read_by_default_names(tmp_path: Path) -> None:
+    # The raw-data format and definitions table of older runs: still reported, by the handlers' default names.
+    s = np.array([1, 2])
+    old_slice = {"dims": 2, "coords": [[-1, 0, 1], [-1, 0, 1]], "loss": [[3, 2, 3], [2, 1, 2], [3, 2, 3]]}
+    old_density = {"grid": [-1.0, 0.0, 1.0, 2.0], "density": [0.1, 0.5, 0.3, 0.1], "sigma": 0.1}
+    run = report.RunData(
+        "old",
+        tmp_path,
+        scalars={
+            "landscape/hessian/lambda_max": report.Series(s, np.array([3.0, 4.0])),
+            "landscape/hessian/stability_threshold": report.Series(s, np.array([20.0, 20.0])),
+            "landscape/sharpness/value": report.Series(s, np.array([0.1, 0.2])),
+        },
+        texts={
+            "landscape/slice2d/data": [(2, "```json\n" + json.dumps(old_slice) + "\n```")],
+            "landscape/density/data": [(2, json.dumps(old_density))],
+            "landscape/definitions": [(0, "| definition | value |\n|---|---|\n| probe samples | 64 |")],
+        },
+    )
+    assert run.kind_of("hessian") == "spectrum" and run.kind_of("slice2d") == "slice2d"
+    (row,) = report.summary_rows([run])
+    assert (row["lambda_max"], row["threshold"], row["sharpness"]) == (4.0, 20.0, 0.2)
+    ((_, history),) = run.curve_history("slice2d", "slice")
+    assert history[-1][1].kind == "grid" and history[-1][1].z[1, 1] == 1.0
+    assert run.curve_history("density", "density")[0][1][0][1].y.tolist() == [0.1, 0.5, 0.3, 0.1]
+    assert report.figure_contour([run], tmp_path / "c.png") == tmp_path / "c.png"
+    assert report.figure_spectrum([run], tmp_path / "s.png") == tmp_path / "s.png"
+    from ignite_landscape.report.metrics import probe_note
+
+    assert probe_note(run) == "probe: 64 fixed training samples"
+    # A user-named handler of an older run is found from its data's shape; a record wins over the name.
+    run.texts["landscape/mine/data"] = [(2, json.dumps(old_slice))]
+    run.texts["landscape/sharpness/record"] = [(1, '{"kind": "batch_sharpness", "definitions": {}}')]
+    fresh = report.RunData(run.name, run.path, scalars=run.scalars, texts=run.texts)
+    assert fresh.handlers("slice2d") == ["mine", "slice2d"] and fresh.handlers("sharpness") == []
