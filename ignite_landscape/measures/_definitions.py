@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from ignite_landscape.measures.jackknife import INTERVAL_Z
 
-__all__ = ["curvature_name", "products", "band_definitions", "jackknife_phrase", "num"]
+__all__ = ["curvature_name", "products", "band_definitions", "jackknife_phrase", "num", "ranked"]
 
 _CURVATURE_NAMES = {
     "hessian": "Hessian",
@@ -38,6 +38,13 @@ def products(curvature: str) -> str:
 def num(value: float) -> str:
     """``value`` with up to 4 significant digits (``0.05``, ``1e-04``, ``inf``)."""
     return f"{value:.4g}"
+
+
+def ranked(i: int, end: str = "largest") -> str:
+    """``"largest"``, ``"2nd largest"``, ``"3rd largest"``, ... (the rank of an eigenvalue from ``end``)."""
+    if i == 1:
+        return end
+    return f"{i}{'th' if 10 <= i % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(i % 10, 'th')} {end}"
 
 
 def jackknife_phrase(chunks: int) -> str:

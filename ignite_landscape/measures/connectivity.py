@@ -37,7 +37,7 @@ import copy
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -47,6 +47,7 @@ from ignite_landscape.execution import probe_execution
 from ignite_landscape.params import strip_wrapper_prefixes, unwrap_model
 from ignite_landscape.probe import Probe
 from ignite_landscape.restore import RNGState
+from ignite_landscape.results import Curve, Result
 from ignite_landscape.validation import check_int
 
 __all__ = ["Interpolation", "InterpolationOptions", "interpolate", "barrier"]
@@ -55,7 +56,7 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class Interpolation:
+class Interpolation(Result):
     """Loss and error along ``(1 − α)·a + α·b``.
 
     Attributes:
@@ -66,6 +67,8 @@ class Interpolation:
         error_barrier: barrier of the error curve, or ``None``.
         bn_recalibrated: whether BatchNorm statistics were recomputed at each α.
     """
+
+    kind: ClassVar[str] = "connectivity"
 
     alphas: torch.Tensor
     loss: torch.Tensor
@@ -86,6 +89,31 @@ class Interpolation:
             out["error_barrier"] = self.error_barrier
             out["error_a"] = float(self.error[0])
             out["error_b"] = float(self.error[-1])
+        return out
+
+    def curves(self) -> dict[str, Curve]:
+        """``interpolation``: the loss over α (with the error when known)."""
+        extra: dict[str, object] = {"loss_barrier": self.loss_barrier, "bn_recalibrated": bool(self.bn_recalibrated)}
+        if self.error is not None:
+            extra["error"] = self.error
+        return {"interpolation": Curve("line", x=self.alphas, y=self.loss, extra=extra, xlabel="α", ylabel="loss")}
+
+    def definitions(self) -> dict[str, str]:
+        """One sentence per scalar and curve key, with the grid of α and the BatchNorm treatment."""
+        bn = "BatchNorm statistics recomputed at every α" if self.bn_recalibrated else "buffers interpolated too"
+        path = f"the straight line (1 − α)·a + α·b at {self.alphas.numel()} values of α in [0, 1] ({bn})"
+        chord = "max over α of f(α) − [(1 − α)·f(0) + α·f(1)] (Entezari et al. 2022; 0 at or below the chord)"
+        out = {
+            "loss_barrier": f"barrier of the probe loss f along {path}: {chord}",
+            "loss_a": "probe loss at α = 0 (the weights a)",
+            "loss_b": "probe loss at α = 1 (the weights b)",
+            "max_loss": f"largest probe loss along {path}",
+            "interpolation": f"probe loss (and top-1 error when known) along {path}",
+        }
+        if self.error is not None and self.error_barrier is not None:
+            out["error_barrier"] = f"barrier of the top-1 error f along {path}: {chord}"
+            out["error_a"] = "top-1 error on the probe at α = 0 (the weights a)"
+            out["error_b"] = "top-1 error on the probe at α = 1 (the weights b)"
         return out
 
 

@@ -47,6 +47,7 @@ from torch.nn import functional as F
 from ignite_landscape import distributed
 from ignite_landscape.params import ParamsArg, ParamSpace
 from ignite_landscape.probe import Probe, ProbeSession
+from ignite_landscape.results import Result
 
 __all__ = [
     "EXACT_EXTRA",
@@ -92,7 +93,7 @@ class ExactUnsupportedError(ValueError):
 
 
 @dataclass
-class HessianDiagonal:
+class HessianDiagonal(Result):
     """The exact diagonal of the probe-loss Hessian.
 
     Attributes:
@@ -103,6 +104,8 @@ class HessianDiagonal:
         layer_traces: trace of each module's diagonal block, keyed by module name (``""`` for the root).
         method: always ``"exact"``.
     """
+
+    kind = "diagonal"
 
     diagonal: torch.Tensor
     space: ParamSpace
@@ -126,6 +129,17 @@ class HessianDiagonal:
             "max": float(self.diagonal.max()),
             "min": float(self.diagonal.min()),
             "mean_eigenvalue": self.value / max(self.space.numel, 1),
+        }
+
+    def definitions(self) -> dict[str, str]:
+        """One sentence per scalar key, with the number of parameters."""
+        p = self.space.numel
+        exact = f"the exact diagonal of the probe-loss Hessian over its {p} parameters (BackPACK)"
+        return {
+            "value": f"tr(H), the sum of {exact}",
+            "max": f"largest entry of {exact}",
+            "min": f"smallest entry of {exact}",
+            "mean_eigenvalue": f"value / {p}: the mean eigenvalue of the Hessian",
         }
 
 

@@ -35,8 +35,10 @@ import torch
 from torch import nn
 
 from ignite_landscape.curvature import check_curvature, curvature_operator, prediction
+from ignite_landscape.measures._definitions import curvature_name, num, products
 from ignite_landscape.params import ParamsArg
 from ignite_landscape.probe import Probe
+from ignite_landscape.results import Result
 from ignite_landscape.validation import check_int, check_positive
 
 __all__ = [
@@ -54,7 +56,7 @@ DIRECTIONS = ("gradient", "update")
 
 
 @dataclass
-class DirectionalCurvatureResult:
+class DirectionalCurvatureResult(Result):
     """The curvature ``dᵀCd/‖d‖²`` along one direction.
 
     Attributes:
@@ -65,6 +67,8 @@ class DirectionalCurvatureResult:
         num_hvps: curvature-vector products used (1, or 0 for a zero direction).
     """
 
+    kind = "directional"
+
     value: float
     direction: str
     direction_norm: float
@@ -74,6 +78,21 @@ class DirectionalCurvatureResult:
     def scalars(self) -> dict[str, float]:
         """Named scalars: ``value``, ``direction_norm``, ``num_hvps``."""
         return {"value": self.value, "direction_norm": self.direction_norm, "num_hvps": float(self.num_hvps)}
+
+    def definitions(self) -> dict[str, str]:
+        """One sentence per scalar key, with the matrix and the direction."""
+        d = {
+            "gradient": "the probe gradient",
+            "update": "the last optimizer update θ − θ_prev",
+        }.get(self.direction, "a fixed direction given by the user")
+        return {
+            "value": (
+                f"Rayleigh quotient dᵀCd/‖d‖² along d = {d}, C the {curvature_name(self.curvature)} of the probe "
+                "loss; NaN for a zero direction"
+            ),
+            "direction_norm": f"‖d‖, the norm of {d}",
+            "num_hvps": f"{products(self.curvature)} used (1, or 0 for a zero direction)",
+        }
 
 
 def _as_flat(name: str, value: Any, space: Any, like: torch.Tensor) -> torch.Tensor:
@@ -217,7 +236,7 @@ def directional_curvature(
 
 
 @dataclass
-class BatchSharpnessResult:
+class BatchSharpnessResult(Result):
     """Mean curvature of mini-batch losses along their own gradients.
 
     Attributes:
@@ -229,6 +248,8 @@ class BatchSharpnessResult:
         num_hvps: Hessian-vector products (one per mini-batch).
         lr: the step size the threshold refers to, if given.
     """
+
+    kind = "batch_sharpness"
 
     value: float
     stderr: float
@@ -254,6 +275,23 @@ class BatchSharpnessResult:
         if self.lr is not None:
             out["threshold"] = self.threshold
             out["ratio"] = self.value / self.threshold
+        return out
+
+    def definitions(self) -> dict[str, str]:
+        """One sentence per scalar key, with the batch size, the number of batches and the step size."""
+        out = {
+            "value": (
+                f"mean over {self.num_batches} mini-batches B of {self.batch_size} probe samples of "
+                "g_Bᵀ H_B g_B/‖g_B‖², the curvature of each batch's loss along its own gradient (Andreyev & "
+                "Beneventano 2024); batches whose gradient vanishes are left out"
+            ),
+            "stderr": f"standard error of value: the standard deviation over the mini-batches / √{self.num_batches}",
+            "batch_size": "samples per mini-batch",
+            "num_batches": "mini-batches drawn from the probe",
+        }
+        if self.lr is not None:
+            out["threshold"] = f"2/η with η = {num(self.lr)}: the stability threshold of a step of size η"
+            out["ratio"] = "value / threshold: above 1, a step of size η along a batch's gradient overshoots"
         return out
 
 

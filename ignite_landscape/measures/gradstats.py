@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ignite_landscape.measures._definitions import band_definitions
 from ignite_landscape.measures.jackknife import (
     JACKKNIFE_CHUNKS,
     check_uncertainty,
@@ -59,6 +60,7 @@ from ignite_landscape.measures.jackknife import (
 from ignite_landscape.measures.persample import check_per_sample_mode, per_sample_moments
 from ignite_landscape.params import ParamsArg, ParamSpace, unwrap_model
 from ignite_landscape.probe import Probe
+from ignite_landscape.results import Curve, Result
 from ignite_landscape.validation import check_int
 
 __all__ = ["GradientStatisticsResult", "GradStatsOptions", "gradient_statistics", "layer_label"]
@@ -110,7 +112,7 @@ class GradStatsOptions:
 
 
 @dataclass
-class GradientStatisticsResult:
+class GradientStatisticsResult(Result):
     """Per-sample gradient statistics on the probe, and the path's length (see the module docstring).
 
     Attributes:
@@ -131,7 +133,10 @@ class GradientStatisticsResult:
         uncertainty: ``"jackknife"`` when the standard errors below were computed, else ``None``.
         gsnr_stderr: the jackknife standard error of ``gsnr`` over probe chunks (``None`` without ``uncertainty``).
         fisher_trace_stderr: the same for ``fisher_trace``.
+        jackknife_chunks: the probe chunks of the jackknife (0 without ``uncertainty``).
     """
+
+    kind = "gradstats"
 
     fisher_trace: float
     gsnr: float
@@ -150,6 +155,7 @@ class GradientStatisticsResult:
     uncertainty: str | None = None
     gsnr_stderr: float | None = None
     fisher_trace_stderr: float | None = None
+    jackknife_chunks: int = 0
 
     @property
     def gsnr_interval(self) -> tuple[float, float] | None:
@@ -194,6 +200,48 @@ class GradientStatisticsResult:
             out.update(interval_scalars("gsnr", self.gsnr, self.gsnr_stderr))
         if self.fisher_trace_stderr is not None:
             out.update(interval_scalars("fisher_trace", self.fisher_trace, self.fisher_trace_stderr))
+        return out
+
+    def curves(self) -> dict[str, Curve]:
+        """The :meth:`histograms` as histogram curves (``sample_grad_norms``)."""
+        return {key: Curve("histogram", x=values, xlabel="‖g_i‖") for key, values in self.histograms().items()}
+
+    def definitions(self) -> dict[str, str]:
+        """One sentence per scalar and curve key, with the number of samples and coordinates."""
+        n = self.num_samples
+        var = f"Var_j = Σ_i (g_ij − ḡ_j)²/(n − 1) over the n = {n} per-sample gradients g_i = n·∇ℓ_i"
+        out = {
+            "fisher_trace": (
+                f"Σ_i ‖g_i‖²/n over the probe's n = {n} samples: the trace of the empirical Fisher (1/n)Σ g_i g_iᵀ "
+                "(Jastrzębski et al. 2021)"
+            ),
+            "gsnr": (
+                f"gradient signal-to-noise ratio ḡ_j²/Var_j (Liu et al. 2020) averaged over the "
+                f"{self.gsnr_coordinates} coordinates with Var_j > 0, {var}"
+            ),
+            "grad_norm": "‖ḡ‖, the norm of the probe gradient",
+            "trace_sigma": f"Σ_j Var_j, the trace of the per-sample gradient covariance, {var}",
+            "sample_norm_mean": f"mean of the per-sample gradient norms ‖g_i‖ over the n = {n} samples",
+            "sample_norm_median": f"median of the per-sample gradient norms ‖g_i‖ over the n = {n} samples",
+            "sample_norm_max": f"largest per-sample gradient norm ‖g_i‖ over the n = {n} samples",
+            "sample_grad_norms": f"histogram of the per-sample gradient norms ‖g_i‖ of the n = {n} samples",
+            "distance_from_init": "‖θ − θ₀‖, the distance of the weights from those at attach time",
+            "update_norm": "‖θ − θ_prev‖, the norm of the weights' change since the previous firing",
+            "relative_update": "‖θ − θ_prev‖/‖θ‖, the change since the previous firing relative to the weights",
+        }
+        present = set(self.scalars())
+        present |= set(self.curves())
+        out = {k: v for k, v in out.items() if k in present}
+        for label in self.layer_gsnr:
+            out[f"gsnr/{label}"] = f"the GSNR ḡ_j²/Var_j averaged over layer {label}'s coordinates with Var_j > 0"
+        for label in self.layer_update_norm:
+            out[f"update_norm/{label}"] = f"‖Δθ‖ of layer {label}'s parameters since the previous firing"
+        for label in self.layer_relative_update:
+            out[f"relative_update/{label}"] = f"‖Δθ‖/‖θ‖ of layer {label}'s parameters since the previous firing"
+        if self.gsnr_stderr is not None:
+            out.update(band_definitions("gsnr", "the GSNR", self.jackknife_chunks))
+        if self.fisher_trace_stderr is not None:
+            out.update(band_definitions("fisher_trace", "the Fisher trace", self.jackknife_chunks))
         return out
 
 
@@ -285,6 +333,7 @@ def _gradient_statistics(
         assert m.sq_norms is not None
         gsnr_loo, fisher_loo = groups.leave_one_out(m.sq_norms)
         result.uncertainty = opts.uncertainty
+        result.jackknife_chunks = opts.jackknife_chunks
         result.gsnr_stderr = float(jackknife_stderr(gsnr_loo))
         result.fisher_trace_stderr = float(jackknife_stderr(fisher_loo))
         warn_if_wide("gsnr", result.gsnr, result.gsnr_stderr)

@@ -23,9 +23,11 @@ import torch
 from torch import nn
 
 from ignite_landscape.linalg import hutchpp, lanczos
+from ignite_landscape.measures._definitions import num
 from ignite_landscape.measures.diagonal import ExactUnsupportedError, diagonal_result, session_hessian_diagonal
 from ignite_landscape.params import ParamSpace
 from ignite_landscape.probe import Probe
+from ignite_landscape.results import Curve, Result
 from ignite_landscape.validation import check_choice, check_int, check_positive
 
 __all__ = [
@@ -142,12 +144,14 @@ def layerwise_curvature(
 
 
 @dataclass
-class LayerwiseCurvatureResult:
+class LayerwiseCurvatureResult(Result):
     """λ_max and trace of the Hessian block of every layer.
 
     Attributes:
         layers: one :class:`~ignite_landscape.LayerCurvature` per module that owns parameters.
     """
+
+    kind = "layerwise"
 
     layers: list[LayerCurvature]
 
@@ -167,6 +171,32 @@ class LayerwiseCurvatureResult:
         for label, layer in zip(self.labels(), self.layers):
             out[f"lambda_max/{label}"] = float(layer.lambda_max)
             out[f"trace/{label}"] = float(layer.trace)
+        return out
+
+    def curves(self) -> dict[str, Curve]:
+        """One bars curve per quantity of :data:`LAYER_QUANTITIES` (``trace``, ``lambda_max``) over the layers."""
+        return {
+            q: Curve("bars", y=self.values(q), labels=tuple(self.labels()), xlabel="layer", ylabel=q)
+            for q in LAYER_QUANTITIES
+        }
+
+    def definitions(self) -> dict[str, str]:
+        """One sentence per scalar and curve key, with each block's size and how its trace was found."""
+        out = {
+            "trace": "trace of the Hessian block of each layer (its parameters only, the rest held fixed)",
+            "lambda_max": "largest eigenvalue of the Hessian block of each layer (its parameters only)",
+        }
+        for label, layer in zip(self.labels(), self.layers):
+            block = f"the Hessian block of layer {label}'s {layer.num_params} parameters (the rest held fixed)"
+            out[f"lambda_max/{label}"] = (
+                f"largest eigenvalue of {block}: dense eigendecomposition of a small block, else Lanczos"
+            )
+            how = (
+                "exact (a dense block or the exact Hessian diagonal)"
+                if layer.trace_stderr == 0
+                else f"Hutch++ estimate, standard error {num(layer.trace_stderr)}"
+            )
+            out[f"trace/{label}"] = f"trace of {block}, {how}"
         return out
 
 

@@ -67,6 +67,7 @@ from ignite_landscape.linalg import generator
 from ignite_landscape.measures.persample import CHUNK_BYTES, check_per_sample_mode, per_sample_moments
 from ignite_landscape.params import ParamsArg
 from ignite_landscape.probe import Probe, ProbeSession
+from ignite_landscape.results import Result
 from ignite_landscape.validation import check_choice, check_int
 
 __all__ = ["NoiseScale", "NoiseOptions", "gradient_noise_scale", "NOISE_METHODS", "CHUNK_BYTES"]
@@ -133,7 +134,7 @@ class NoiseOptions:
 
 
 @dataclass
-class NoiseScale:
+class NoiseScale(Result):
     """The simple gradient noise scale and the estimates behind it.
 
     Attributes:
@@ -154,6 +155,8 @@ class NoiseScale:
         probe_grad_curvature: ``ḡᵀHḡ`` of the probe gradient itself.
         num_hvps: Hessian-vector products spent on ``b_noise``.
     """
+
+    kind = "noise_scale"
 
     b_simple: float
     trace_sigma: float
@@ -181,6 +184,37 @@ class NoiseScale:
         }
         if self.b_noise is not None:
             out.update(b_noise=self.b_noise, trace_h_sigma=self.trace_h_sigma, grad_curvature=self.grad_curvature)
+        return out
+
+    def definitions(self) -> dict[str, str]:
+        """One sentence per scalar key, with the estimator, the samples and the finite-population correction."""
+        n = self.num_samples
+        if self.estimator == "two_batch":
+            how = (
+                f"by the two-batch estimator of McCandlish et al. (2018, App. A.1): gradients of disjoint batches of "
+                f"B_s = {self.small_batch} against the whole probe of n = {n} samples"
+            )
+        else:
+            how = f"from the exact per-sample gradients of the probe's n = {n} samples"
+        unknown = math.isinf(self.population_size)
+        population = "N = ∞ (the population size unknown)" if unknown else f"N = {self.population_size:.0f}"
+        fpc = "with the finite-population correction of sampling without replacement"
+        out = {
+            "b_simple": f"simple gradient noise scale tr(Σ)/‖G‖² (McCandlish et al. 2018), {how}; inf when ‖G‖² ≤ 0",
+            "trace_sigma": f"unbiased estimate of tr(Σ), the trace of the per-sample gradient covariance, {how}",
+            "grad_norm_sq": (
+                f"estimate of ‖G‖², the squared norm of the population's mean gradient, ‖ḡ‖² − (1/n − 1/N)·tr(Σ) "
+                f"{fpc}, {population}; may be ≤ 0 when noise dominates"
+            ),
+            "probe_grad_norm_sq": f"‖ḡ‖², the squared norm of the probe gradient itself (n = {n} samples)",
+        }
+        if self.b_noise is not None:
+            out["b_noise"] = (
+                f"curvature-aware noise scale tr(HΣ)/(GᵀHG) (McCandlish et al. 2018, eq. 2.7) on exact Hessian-vector "
+                f"products ({self.num_hvps}), {how}; inf when GᵀHG ≤ 0"
+            )
+            out["trace_h_sigma"] = f"estimate of tr(HΣ), the Hessian times the per-sample gradient covariance, {how}"
+            out["grad_curvature"] = f"estimate of GᵀHG, ḡᵀHḡ − (1/n − 1/N)·tr(HΣ) {fpc}, {population}"
         return out
 
     def with_curvature(self, sum_ghg: float, probe_ghg: float, small: int, num_hvps: int) -> NoiseScale:

@@ -34,8 +34,10 @@ from torch import nn
 
 from ignite_landscape.curvature import curvature_operator, prediction
 from ignite_landscape.linalg import hutchpp, lanczos
+from ignite_landscape.measures._definitions import ranked
 from ignite_landscape.params import ParamsArg
 from ignite_landscape.probe import Probe
+from ignite_landscape.results import Result
 from ignite_landscape.validation import check_int, check_positive
 
 __all__ = ["GGNDecomposition", "GGNOptions", "count_outliers", "ggn_decomposition"]
@@ -72,7 +74,7 @@ def count_outliers(eigenvalues: torch.Tensor, ratio: float = 2.0, zero_tol: floa
 
 
 @dataclass
-class GGNDecomposition:
+class GGNDecomposition(Result):
     """``H = G + R`` at the current weights, and the outliers of ``G``'s spectrum.
 
     Attributes:
@@ -90,6 +92,8 @@ class GGNDecomposition:
         at_edge: whether the deepest break sits at the last computed eigenvalue (raise ``k`` to be sure).
         num_hvps: curvature-vector products used.
     """
+
+    kind = "ggn"
 
     lambda_max_hessian: float
     lambda_max_ggn: float
@@ -121,6 +125,30 @@ class GGNDecomposition:
             "num_hvps": float(self.num_hvps),
             **{f"ggn_lambda_{i}": float(v) for i, v in enumerate(self.ggn_eigenvalues.tolist(), 1)},
         }
+
+    def definitions(self) -> dict[str, str]:
+        """One sentence per scalar key of ``H = G + R`` and the outlier count."""
+        k = int(self.ggn_eigenvalues.numel())
+        edge = "; the break is at the last computed eigenvalue, so raise k to be sure" if self.at_edge else ""
+        out = {
+            "lambda_max_hessian": "largest eigenvalue of the Hessian H of the probe loss (Lanczos)",
+            "lambda_max_ggn": "largest eigenvalue of the generalised Gauss-Newton matrix G = JᵀH_out J (Lanczos)",
+            "lambda_max_residual": "largest eigenvalue of the residual R = H − G, the network's own second derivatives",
+            "lambda_min_residual": "smallest eigenvalue of the residual R = H − G (R is indefinite in general)",
+            "trace_hessian": "tr(H), Hutch++ estimate",
+            "trace_ggn": "tr(G), Hutch++ estimate",
+            "trace_residual": "tr(R) = tr(H) − tr(G)",
+            "trace_stderr": "standard error of the trace estimates (the larger of those of tr(H) and tr(G))",
+            "num_outliers": (
+                f"outliers of G's spectrum (Papyan 2019): the deepest break λ_j ≥ ratio·λ_(j+1) among its top k = {k} "
+                f"eigenvalues (count_outliers){edge}"
+            ),
+            "num_classes": "classes C of the outputs (their width), 0 when the outputs are not class scores",
+            "num_hvps": "curvature-vector products used (of H, G and R)",
+        }
+        for i in range(1, k + 1):
+            out[f"ggn_lambda_{i}"] = f"the {ranked(i)} eigenvalue of G (Lanczos)"
+        return out
 
 
 @dataclass(frozen=True)

@@ -29,15 +29,17 @@ from torch import nn
 
 from ignite_landscape.curvature import check_curvature, curvature_operator
 from ignite_landscape.linalg import lanczos
+from ignite_landscape.measures._definitions import curvature_name, products
 from ignite_landscape.params import ParamsArg
 from ignite_landscape.probe import Probe
+from ignite_landscape.results import Result
 from ignite_landscape.validation import check_int, check_positive
 
 __all__ = ["GradientOverlapResult", "OverlapOptions", "gradient_overlap"]
 
 
 @dataclass
-class GradientOverlapResult:
+class GradientOverlapResult(Result):
     """The gradient's overlap with the top-k eigenspace.
 
     Attributes:
@@ -49,6 +51,8 @@ class GradientOverlapResult:
         num_hvps: curvature-vector products spent here (0 when the eigenvectors were given).
         reused: whether the eigenvectors were given (e.g. by a spectrum handler) rather than computed.
     """
+
+    kind = "overlap"
 
     value: float
     overlaps: torch.Tensor
@@ -68,6 +72,22 @@ class GradientOverlapResult:
         out = {"value": self.value, "grad_norm": self.grad_norm, "num_hvps": float(self.num_hvps)}
         for i, v in enumerate(self.overlaps.tolist(), 1):
             out[f"overlap_{i}"] = v
+        return out
+
+    def definitions(self) -> dict[str, str]:
+        """One sentence per scalar key, with the matrix, ``k`` and where the eigenvectors came from."""
+        matrix = curvature_name(self.curvature)
+        source = "given by a spectrum handler" if self.reused else "computed here by Lanczos"
+        out = {
+            "value": (
+                f"‖P_k g‖²/‖g‖²: the share of the probe gradient's squared norm in the span of the top k = {self.k} "
+                f"eigenvectors of the {matrix} ({source}); NaN for a zero gradient"
+            ),
+            "grad_norm": "‖g‖, the norm of the probe gradient",
+            "num_hvps": f"{products(self.curvature)} spent here (0 when the eigenvectors were given)",
+        }
+        for i in range(1, self.k + 1):
+            out[f"overlap_{i}"] = f"(u_{i}ᵀg)²/‖g‖², u_{i} the eigenvector of λ_{i} (eigenvalues in descending order)"
         return out
 
 

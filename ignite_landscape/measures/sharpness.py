@@ -60,11 +60,13 @@ import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
 
 from ignite_landscape.linalg import generator
+from ignite_landscape.measures._definitions import band_definitions, num
 from ignite_landscape.measures.jackknife import (
     JACKKNIFE_CHUNKS,
     check_uncertainty,
@@ -77,6 +79,7 @@ from ignite_landscape.measures.jackknife import (
 )
 from ignite_landscape.params import ParamsArg, ParamSpace
 from ignite_landscape.probe import Probe, ProbeSession
+from ignite_landscape.results import Result
 from ignite_landscape.samples import num_rows
 from ignite_landscape.validation import check_choice, check_int, check_positive
 
@@ -183,7 +186,7 @@ class SharpnessOptions:
 
 
 @dataclass
-class SharpnessResult:
+class SharpnessResult(Result):
     """A sharpness value together with everything needed to read it unambiguously.
 
     Attributes:
@@ -209,7 +212,10 @@ class SharpnessResult:
         uncertainty: ``"jackknife"`` when ``stderr`` is the jackknife standard error of ``value`` over the probe's
             samples (the same seed on every subset), else ``None``.
         estimator_stderr: with ``uncertainty``, the standard error ``"average"`` reports over its random draws.
+        jackknife_chunks: the probe chunks of the jackknife (0 without ``uncertainty``).
     """
+
+    kind: ClassVar[str] = "sharpness"
 
     value: float
     base_loss: float
@@ -229,6 +235,7 @@ class SharpnessResult:
     num_chunks: int = 0
     uncertainty: str | None = None
     estimator_stderr: float | None = None
+    jackknife_chunks: int = 0
 
     def scalars(self) -> dict[str, float]:
         """Named scalars: ``value``, ``base_loss``, ``perturbed_loss``, ``rho``, ``steps``, the pass counts
@@ -262,6 +269,77 @@ class SharpnessResult:
         if self.uncertainty is None or self.stderr is None:
             return None
         return interval(self.value, self.stderr)
+
+    def definitions(self) -> dict[str, str]:
+        """One sentence per scalar key, with ρ, the method, the norm, the adaptive convention and ``m``."""
+        rho = num(self.rho)
+        norm = "ℓ2" if self.norm == "l2" else "ℓ∞"
+        ball = f"‖δ‖₂ ≤ ρ = {rho}" if self.norm == "l2" else f"‖δ‖∞ ≤ ρ = {rho}"
+        scaling = {
+            "asam": "ε = Tδ with T = |θ| + η for weights and 1 for biases (ASAM, Kwon et al. 2021)",
+            "andriushchenko2023": "ε = Tδ with T = diag(|θ|) (adaptive, Andriushchenko et al. 2023)",
+        }.get(self.adaptive or "", "ε = δ (no rescaling)")
+        if self.method == "sam":
+            value = f"max over {ball} of L(θ+ε) − L(θ), by one SAM step (Foret et al. 2021), {scaling}"
+        elif self.method == "ascent":
+            stop = {True: "converged", False: "stopped at the step cap", None: ""}[self.converged]
+            value = (
+                f"max over {ball} of L(θ+ε) − L(θ), by projected gradient ascent from the SAM point "
+                f"({self.steps} gradient steps{', ' + stop if stop else ''}), {scaling}"
+            )
+        else:
+            draw = "δ ~ N(0, ρ²I)" if self.norm == "l2" else "δ uniform in the box [−√3ρ, √3ρ]^P"
+            value = (
+                f"mean of L(θ+ε) − L(θ) over {self.num_samples} random perturbations {draw} with per-coordinate "
+                f"standard deviation ρ = {rho}, {scaling}"
+            )
+        chunked = self.m is not None
+        if chunked:
+            value += (
+                f"; m-sharpness: the mean over {self.num_chunks} disjoint chunks of m = {self.m} probe samples of "
+                "each chunk's own value"
+            )
+        over = f" (mean over the {self.num_chunks} chunks)" if chunked else ""
+        point = "mean over the random perturbations" if self.method == "average" else "at the reported point"
+        out = {
+            "value": value,
+            "base_loss": f"L(θ), the probe loss at the current weights{over}",
+            "perturbed_loss": f"L(θ+ε), the probe loss {point}{over}; value = perturbed_loss − base_loss",
+            "rho": (
+                f"per-coordinate standard deviation ρ of the random perturbations ({norm})"
+                if self.method == "average"
+                else f"radius ρ of the {norm} ball of perturbations"
+            ),
+            "steps": {
+                "sam": "gradient steps taken: 1 (one SAM step)",
+                "ascent": "projected gradient-ascent steps taken",
+                "average": "gradient steps taken: 0 (random perturbations only)",
+            }[self.method],
+            "num_grads": "gradient passes over the probe",
+            "num_forwards": "loss-only passes over the probe",
+        }
+        if chunked:
+            out["steps"] = "gradient steps taken, summed over the chunks"
+        if self.stderr is not None:
+            if chunked:
+                out["stderr"] = f"standard error of value over the {self.num_chunks} chunks of m-sharpness (std/√K)"
+            else:
+                out["stderr"] = f"standard error of the mean over the {self.num_samples} random perturbations"
+        if self.converged is not None:
+            out["converged"] = "1 if the ascent met its stopping rule before the step cap, else 0" + (
+                " (every chunk's)" if chunked else ""
+            )
+        if chunked:
+            out["m"] = "m of m-sharpness: the probe samples in each chunk"
+            out["num_chunks"] = "chunks ⌊n/m⌋ the probe was split into (the last n mod m samples left out)"
+        if self.estimator_stderr is not None:
+            out["estimator_stderr"] = (
+                f"standard error of the mean over the {self.num_samples} random perturbations (the estimator's own)"
+            )
+        if self.uncertainty is not None and self.stderr is not None:
+            out.update(band_definitions("value", "the sharpness", self.jackknife_chunks, stderr_key="stderr"))
+            out["stderr"] += " (the same seed on every subset)"
+        return out
 
 
 def _norm(v: torch.Tensor, norm: str) -> float:
@@ -372,7 +450,13 @@ def _jackknife(model: nn.Module, probe: Probe, opts: SharpnessOptions, seed: int
     loo = [_sharpness(model, p, single, seed, params) for p in leave_one_out_probes(probe, opts.jackknife_chunks)]
     stderr = float(jackknife_stderr(torch.tensor([r.value for r in loo], dtype=torch.float64)))
     warn_if_wide("sharpness", full.value, stderr)
-    return dataclasses.replace(full, stderr=stderr, uncertainty=opts.uncertainty, estimator_stderr=full.stderr)
+    return dataclasses.replace(
+        full,
+        stderr=stderr,
+        uncertainty=opts.uncertainty,
+        estimator_stderr=full.stderr,
+        jackknife_chunks=opts.jackknife_chunks,
+    )
 
 
 def _m_sharpness(

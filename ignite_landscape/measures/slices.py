@@ -33,8 +33,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ignite_landscape.measures._definitions import num
 from ignite_landscape.measures.directions import check_directions
 from ignite_landscape.probe import Probe
+from ignite_landscape.results import Curve, Result
 
 __all__ = ["LossSliceResult", "SliceOptions", "loss_slice", "grid_coordinates"]
 
@@ -42,7 +44,7 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class LossSliceResult:
+class LossSliceResult(Result):
     """Loss (and accuracy) on a line or a plane through the current weights.
 
     Attributes:
@@ -81,6 +83,38 @@ class LossSliceResult:
         }
         if self.center_accuracy is not None:
             out["center_accuracy"] = self.center_accuracy
+        return out
+
+    @property
+    def kind(self) -> str:  # type: ignore[override]
+        """``"slice1d"`` or ``"slice2d"``, by :attr:`dims`."""
+        return "slice1d" if self.dims == 1 else "slice2d"
+
+    def curves(self) -> dict[str, Curve]:
+        """``slice``: a line over the coordinates (1D, drawn over earlier firings) or a grid (2D)."""
+        extra = {} if self.accuracy is None else {"accuracy": self.accuracy}
+        if self.dims == 1:
+            curve = Curve("line", x=self.coords[0], y=self.loss, extra=extra, xlabel="α", ylabel="loss", overlay=True)
+        else:
+            curve = Curve("grid", x=self.coords[0], y=self.coords[1], z=self.loss, extra=extra, xlabel="α", ylabel="β")
+        return {"slice": curve}
+
+    def definitions(self) -> dict[str, str]:
+        """One sentence per scalar and curve key, with the grid the slice covered."""
+        spans = [f"[{num(float(c[0]))}, {num(float(c[-1]))}]" for c in self.coords]
+        if self.dims == 1:
+            where = f"the {self.loss.numel()} points θ + α·d of the 1D slice, α ∈ {spans[0]}"
+        else:
+            shape = "×".join(str(c.numel()) for c in self.coords)
+            where = f"the {shape} points θ + α·d₀ + β·d₁ of the 2D slice, α ∈ {spans[0]}, β ∈ {spans[1]}"
+        out = {
+            "center_loss": "probe loss at the current weights θ (the slice's centre, coordinate 0)",
+            "min_loss": f"smallest finite probe loss over {where}",
+            "max_loss": f"largest finite probe loss over {where}",
+            "slice": f"probe loss (and top-1 accuracy when the targets are class labels) over {where}",
+        }
+        if self.center_accuracy is not None:
+            out["center_accuracy"] = "top-1 accuracy on the probe at the current weights θ"
         return out
 
 

@@ -35,6 +35,7 @@ from ignite_landscape.measures._definitions import (
     jackknife_phrase,
     num,
     products,
+    ranked,
 )
 from ignite_landscape.measures.density import DensityOptions, HessianDensityResult, hessian_density
 from ignite_landscape.measures.jackknife import (
@@ -194,12 +195,12 @@ class HessianEigenvalues(Result):
         out: dict[str, str] = {}
         if self.which == "smallest":
             for i in range(1, len(values) + 1):
-                out[f"lambda_min_{i}"] = f"the {_ordinal(i)} smallest eigenvalue {how}"
+                out[f"lambda_min_{i}"] = f"the {ranked(i, 'smallest')} eigenvalue {how}"
             out["lambda_min"] = f"the smallest (most negative) eigenvalue {how}; equals lambda_min_1"
         else:
             out["lambda_max"] = f"the largest eigenvalue {how}; equals lambda_1"
             for i in range(1, k + 1):
-                out[f"lambda_{i}"] = f"the {_ordinal(i)} largest eigenvalue {how}"
+                out[f"lambda_{i}"] = f"the {ranked(i)} eigenvalue {how}"
             if self.which == "both":
                 out["lambda_min"] = f"the smallest eigenvalue {how}"
         out["num_hvps"] = f"{products(self.curvature)} used by the Lanczos solve"
@@ -212,11 +213,11 @@ class HessianEigenvalues(Result):
             if self.which == "smallest":
                 out["lambda_min_stderr"] = f"{jackknife_phrase(chunks)} of lambda_min"
                 for i in range(1, len(values) + 1):
-                    out.update(band_definitions(f"lambda_min_{i}", f"the {_ordinal(i)} smallest eigenvalue", chunks))
+                    out.update(band_definitions(f"lambda_min_{i}", f"the {ranked(i, 'smallest')} eigenvalue", chunks))
             else:
                 out["lambda_max_stderr"] = f"{jackknife_phrase(chunks)} of lambda_max"
                 for i in range(1, k + 1):
-                    out.update(band_definitions(f"lambda_{i}", f"the {_ordinal(i)} largest eigenvalue", chunks))
+                    out.update(band_definitions(f"lambda_{i}", f"the {ranked(i)} eigenvalue", chunks))
                 if self.which == "both":
                     out["lambda_min_stderr"] = f"{jackknife_phrase(chunks)} of lambda_min"
             out["uncertainty_hvps"] = (
@@ -225,12 +226,6 @@ class HessianEigenvalues(Result):
             )
         out["eigenvalues"] = f"histogram of the eigenvalues {how}"
         return out
-
-
-def _ordinal(i: int) -> str:
-    if i == 1:
-        return "first"
-    return f"{i}{'th' if 10 <= i % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(i % 10, 'th')}"
 
 
 WHICH = ("largest", "smallest", "both")

@@ -33,6 +33,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -41,6 +42,7 @@ from ignite_landscape.measures.directions import pca_directions
 from ignite_landscape.measures.slices import LossSliceResult, SliceOptions, _loss_slice
 from ignite_landscape.params import ParamsArg, ParamSpace, unwrap_model
 from ignite_landscape.probe import Probe
+from ignite_landscape.results import Curve, Result
 from ignite_landscape.validation import check_positive
 
 __all__ = ["TrajectoryPlaneResult", "TrajectoryOptions", "trajectory_plane"]
@@ -69,7 +71,7 @@ class TrajectoryOptions:
 
 
 @dataclass
-class TrajectoryPlaneResult:
+class TrajectoryPlaneResult(Result):
     """The projected path, the explained variance of the two directions and the loss in their plane.
 
     Attributes:
@@ -79,6 +81,8 @@ class TrajectoryPlaneResult:
             :attr:`coords` (weight-space distance along each unit direction).
         iterations: the trainer iteration of each recorded point (``None`` when not known).
     """
+
+    kind: ClassVar[str] = "trajectory"
 
     coords: torch.Tensor
     explained_variance: torch.Tensor
@@ -101,6 +105,39 @@ class TrajectoryPlaneResult:
         finite = self.slice.loss[torch.isfinite(self.slice.loss)]
         out["min_loss"] = float(finite.min()) if finite.numel() else math.nan
         return out
+
+    def curves(self) -> dict[str, Curve]:
+        """``plane``: the loss over the plane with the projected path over it."""
+        path = self.coords.detach().cpu().double().reshape(-1, 2)
+        extra: dict[str, object] = {
+            "path_x": path[:, 0],
+            "path_y": path[:, 1],
+            "explained_variance": self.explained_variance,
+        }
+        if self.iterations is not None:
+            extra["iterations"] = [float(i) for i in self.iterations]
+        plane = self.slice
+        return {
+            "plane": Curve(
+                "path", x=plane.coords[0], y=plane.coords[1], z=plane.loss, extra=extra, xlabel="PC 1", ylabel="PC 2"
+            )
+        }
+
+    def definitions(self) -> dict[str, str]:
+        """One sentence per scalar and curve key, with the number of recorded points and the grid."""
+        pca = f"of the {self.num_points} recorded weights around θ (PCA of the path)"
+        grid = "×".join(str(c.numel()) for c in self.slice.coords)
+        return {
+            "explained_variance_1": f"share of the path's variance along the first principal direction d₁ {pca}",
+            "explained_variance_2": f"share of the path's variance along the second principal direction d₂ {pca}",
+            "num_points": "recorded weights the plane was fitted to",
+            "center_loss": "probe loss at the current weights θ (the plane's centre)",
+            "min_loss": f"smallest finite probe loss over the {grid} grid of the plane θ + a·d₁ + b·d₂",
+            "plane": (
+                f"probe loss over the {grid} grid of the plane θ + a·d₁ + b·d₂ (unit directions d₁, d₂ {pca}), "
+                "with the path's projection ((w_i − θ)·d₁, (w_i − θ)·d₂) over it"
+            ),
+        }
 
 
 def _weights(item: Mapping[str, torch.Tensor] | nn.Module, names: Sequence[str], what: str) -> dict[str, torch.Tensor]:
