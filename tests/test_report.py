@@ -444,3 +444,27 @@ def test_runs_written_before_records_are_read_by_default_names(tmp_path: Path) -
     run.texts["landscape/sharpness/record"] = [(1, '{"kind": "batch_sharpness", "definitions": {}}')]
     fresh = report.RunData(run.name, run.path, scalars=run.scalars, texts=run.texts)
     assert fresh.handlers("slice2d") == ["mine", "slice2d"] and fresh.handlers("sharpness") == []
+
+
+@pytest.mark.parametrize(
+    ("definition", "label"),
+    [
+        ("2/η with η = 0.1, the step size of the optimizer's group 0", "2/η with η = 0.1"),
+        ("(2+2β)/η with η = 0.05, β = 0.9: the step size and momentum of the optimizer's group 0",
+         "(2+2β)/η with η = 0.05, β = 0.9"),
+        ("(2+2β₁)/((1−β₁)η) with η = 0.001, β₁ = 0.9 (Adam, optimizer's group 0)",
+         "(2+2β₁)/((1−β₁)η) with η = 0.001, β₁ = 0.9"),
+        ("", "stability threshold"),
+    ],
+)  # fmt: skip
+def test_threshold_legend_label_is_the_formula_of_the_handlers_definition(definition: str, label: str) -> None:
+    from ignite_landscape.report.metrics import threshold_label
+
+    record = json.dumps({"kind": "spectrum", "definitions": {"stability_threshold": definition} if definition else {}})
+    run = report.RunData(
+        "r",
+        Path("r"),
+        scalars={"landscape/curv/stability_threshold": report.Series(np.array([1]), np.array([20.0]))},
+        texts={"landscape/curv/record": [(1, record)]},
+    )
+    assert threshold_label(run, "curv") == label

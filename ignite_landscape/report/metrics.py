@@ -128,8 +128,8 @@ def threshold_label(run: RunData, name: str) -> str:
     tag = threshold_tag(run, name)
     text = run.definitions(name).get(tag.rsplit("/", 1)[-1], "") if tag else ""
     text = text or run.legacy_definition("stability threshold") or "stability threshold"
-    # The legend takes the formula; the footer repeats the whole sentence.
-    short = re.split(r"[,;(]\s", text, maxsplit=1)[0].strip()
+    # The legend takes the formula and its numbers ("(2+2β)/η with η = 0.05, β = 0.9"); the footer has the sentence.
+    short = re.split(r":\s|,\sthe\s|\s\((?=[A-Z])", text, maxsplit=1)[0].strip()
     return short if len(short) <= 48 else short[:47] + "…"
 
 
