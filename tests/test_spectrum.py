@@ -122,3 +122,15 @@ def test_params_restricts_to_one_layer():
     res = hessian_eigenvalues(model, probe, k=2, tol=1e-10, params="2")
     torch.testing.assert_close(res.eigenvalues, torch.linalg.eigvalsh(H).flip(0)[:2], rtol=1e-6, atol=1e-10)
     assert res.space.names == tuple(names)
+
+
+def test_spectrum_module_reexports_the_split_modules():
+    # measures/spectrum.py was split into trace.py, density.py and layerwise.py: old imports keep working.
+    from ignite_landscape.measures import density, layerwise, spectrum, trace
+
+    for module in (trace, density, layerwise):
+        for name in set(module.__all__) & set(spectrum.__all__):
+            assert getattr(spectrum, name) is getattr(module, name), name
+    moved = {"HessianTraceResult", "TraceOptions", "hessian_trace", "HessianDensityResult", "DensityOptions"}
+    moved |= {"hessian_density", "LayerCurvature", "layerwise_curvature"}
+    assert moved <= set(spectrum.__all__)
