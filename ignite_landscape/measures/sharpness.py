@@ -272,70 +272,53 @@ class SharpnessResult(Result):
 
     def definitions(self) -> dict[str, str]:
         """One sentence per scalar key, with ρ, the method, the norm, the adaptive convention and ``m``."""
-        rho = num(self.rho)
-        norm = "ℓ2" if self.norm == "l2" else "ℓ∞"
-        ball = f"‖δ‖₂ ≤ ρ = {rho}" if self.norm == "l2" else f"‖δ‖∞ ≤ ρ = {rho}"
+        rho, norm, chunks = num(self.rho), ("ℓ2" if self.norm == "l2" else "ℓ∞"), self.num_chunks
+        ball = f"‖δ‖{'₂' if self.norm == 'l2' else '∞'} ≤ ρ = {rho}"
         scaling = {
             "asam": "ε = Tδ with T = |θ| + η for weights and 1 for biases (ASAM, Kwon et al. 2021)",
             "andriushchenko2023": "ε = Tδ with T = diag(|θ|) (adaptive, Andriushchenko et al. 2023)",
         }.get(self.adaptive or "", "ε = δ (no rescaling)")
-        if self.method == "sam":
-            value = f"max over {ball} of L(θ+ε) − L(θ), by one SAM step (Foret et al. 2021), {scaling}"
-        elif self.method == "ascent":
-            stop = {True: "converged", False: "stopped at the step cap", None: ""}[self.converged]
-            value = (
-                f"max over {ball} of L(θ+ε) − L(θ), by projected gradient ascent from the SAM point "
-                f"({self.steps} gradient steps{', ' + stop if stop else ''}), {scaling}"
-            )
-        else:
-            draw = "δ ~ N(0, ρ²I)" if self.norm == "l2" else "δ uniform in the box [−√3ρ, √3ρ]^P"
-            value = (
-                f"mean of L(θ+ε) − L(θ) over {self.num_samples} random perturbations {draw} with per-coordinate "
-                f"standard deviation ρ = {rho}, {scaling}"
-            )
-        chunked = self.m is not None
-        if chunked:
-            value += (
-                f"; m-sharpness: the mean over {self.num_chunks} disjoint chunks of m = {self.m} probe samples of "
-                "each chunk's own value"
-            )
-        over = f" (mean over the {self.num_chunks} chunks)" if chunked else ""
+        stop = {True: ", converged", False: ", stopped at the step cap", None: ""}[self.converged]
+        draw = "δ ~ N(0, ρ²I)" if self.norm == "l2" else "δ uniform in the box [−√3ρ, √3ρ]^P"
+        value = {
+            "sam": f"max over {ball} of L(θ+ε) − L(θ), by one SAM step (Foret et al. 2021), {scaling}",
+            "ascent": f"max over {ball} of L(θ+ε) − L(θ), by projected gradient ascent from the SAM point "
+            f"({self.steps} gradient steps{stop}), {scaling}",
+            "average": f"mean of L(θ+ε) − L(θ) over {self.num_samples} random perturbations {draw} with "
+            f"per-coordinate standard deviation ρ = {rho}, {scaling}",
+        }[self.method]
+        if self.m is not None:
+            value += f"; m-sharpness: the mean over {chunks} disjoint chunks of m = {self.m} probe samples of each"
+            value += " chunk's own value"
+        over = f" (mean over the {chunks} chunks)" if self.m is not None else ""
         point = "mean over the random perturbations" if self.method == "average" else "at the reported point"
+        draws = f"standard error of the mean over the {self.num_samples} random perturbations"
         out = {
             "value": value,
             "base_loss": f"L(θ), the probe loss at the current weights{over}",
             "perturbed_loss": f"L(θ+ε), the probe loss {point}{over}; value = perturbed_loss − base_loss",
-            "rho": (
-                f"per-coordinate standard deviation ρ of the random perturbations ({norm})"
-                if self.method == "average"
-                else f"radius ρ of the {norm} ball of perturbations"
-            ),
+            "rho": f"per-coordinate standard deviation ρ of the random perturbations ({norm})"
+            if self.method == "average"
+            else f"radius ρ of the {norm} ball of perturbations",
             "steps": {
                 "sam": "gradient steps taken: 1 (one SAM step)",
                 "ascent": "projected gradient-ascent steps taken",
-                "average": "gradient steps taken: 0 (random perturbations only)",
-            }[self.method],
+            }.get(self.method, "gradient steps taken: 0 (random perturbations only)"),
             "num_grads": "gradient passes over the probe",
             "num_forwards": "loss-only passes over the probe",
         }
-        if chunked:
-            out["steps"] = "gradient steps taken, summed over the chunks"
         if self.stderr is not None:
-            if chunked:
-                out["stderr"] = f"standard error of value over the {self.num_chunks} chunks of m-sharpness (std/√K)"
-            else:
-                out["stderr"] = f"standard error of the mean over the {self.num_samples} random perturbations"
-        if self.converged is not None:
-            out["converged"] = "1 if the ascent met its stopping rule before the step cap, else 0" + (
-                " (every chunk's)" if chunked else ""
+            out["stderr"] = (
+                f"standard error of value over the {chunks} chunks (std/√K)" if self.m is not None else draws
             )
-        if chunked:
+        if self.converged is not None:
+            out["converged"] = "1 if the ascent met its stopping rule before the step cap (every chunk's), else 0"
+        if self.m is not None:
+            out["steps"] = "gradient steps taken, summed over the chunks"
             out["m"] = "m of m-sharpness: the probe samples in each chunk"
             out["num_chunks"] = "chunks ⌊n/m⌋ the probe was split into (the last n mod m samples left out)"
         if self.estimator_stderr is not None:
-            out["estimator_stderr"] = (
-                f"standard error of the mean over the {self.num_samples} random perturbations (the estimator's own)"
-            )
+            out["estimator_stderr"] = f"{draws} (the estimator's own)"
         if self.uncertainty is not None and self.stderr is not None:
             out.update(band_definitions("value", "the sharpness", self.jackknife_chunks, stderr_key="stderr"))
             out["stderr"] += " (the same seed on every subset)"
