@@ -16,23 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ignite_landscape.report.curvature import figure_curvature
+from ignite_landscape.report import curvature, figures, geometry
 from ignite_landscape.report.events import ReportError, RunData, find_runs, load_run
-from ignite_landscape.report.figures import (
-    figure_correlation,
-    figure_metric_comparison,
-    figure_overview,
-    figure_spectrum,
-    figure_summary_table,
-    figure_training_curves,
-)
-from ignite_landscape.report.geometry import (
-    figure_connectivity,
-    figure_contour,
-    figure_slice1d,
-    figure_surface,
-    figure_trajectory,
-)
 from ignite_landscape.report.markdown import summary_markdown
 from ignite_landscape.report.metrics import correlations, summary_rows
 from ignite_landscape.report.statistics import Correlation
@@ -119,28 +104,28 @@ def write_report(
     corrs = correlations(runs, accuracy_tag=accuracy_tag, num_resamples=num_resamples, seed=seed)
     rows = summary_rows(runs, accuracy_tag)
     builders: dict[str, Callable[[], Path | None]] = {
-        "training_curves": lambda: figure_training_curves(runs, out / "training_curves.png"),
-        "spectrum": lambda: figure_spectrum(runs, out / "spectrum.png"),
-        "metric_comparison": lambda: figure_metric_comparison(runs, out / "metric_comparison.png"),
-        "connectivity": lambda: figure_connectivity(runs, out / "connectivity.png"),
-        "curvature": lambda: figure_curvature(runs, out / "curvature.png"),
-        "slice1d": lambda: figure_slice1d(runs, out / "slice1d.png"),
-        "contour": lambda: figure_contour(runs, out / "contour.png"),
-        "surface": lambda: figure_surface(runs, out / "surface.png"),
-        "trajectory": lambda: figure_trajectory(runs, out / "trajectory.png"),
-        "correlation": lambda: figure_correlation(runs, corrs, out / "correlation.png", accuracy_tag),
-        "summary_table": lambda: figure_summary_table(rows, out / "summary_table.png"),
-        "overview": lambda: figure_overview(runs[0], out / "overview.png", accuracy_tag),
+        "training_curves": lambda: figures.figure_training_curves(runs, out / "training_curves.png"),
+        "spectrum": lambda: figures.figure_spectrum(runs, out / "spectrum.png"),
+        "metric_comparison": lambda: figures.figure_metric_comparison(runs, out / "metric_comparison.png"),
+        "connectivity": lambda: geometry.figure_connectivity(runs, out / "connectivity.png"),
+        "curvature": lambda: curvature.figure_curvature(runs, out / "curvature.png"),
+        "slice1d": lambda: geometry.figure_slice1d(runs, out / "slice1d.png"),
+        "contour": lambda: geometry.figure_contour(runs, out / "contour.png"),
+        "surface": lambda: geometry.figure_surface(runs, out / "surface.png"),
+        "trajectory": lambda: geometry.figure_trajectory(runs, out / "trajectory.png"),
+        "correlation": lambda: figures.figure_correlation(runs, corrs, out / "correlation.png", accuracy_tag),
+        "summary_table": lambda: figures.figure_summary_table(rows, out / "summary_table.png"),
+        "overview": lambda: figures.figure_overview(runs[0], out / "overview.png", accuracy_tag),
     }
-    figures: dict[str, Path] = {}
+    written: dict[str, Path] = {}
     skipped: dict[str, str] = {}
     for name, build in builders.items():
         path = build()
         if path is None:
             skipped[name] = SKIP_REASONS.get(name, "nothing to plot")
         else:
-            figures[name] = path
+            written[name] = path
     summary = out / "summary.md"
-    text = summary_markdown(runs, rows, corrs, figures, skipped, num_resamples, seed)
+    text = summary_markdown(runs, rows, corrs, written, skipped, num_resamples, seed)
     summary.write_text(text, encoding="utf-8")
-    return Report(runs, figures, skipped, summary, corrs, rows)
+    return Report(runs, written, skipped, summary, corrs, rows)

@@ -4,10 +4,11 @@ Handlers are found by kind (``"overlap"``, ``"batch_sharpness"``, ``"directional
 one line per handler of each run.
 
 Example:
-    >>> import tempfile
-    >>> from pathlib import Path
-    >>> from ignite_landscape.report.events import RunData
-    >>> figure_curvature([RunData("empty", Path("."))], Path(tempfile.mkdtemp()) / "c.png") is None
+    >>> import tempfile, numpy as np
+    >>> from ignite_landscape.report.events import RunData, Series
+    >>> overlap = {"landscape/overlap/value": Series(np.array([1, 2]), np.array([0.9, 0.7]))}
+    >>> out = Path(tempfile.mkdtemp())
+    >>> figure_curvature([RunData("r", out, scalars=overlap)], out / "curvature.png").exists()
     True
 """
 
