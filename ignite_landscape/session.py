@@ -112,11 +112,7 @@ class ProbeSession:
     """Exact computations of one model on one probe, at the weights the model has at construction.
 
     Flat vectors (gradients, HVP inputs and outputs, points) use the order of :attr:`space`.
-    Counters ``num_hvps``, ``num_grads`` and ``num_forwards`` count full passes over the probe.
-    ``batch_offset`` is the global index of this rank's first probe batch (0 in one process): in
-    ``model_mode="train"`` batch ``i`` of :meth:`Probe.batches` draws its dropout masks from the seed
-    ``probe.seed + batch_offset + i``, as in a single process. Under a process group, construction is
-    collective (every rank builds its session at the same point).
+    Under a process group, construction is collective (every rank builds its session at the same point).
 
     Used as a context manager, the model is set up once for the whole block (probe mode, exact
     execution) and restored on exit; without one, around each call. The gradient graph the HVPs keep
@@ -126,6 +122,19 @@ class ProbeSession:
         probe: the samples and objective.
         model: the model (DDP/DataParallel wrappers are looked through).
         params: which parameters span the space (see :meth:`ParamSpace.from_model`).
+
+    Attributes:
+        probe: the probe; ``model`` the unwrapped model.
+        space: the selected parameters (:class:`~ignite_landscape.params.ParamSpace`).
+        base: the selected parameters' values at construction (detached views, not copies: read-only).
+        dtype: their dtype; ``device`` where they live.
+        fixed: the other parameters by name; ``buffers`` the buffers the forward uses instead of the
+            model's (throwaway copies in ``model_mode="train"``, else none).
+        batch_offset: the global index of this rank's first probe batch (0 in one process): in
+            ``model_mode="train"`` batch ``i`` of :meth:`Probe.batches` draws its dropout masks from the seed
+            ``probe.seed + batch_offset + i``, as in a single process.
+        num_hvps: curvature-vector products so far; ``num_grads`` and ``num_forwards`` the gradient and
+            loss-only passes over the probe (advanced by the session's methods only).
 
     Raises:
         ValueError: if the model is not on the probe's device, for SyncBatchNorm in ``model_mode="train"``
@@ -172,7 +181,8 @@ class ProbeSession:
         self._depth = 0  # nesting of restoring scopes: only the outermost sets up and restores the model
         self._stack: ExitStack | None = None
         self._hvp = HessianProduct(self)
-        self._hessian = self.operator(self._hvp, "hessian")
+        # Through hvp(): every Hessian product of the session takes that one path.
+        self._hessian = CurvatureOperator(lambda v: self.hvp(v), self.space.numel, self.dtype, self.device, "hessian")
         if not probe.objective_checked:
             self._check_row_mean()
 
@@ -496,8 +506,14 @@ class ProbeSession:
         return self._hessian
 
     def hvp(self, v: torch.Tensor) -> torch.Tensor:
-        """Exact Hessian-vector product ``H v`` at the current weights (double backward)."""
-        return self._hessian.matvec(v)
+        """Exact Hessian-vector product ``H v`` at the current weights (double backward), counted in ``num_hvps``.
+
+        Raises:
+            ValueError: if ``v`` is not a flat vector of ``space.numel`` entries.
+        """
+        if v.shape != (self.space.numel,):
+            raise ValueError(f"v must be a flat vector of {self.space.numel} entries, got shape {tuple(v.shape)}")
+        return self._counted(self._hvp, v.to(dtype=self.dtype))
 
     @property
     def cached_batches(self) -> int:
