@@ -130,6 +130,24 @@ class LossSlice(MeasureHandler):
     def expected_keys(self) -> list[str]:
         return ["center_loss", "min_loss", "max_loss"]
 
+    def definitions(self) -> dict[str, str]:
+        """The base definitions and ``directions``: how the slice's directions were drawn and normalised."""
+        if self.direction_kind == "given":
+            drawn = "the directions given, used as they are"
+        else:
+            source = (
+                "the top Hessian eigenvectors at the first firing"
+                if self.direction_kind == "eigenvector"
+                else f"one Gaussian draw per direction (seed {self.seed}) at the first firing"
+            )
+            random_bias = self.direction_kind == "random" and self.ignore_bias_bn
+            zeroed = ", biases and BatchNorm entries zeroed" if random_bias else ""
+            if self.normalization == "none":
+                drawn = f"{source}, not normalized (coordinates are distances in weight space){zeroed}"
+            else:
+                drawn = f"{source}, {self.normalization}-normalized against the current weights at every firing{zeroed}"
+        return {**super().definitions(), "directions": drawn}
+
     def _draw(self) -> list[dict[str, torch.Tensor]]:
         """The raw directions: unit eigenvectors, or the Gaussian draws of ``seed`` in the model's dtype."""
         if self.direction_kind == "eigenvector":

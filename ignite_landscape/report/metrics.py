@@ -401,8 +401,9 @@ def sharpness_note(run: RunData) -> str:
 
 
 def slice_note(run: RunData, kind: str = "slice2d") -> str:
-    """How the run's slice directions were drawn and normalised (from the slice handler's definitions)."""
-    text = run.definition(kind, "slice") or run.legacy_definition("slice directions")
+    """How the run's slice directions were drawn and normalised, and the grid (from the slice handler's record)."""
+    parts = [run.definition(kind, "directions"), run.definition(kind, "slice")]
+    text = "; ".join(p for p in parts if p) or run.legacy_definition("slice directions")
     return f"slice: {text}" if text else "slice directions: normalization not logged"
 
 
