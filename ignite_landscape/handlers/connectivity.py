@@ -143,6 +143,15 @@ class ModeConnectivity(MeasureHandler):
     def expected_keys(self) -> list[str]:
         return ["loss_barrier"]
 
+    def definitions(self) -> dict[str, str]:
+        """The base definitions and ``reference``: which weights a (α = 0) of the path are."""
+        a = {
+            "init": "a = the weights when the handler was attached, b = the weights at the firing",
+            "previous": "a = the weights at the previous firing, b = the weights at this one",
+            "given": "a = the reference weights given to the handler, b = the weights at the firing",
+        }[self.reference_kind]
+        return {**super().definitions(), "reference": a}
+
     def _on_attach(self, engine: Engine) -> None:
         if self.reference is None:
             self.reference = _snapshot(self.model)

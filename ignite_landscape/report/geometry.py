@@ -137,7 +137,7 @@ def figure_connectivity(runs: Sequence[RunData], path: Path) -> Path | None:
         fig,
         [
             probe_note(run0),
-            "curve: probe loss at (1−α)·a + α·b, b = weights at the firing; " + connectivity_note(run0),
+            "curve: probe loss at (1−α)·a + α·b; " + connectivity_note(run0),
             "barrier = max over α of L(α) − [(1−α)·L(0) + α·L(1)] (0 for a curve below its chord)",
         ],
     )

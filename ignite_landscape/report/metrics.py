@@ -408,9 +408,9 @@ def slice_note(run: RunData, kind: str = "slice2d") -> str:
 
 
 def connectivity_note(run: RunData) -> str:
-    """What the connectivity path runs between (from the connectivity handler's definitions)."""
-    text = run.definition("connectivity", "interpolation") or run.definition("connectivity", "loss_barrier")
-    if text:
-        return text
+    """Which weights the connectivity path runs between (from the connectivity handler's record)."""
+    ref = run.definition("connectivity", "reference")
+    if ref:
+        return ref
     ref = run.legacy_definition("connectivity reference")
     return f"a = {ref}" if ref else "a = the handler's reference weights (not logged)"
