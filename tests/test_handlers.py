@@ -648,3 +648,49 @@ def test_eigenvector_slice_follows_the_top_eigenvector():
     # Second difference along the top eigenvector = λ_max (up to O(t²) from third derivatives).
     curvature = float((loss[4] - 2 * loss[2] + loss[0]) / (t[4] - t[2]) ** 2)
     assert curvature == pytest.approx(lam, rel=1e-3)
+
+
+def test_every_scalar_a_handler_logs_has_a_definition():
+    # The report and TensorBoard print these sentences next to the numbers: no scalar without one, and every
+    # handler says what it measured on (the probe).
+    torch.manual_seed(0)
+    model = mlp()
+    x, y = classification_data(40, (5,))
+    probe = il.Probe((x, y), F.cross_entropy)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+
+    def step(engine, batch):
+        optimizer.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+
+    trainer = Engine(step)
+    spectrum = il.HessianSpectrum(model, probe, k=2, optimizer=optimizer, track_eigenspace=True)
+    handlers = [
+        spectrum,
+        il.HessianTrace(model, probe),
+        il.HessianDensity(model, probe, num_steps=5),
+        il.Sharpness(model, probe),
+        il.LossSlice(model, probe, dims=1, steps=5),
+        il.ModeConnectivity(model, probe, steps=3),
+        il.GradientNoiseScale(model, probe),
+        il.DirectionalCurvature(model, probe, optimizer=optimizer),
+        il.BatchSharpness(model, probe, 8, optimizer=optimizer),
+        il.GradientOverlap(model, probe, k=2, spectrum=spectrum),
+        il.LayerwiseCurvature(model, probe),
+        il.GGNOutliers(model, probe, k=3),
+        il.GradientStatistics(model, probe),
+        il.TrajectoryPlane(model, probe, steps=5),
+    ]
+    for h in handlers:
+        h.attach(trainer, Events.ITERATION_COMPLETED)
+    trainer.run([0] * 2, max_epochs=1)
+    for h in handlers:
+        firing = h.last
+        assert not firing.failed, (h.name, firing.error)
+        missing = [k for k in firing.scalars if k not in firing.definitions]
+        assert not missing, (h.name, missing)
+        assert firing.definitions["probe"].startswith("40 fixed samples, model in eval mode, objective ")
+    threshold = spectrum.last.definitions["stability_threshold"]
+    assert "η = 0.1" in threshold and "β = 0.9" in threshold
+    assert spectrum.last.scalars["stability_threshold"] == pytest.approx((2 + 2 * 0.9) / 0.1, rel=1e-12)

@@ -104,6 +104,15 @@ class GradientNoiseScale(MeasureHandler):
         out.update(b_simple_smoothed=b, trace_sigma_smoothed=tr, grad_norm_sq_smoothed=g)
         return out
 
+    def definitions(self) -> dict[str, str]:
+        """The base definitions and the moving averages' (with their weight)."""
+        out = super().definitions()
+        ema = f"bias-corrected exponential moving average over firings with weight {self.smoothing:g} on the past"
+        out["trace_sigma_smoothed"] = f"tr(Σ), {ema}"
+        out["grad_norm_sq_smoothed"] = f"‖G‖², {ema}"
+        out["b_simple_smoothed"] = "trace_sigma_smoothed/grad_norm_sq_smoothed: a ratio of the averages, not an average"
+        return out
+
     def _extra_state(self) -> dict[str, Any]:
         return {"ema": list(self._ema)}
 
