@@ -9,12 +9,13 @@ Example:
     >>> import torch
     >>> from ignite.engine import Engine
     >>> from ignite_landscape import Probe
-    >>> model = torch.nn.Linear(4, 3)
-    >>> probe = Probe((torch.randn(16, 4), torch.randint(0, 3, (16,))), torch.nn.functional.cross_entropy)
-    >>> trainer = Engine(lambda engine, batch: None)
-    >>> _ = ModeConnectivity(model, probe, steps=5).attach(trainer)
-    >>> _ = trainer.run([0], max_epochs=1)
-    >>> trainer.state.metrics["landscape/connectivity/loss_barrier"]  # the weights did not move
+    >>> net = torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.Tanh(), torch.nn.Linear(5, 2))
+    >>> x, y = torch.randn(24, 3), torch.randint(0, 2, (24,))
+    >>> idle = Engine(lambda engine, batch: None)  # a trainer that never steps
+    >>> _ = ModeConnectivity(net, Probe((x, y), torch.nn.CrossEntropyLoss()), steps=5).attach(idle)
+    >>> _ = idle.run([0], max_epochs=1)
+    >>> metrics = idle.state.metrics
+    >>> metrics["landscape/connectivity/loss_barrier"]  # the weights did not move
     0.0
 """
 

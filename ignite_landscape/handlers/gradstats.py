@@ -3,13 +3,13 @@
 Example:
     >>> import torch
     >>> from ignite.engine import Engine
-    >>> from ignite_landscape import Probe
-    >>> model = torch.nn.Linear(4, 3)
-    >>> probe = Probe((torch.randn(16, 4), torch.randint(0, 3, (16,))), torch.nn.functional.cross_entropy)
-    >>> trainer = Engine(lambda engine, batch: None)
-    >>> _ = GradientStatistics(model, probe).attach(trainer)
-    >>> _ = trainer.run([0], max_epochs=1)
-    >>> trainer.state.metrics["landscape/gradstats/distance_from_init"]  # the weights never moved
+    >>> import ignite_landscape as il
+    >>> regressor = torch.nn.Linear(6, 1)
+    >>> samples = (torch.randn(20, 6), torch.randn(20, 1))
+    >>> engine = Engine(lambda engine, batch: None)
+    >>> _ = GradientStatistics(regressor, il.Probe(samples, torch.nn.MSELoss())).attach(engine)
+    >>> _ = engine.run([0], max_epochs=1)
+    >>> engine.state.metrics["landscape/gradstats/distance_from_init"]  # the weights never moved
     0.0
 """
 

@@ -10,13 +10,13 @@ Example:
     >>> import torch
     >>> from ignite.engine import Engine
     >>> from ignite_landscape import Probe
-    >>> model = torch.nn.Linear(4, 3)
-    >>> probe = Probe((torch.randn(16, 4), torch.randint(0, 3, (16,))), torch.nn.functional.cross_entropy)
-    >>> trainer = Engine(lambda engine, batch: None)
-    >>> _ = GradientNoiseScale(model, probe).attach(trainer)
-    >>> _ = trainer.run([0], max_epochs=1)
-    >>> raw = trainer.state.metrics["landscape/noise_scale/b_simple"]
-    >>> raw > 0, trainer.state.metrics["landscape/noise_scale/b_simple_smoothed"] == raw  # one firing: the same
+    >>> data = (torch.randn(48, 2), torch.randint(0, 2, (48,)))
+    >>> logistic = torch.nn.Linear(2, 2)
+    >>> engine = Engine(lambda engine, batch: None)
+    >>> _ = GradientNoiseScale(logistic, Probe(data, torch.nn.CrossEntropyLoss()), smoothing=0.9).attach(engine)
+    >>> _ = engine.run([0], max_epochs=1)
+    >>> raw = engine.state.metrics["landscape/noise_scale/b_simple"]
+    >>> raw > 0, engine.state.metrics["landscape/noise_scale/b_simple_smoothed"] == raw  # one firing: the same
     (True, True)
 """
 

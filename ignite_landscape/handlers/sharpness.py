@@ -1,16 +1,19 @@
 """Handler for the sharpness ``L(θ + ε) − L(θ)`` of the probe loss in a ρ-ball.
 
 Example:
+    Two variants side by side, told apart by their names:
+
     >>> import torch
-    >>> from ignite.engine import Engine
-    >>> from ignite_landscape import Probe
-    >>> model = torch.nn.Linear(4, 3)
-    >>> probe = Probe((torch.randn(16, 4), torch.randint(0, 3, (16,))), torch.nn.functional.cross_entropy)
-    >>> trainer = Engine(lambda engine, batch: None)
-    >>> _ = Sharpness(model, probe, rho=0.05).attach(trainer)
-    >>> _ = trainer.run([0], max_epochs=1)
-    >>> trainer.state.metrics["landscape/sharpness/value"] >= 0
-    True
+    >>> from ignite.engine import Engine, Events
+    >>> import ignite_landscape as il
+    >>> classifier = torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.ReLU(), torch.nn.Linear(8, 4))
+    >>> probe = il.Probe((torch.randn(32, 5), torch.randint(0, 4, (32,))), torch.nn.CrossEntropyLoss())
+    >>> loop = Engine(lambda engine, batch: None)
+    >>> for handler in (Sharpness(classifier, probe), Sharpness(classifier, probe, 0.05, "ascent", name="worst")):
+    ...     _ = handler.attach(loop, Events.COMPLETED)
+    >>> _ = loop.run([0], max_epochs=1)
+    >>> sorted(key for key in loop.state.metrics if key.endswith("/value"))
+    ['landscape/sharpness/value', 'landscape/worst/value']
 """
 
 from __future__ import annotations

@@ -160,15 +160,15 @@ class HessianSpectrum(MeasureHandler):
     Example:
         >>> import torch
         >>> from ignite.engine import Engine
-        >>> from ignite_landscape import Probe
-        >>> model = torch.nn.Linear(4, 3)
-        >>> probe = Probe((torch.randn(16, 4), torch.randint(0, 3, (16,))), torch.nn.functional.cross_entropy)
-        >>> trainer = Engine(lambda engine, batch: None)
-        >>> handler = HessianSpectrum(model, probe, k=2)
-        >>> _ = handler.attach(trainer)
-        >>> _ = trainer.run([0], max_epochs=2)
-        >>> len(handler.history), trainer.state.landscape["hessian"].eigenvalues.shape
-        (2, torch.Size([2]))
+        >>> import ignite_landscape as il
+        >>> mlp = torch.nn.Sequential(torch.nn.Linear(3, 6), torch.nn.Tanh(), torch.nn.Linear(6, 3))
+        >>> probe = il.Probe((torch.randn(30, 3), torch.randint(0, 3, (30,))), torch.nn.CrossEntropyLoss())
+        >>> handler = HessianSpectrum(mlp, probe, 2, which="both", name="curv")
+        >>> engine = Engine(lambda engine, batch: None)
+        >>> _ = handler.attach(engine)
+        >>> _ = engine.run([0], max_epochs=2)
+        >>> len(handler.history), engine.state.landscape["curv"].eigenvalues.shape  # 2 largest, 2 smallest
+        (2, torch.Size([4]))
     """
 
     default_name = "hessian"
