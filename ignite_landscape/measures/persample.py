@@ -68,7 +68,7 @@ def chunk_size_for(s: ProbeSession, chunk_size: int | None) -> int:
     """``chunk_size``, or by default as many per-sample gradients as fit in :data:`CHUNK_BYTES`."""
     if chunk_size is not None:
         return chunk_size
-    return max(1, CHUNK_BYTES // (s.space.numel * s.base[0].element_size()))
+    return max(1, CHUNK_BYTES // (s.space.numel * s.dtype.itemsize))
 
 
 def per_sample_gradients(s: ProbeSession, chunk: int) -> Iterator[tuple[int, tuple[torch.Tensor, ...]]]:
@@ -124,7 +124,7 @@ def per_sample_moments(
     check_per_sample_mode(s.probe.model_mode)
     chunk = chunk_size_for(s, chunk_size)
     n_total = s.probe.global_num_samples
-    device = s.base[0].device
+    device = s.device
     mean = torch.zeros(s.space.numel, dtype=torch.float64, device=device)
     m2 = torch.zeros(s.space.numel, dtype=torch.float64, device=device)
     local_sq: list[torch.Tensor] = []
