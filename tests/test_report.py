@@ -409,6 +409,17 @@ def test_named_handlers_are_reported_by_kind(tmp_path: Path) -> None:
     assert "slice: loss on a 5 × 5 grid" in summary
 
 
+def test_named_handlers_logged_by_landscape_log_handler_are_reported_in_full(tmp_path: Path) -> None:
+    # The issue's case end to end: user-named handlers, LandscapeLogHandler, then the report.
+    final, logged = _named_training(tmp_path / "run", contract_writer=False)
+    summary = _assert_named_report(tmp_path / "run", tmp_path / "out", final, logged)
+    # Definitions written by the log handler itself (no definitions table): probe, ρ, slice normalisation.
+    assert "probe: 48 fixed samples, model in eval mode" in summary
+    assert "ρ = 0.05 of L(θ+ε) − L(θ)" in summary and "ρ = 0.1 of L(θ+ε) − L(θ)" in summary
+    assert "filter-normalized against the current weights" in summary
+    assert "| curv | spectrum | stability_threshold | 20 | 2/η with η = 0.1" in summary
+
+
 def test_runs_written_before_records_are_read_by_default_names(tmp_path: Path) -> None:
     # The raw-data format and definitions table of older runs: still reported, by the handlers' default names.
     s = np.array([1, 2])
