@@ -143,7 +143,7 @@ def figure_spectrum(runs: Sequence[RunData], path: Path) -> Path | None:
     shown = spectrum_panels(runs)
     if not shown:
         return None
-    fig = new_figure(len(shown), 2, width=5.0, footer_lines=4)
+    fig = new_figure(len(shown), 2, width=5.0, footer_lines=7)
     banded_any = False
     for row, p in enumerate(shown):
         ax = fig.add_subplot(len(shown), 2, 2 * row + 1)
@@ -183,7 +183,8 @@ def figure_spectrum(runs: Sequence[RunData], path: Path) -> Path | None:
     footer(
         fig,
         [
-            f"{probe_note(first.run)}; λ_max: {lam_text}",
+            probe_note(first.run),
+            f"λ_max: {lam_text}",
             thr_text
             or "2/η: stability threshold of gradient descent with step η ((2+2β)/η with heavy-ball momentum β)",
             f"density: {dens_text}",

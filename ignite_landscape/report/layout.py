@@ -12,6 +12,7 @@ Example:
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,10 @@ def panel_figure(count: int, footer_lines: int, **size: float) -> tuple[Any, int
 
 def footer(fig: Any, lines: Sequence[str]) -> None:
     """Definitions behind the numbers, printed under the axes (constrained layout makes room for them)."""
-    text = "\n".join(dict.fromkeys(line for line in lines if line))
+    # Definitions are whole sentences: wrap them to the figure's width (about 17 characters an inch at 7 pt).
+    width = max(60, int(fig.get_figwidth() * 17))
+    wrapped = [textwrap.fill(line, width, subsequent_indent="    ") for line in dict.fromkeys(lines) if line]
+    text = "\n".join(wrapped)
     if text:
         fig.supxlabel(text, x=0.005, ha="left", fontsize=7, color="0.25")
 

@@ -80,12 +80,13 @@ def summary_markdown(
         "indefinite, so |λ_min|/λ_max and the negative spectral mass describe its negative part instead.",
         "",
     ]
-    lines += _error_bars(runs) + _handlers(runs)
+    lines += _error_bars(runs)
     lines += ["## Definitions", ""]
     for run in runs:
         lines.append(f"- {run.name}: {probe_note(run)}; {sharpness_note(run)}; {slice_note(run)}")
     lines += [f"- {m.label}: {m.define(runs)}" for m in METRICS if any(m.all(r) for r in runs)]
     lines += ["", "## Correlation with test accuracy", ""] + _correlations(runs, corrs, num_resamples, seed)
+    lines += _handlers(runs)  # the full glossary last: long for a run with every handler
     lines += ["## Figures", ""] + [f"- [{name}]({p.name})" for name, p in figures.items()]
     lines += [f"- {name}: not written — {why}" for name, why in skipped.items()] + [""]
     return "\n".join(lines)
