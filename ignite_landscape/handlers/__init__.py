@@ -31,6 +31,7 @@ from ignite_landscape.handlers.curvature import (
     LayerwiseCurvature,
 )
 from ignite_landscape.handlers.gradstats import GradientStatistics
+from ignite_landscape.handlers.measure import MeasureHandler
 from ignite_landscape.handlers.noise import GradientNoiseScale
 from ignite_landscape.handlers.sharpness import Sharpness
 from ignite_landscape.handlers.slices import LossSlice
@@ -41,6 +42,7 @@ __all__ = [
     "Budget",
     "Firing",
     "LandscapeHandler",
+    "MeasureHandler",
     "HessianSpectrum",
     "HessianTrace",
     "HessianDensity",
