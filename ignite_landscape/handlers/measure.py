@@ -101,12 +101,12 @@ def copy_weights(buffers: list[torch.Tensor] | None, space: ParamSpace, model: n
     return buffers
 
 
-def option_docs(options_type: type) -> dict[str, str]:
-    """``{field: description}`` from the ``Attributes:`` sections of ``options_type`` and its bases (Google style)."""
+def option_docs(options_type: type, section: str = "Attributes") -> dict[str, str]:
+    """``{name: description}`` from the ``section`` of the docstrings of ``options_type`` and its bases."""
     out: dict[str, str] = {}
     for cls in reversed(options_type.__mro__):
         doc = inspect.cleandoc(cls.__dict__.get("__doc__") or "")
-        match = re.search(r"^Attributes:\n((?:[ \t]+.*\n?|\n)+)", doc, flags=re.M)
+        match = re.search(rf"^{section}:\n((?:[ \t]+.*\n?|\n)+)", doc, flags=re.M)
         if not match:
             continue
         name = None
@@ -162,7 +162,12 @@ def _document(cls: type[MeasureHandler], signature: inspect.Signature) -> str:
             continue
         text = descriptions.get(p.name, "see the options.")
         lines.append(f"    {p.name}: {text} Default: ``{p.default!r}``.")
-    lines.append("    **kwargs: " + ", ".join(f"``{n}``" for n in BASE_KEYWORDS) + " (see :class:`LandscapeHandler`).")
+    # The base handler's own keywords, described where they are declared.
+    base = option_docs(LandscapeHandler, "Args")
+    default_name = cls.__dict__.get("default_name")
+    for p in _BASE:
+        default = default_name if p.name == "name" and isinstance(default_name, str) else p.default
+        lines.append(f"    {p.name}: {base.get(p.name, 'see LandscapeHandler.')} Default: ``{default!r}``.")
     section = "\n".join(lines)
     # Before Raises/Example, where Google-style readers expect the arguments.
     match = re.search(r"^(Raises|Examples?):$", doc, flags=re.M)
