@@ -7,6 +7,10 @@ Two parts, in one process:
    one warm-started (the default), one with ``warm_start=False``. Per firing: HVPs of each, and the largest
    relative error of each against ``scipy.sparse.linalg.eigsh`` (tol 1e-10) on a float64 copy of the model
    (the exact function, not float32's rounding of it). Last line: the ratio of total HVPs, warm / cold.
+   Two columns say what limits the warm start: how far the top-k eigenspace turned since the last firing
+   (largest principal angle between eigsh's eigenvectors), and what a perfect warm start would cost (the
+   oracle: ``k`` HVPs for a Rayleigh–Ritz on eigsh's new eigenvectors themselves, plus what ruling out a
+   newcomer costs, a random vector explored outside them until the top of the rest is resolved to 1%).
 2. A newcomer: a diagonal operator with old top five {10, 9.5, 9, 8.5, 8}, a bulk up to 7 and a new
    eigenvalue 8.2 on a direction the old eigenvectors do not contain, warm-started from the old
    eigenvectors with no noise: 8.2 must be found at that call.
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import math
 import sys
 from pathlib import Path
 
@@ -34,12 +39,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import ignite_landscape as il  # noqa: E402
 from examples.models import DigitsCNN, digits_loaders  # noqa: E402
 from ignite_landscape.linalg import lanczos  # noqa: E402
+from ignite_landscape.measures.spectrum import eigenspace_overlap  # noqa: E402
 
-__all__ = ["reference_eigenvalues", "newcomer", "main"]
+__all__ = ["reference_eigenpairs", "oracle_hvps", "cold_equivalent", "newcomer", "main"]
 
 
-def reference_eigenvalues(model: torch.nn.Module, probe_data: tuple[torch.Tensor, torch.Tensor], k: int) -> np.ndarray:
-    """Top-k eigenvalues (descending) by ARPACK's ``eigsh`` at tol 1e-10 on a float64 copy of the model."""
+def reference_eigenpairs(
+    model: torch.nn.Module, probe_data: tuple[torch.Tensor, torch.Tensor], k: int
+) -> tuple[np.ndarray, torch.Tensor]:
+    """Top-k eigenvalues (descending) by ARPACK's ``eigsh`` at tol 1e-10 on a float64 copy of the model, and
+    their eigenvectors (rows, float64)."""
     from scipy.sparse.linalg import LinearOperator, eigsh
 
     model64 = copy.deepcopy(model).double()
@@ -52,8 +61,61 @@ def reference_eigenvalues(model: torch.nn.Module, probe_data: tuple[torch.Tensor
             return s.hvp(torch.from_numpy(np.ascontiguousarray(v).reshape(-1))).numpy()
 
         op = LinearOperator((n, n), matvec=mv, dtype=np.float64)
-        values = eigsh(op, k=k, which="LA", tol=1e-10, return_eigenvectors=False)
-    return np.sort(values)[::-1]
+        values, vectors = eigsh(op, k=k, which="LA", tol=1e-10)
+    order = np.argsort(values)[::-1]
+    return values[order], torch.from_numpy(np.ascontiguousarray(vectors[:, order].T))
+
+
+def oracle_hvps(
+    model: torch.nn.Module, probe: il.Probe, vectors: torch.Tensor, guard_tol: float = 1e-2
+) -> tuple[int, float]:
+    """HVPs of a perfect warm start, and the worst relative residual its Rayleigh–Ritz reaches.
+
+    A warm start handed the exact new eigenvectors ``U`` (rows) still pays ``k`` HVPs for their Rayleigh–Ritz
+    and the exploration that rules out a newcomer: a random vector's Krylov space outside ``U`` grown until
+    its top Ritz pair is resolved to ``guard_tol`` (:func:`lanczos` on ``(I − UUᵀ) H (I − UUᵀ)``, ``k = 1``).
+    """
+    with probe.session(model) as s:
+        U = vectors.to(s.dtype)
+        HU = torch.stack([s.hvp(u) for u in U])
+        theta = (U * HU).sum(1)
+        worst = float(((HU - theta[:, None] * U).norm(dim=1) / theta.abs()).max())
+
+        def deflated(v: torch.Tensor) -> torch.Tensor:
+            v = v - U.T @ (U @ v)
+            w = s.hvp(v)
+            return w - U.T @ (U @ w)
+
+        explore = lanczos(deflated, s.space.numel, k=1, tol=guard_tol, num_random=1, dtype=s.dtype).num_matvecs
+    return U.shape[0] + explore, worst
+
+
+def cold_equivalent(
+    model: torch.nn.Module, probe: il.Probe, old: torch.Tensor, k: int, tol: float
+) -> tuple[int, float]:
+    """What the previous firing's eigenvectors are worth, in HVPs of a cold start.
+
+    Rayleigh–Ritz on ``old`` (rows) under the current Hessian gives the best the old eigenvectors alone can
+    say; its worst relative residual ``‖Hy − θy‖/|θ|`` is returned with the number of HVPs after which a cold
+    start (the handler's: seed 0, two random vectors) is as good, found by bisection on ``max_iter`` (a run
+    capped at m HVPs is the first m HVPs of the full run).
+    """
+    with probe.session(model) as s:
+        U = old.to(s.dtype)
+        HU = torch.stack([s.hvp(u) for u in U])
+        theta, S = torch.linalg.eigh((U @ HU.T).double())
+        Y, HY = S.T.to(s.dtype) @ U, S.T.to(s.dtype) @ HU
+        worst = float(((HY - theta.to(s.dtype)[:, None] * Y).norm(dim=1).double() / theta.abs()).max())
+
+        def quality(m: int) -> float:
+            res = lanczos(s.hvp, s.space.numel, k=k, tol=tol, max_iter=m, dtype=s.dtype)
+            return float((res.residuals / res.eigenvalues.abs()).max())
+
+        lo, hi = k + 1, lanczos(s.hvp, s.space.numel, k=k, tol=tol, max_iter=400, dtype=s.dtype).num_matvecs
+        while lo < hi:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if quality(mid) <= worst else (mid + 1, hi)
+    return lo, worst
 
 
 def newcomer(tol: float = 1e-6) -> tuple[list[float], list[float], int, int]:
@@ -119,15 +181,24 @@ def main(argv: list[str] | None = None) -> None:
     warm.attach(trainer, event)
     cold.attach(trainer, event)
     errors: list[tuple[float, float]] = []
+    # (turn since the last firing in degrees, oracle HVPs, its residual, old eigenvectors' worth in cold HVPs)
+    limits: list[tuple[float, int, float, int]] = []
+    previous: list[torch.Tensor] = []
 
     @trainer.on(event)
     def check(engine: Engine) -> None:
-        ref = reference_eigenvalues(model, (x_probe, y_probe), args.k)
+        ref, vectors = reference_eigenpairs(model, (x_probe, y_probe), args.k)
         out = []
         for h in (warm, cold):
             got = h.history[-1].result.eigenvalues.numpy()
             out.append(float(np.max(np.abs(got - ref) / np.abs(ref))))
         errors.append((out[0], out[1]))
+        turn, worth = math.nan, 0
+        if previous:
+            turn = math.degrees(eigenspace_overlap(previous[-1], vectors)[1])
+            worth = cold_equivalent(model, probe, previous[-1], args.k, args.tol)[0]
+        previous[:] = [vectors]
+        limits.append((turn, *oracle_hvps(model, probe, vectors), worth))
         if len(errors) == args.firings:
             engine.terminate()
 
@@ -136,15 +207,20 @@ def main(argv: list[str] | None = None) -> None:
         f"DigitsCNN ({warm.space.numel} parameters), SGD lr {args.lr}, {args.pretrain} epochs before, "
         f"probe {args.samples}, top-{args.k}, tol {args.tol}"
     )
-    print("firing  iteration  HVPs warm  HVPs cold  max rel err warm  max rel err cold  converged warm/cold")
-    tw = tc = 0
-    for i, (fw, fc, (ew, ec)) in enumerate(zip(warm.history, cold.history, errors), 1):
+    print(
+        "firing  iteration  HVPs warm  HVPs cold  max rel err warm  max rel err cold  converged warm/cold  "
+        "turned (deg)  HVPs oracle  old worth (cold HVPs)"
+    )
+    tw = tc = to = 0
+    rows = zip(warm.history, cold.history, errors, limits)
+    for i, (fw, fc, (ew, ec), (turn, oracle, _, worth)) in enumerate(rows, 1):
         tw += fw.result.num_hvps
         tc += fc.result.num_hvps
+        to += oracle
         conv = f"{bool(fw.result.converged.all())}/{bool(fc.result.converged.all())}"
         print(
             f"{i:6d}  {fw.iteration:9d}  {fw.result.num_hvps:9d}  {fc.result.num_hvps:9d}  "
-            f"{ew:16.2e}  {ec:16.2e}  {conv}"
+            f"{ew:16.2e}  {ec:16.2e}  {conv:>19}  {turn:12.1f}  {oracle:11d}  {worth:21d}"
         )
     later_w = sum(f.result.num_hvps for f in warm.history[1:])
     later_c = sum(f.result.num_hvps for f in cold.history[1:])
@@ -153,6 +229,17 @@ def main(argv: list[str] | None = None) -> None:
         f"(firings 2.. only: {later_w / max(later_c, 1):.3f})"
     )
     print(f"max rel error over all firings: warm {max(e[0] for e in errors):.2e}, cold {max(e[1] for e in errors):.2e}")
+    worth = sum(x[3] for x in limits[1:])
+    ideal = later_c - worth + args.k * (len(limits) - 1)
+    print(
+        f"the previous eigenvectors are worth {worth} of the cold start's {later_c} HVPs (firings 2..): a warm "
+        f"start that skipped exactly those for a {args.k}-HVP Rayleigh-Ritz would cost {ideal / max(later_c, 1):.3f} "
+        "of cold there"
+    )
+    print(
+        f"oracle (warm start from eigsh's own new eigenvectors): {to} HVPs = {to / tc:.3f} of cold "
+        f"(its Rayleigh-Ritz residual at most {max(x[2] for x in limits):.1e} relative)"
+    )
 
     cold_vals, warm_vals, cold_n, warm_n = newcomer()
     found = abs(warm_vals[-1] - 8.2) < 1e-6

@@ -15,20 +15,29 @@ reorthogonalization; from a block of random vectors, block Lanczos. Why this des
   single-vector Lanczos finds one copy of a repeated eigenvalue. The start block always holds
   ``num_random`` random vectors (2 by default), so eigenvalues of multiplicity up to ``num_random``
   (above the part of the spectrum a warm start already holds) come out with their multiplicity.
-* **Warm starts never change the answer.** A warm start folds last time's eigenvectors into the first
-  start vector (their unit sum plus a tenth of that random vector); the other random vectors stay
-  as they are, and convergence asks for more than small wanted residuals: the first Ritz pair
-  *beyond* the wanted ones (the guard) must converge too, to the looser ``guard_tol``. That pair is
-  the top of what the random vectors have explored outside the wanted space, so an eigenvalue that
-  has overtaken the old k-th one — which a warm start otherwise never meets — is reached before the
-  iteration may stop, as in a cold start.
-* **Cost.** A warm start saves little when the top of the spectrum is clustered and moves: then the
-  old eigenspace is tens of degrees off, and what costs is separating the cluster and filtering out
-  the rest, which it does not shorten. Folding the old block into one vector keeps the block width
-  (and so the polynomial degree per HVP) of a cold start; putting the k old vectors in the block as
-  they are costs k HVPs up front and grows k + 2 directions' worth of refinement, 1.2–1.3× the HVPs
-  of a cold start on the digits CNN where folding takes 0.92–0.94× (``benchmarks/bench_tracking.py``,
-  the README). The second random vector costs HVPs too.
+* **Warm starts never change the answer.** A warm start deals last time's eigenvectors round-robin
+  over the random start vectors and folds each group into its vector (the group's unit sum plus a
+  tenth of that random vector), so every start vector keeps a random part and the block has the
+  width of a cold start. Convergence asks for more than small wanted residuals: the first Ritz pair
+  *beyond* the wanted ones (the guard) must converge too, to the looser ``guard_tol``. Why that
+  finds an eigenvalue that has overtaken the old k-th one on a direction the old eigenvectors miss
+  (a newcomer): the Rayleigh–Ritz on the whole basis takes up the old directions, so what the basis
+  holds outside them is the Krylov space of the random parts, where the newcomer's share relative
+  to the rest of the spectrum is exactly what it is in a cold start (scaling a random vector by a
+  tenth changes no ratio between its components). Krylov spaces resolve the outermost eigenvalues
+  of what they explore first, so the guard — the top of that exploration — cannot converge while
+  an eigenvalue above it is still hidden, unless the random parts miss it as a cold start's would;
+  and once found, the newcomer is a wanted pair and must converge to ``tol`` itself.
+* **Cost.** What a warm start can save is bounded by how far the eigenspace moved: the old
+  eigenvectors are worth the first HVPs of a cold start, those that reach their quality, not the
+  late ones that separate the top of the spectrum from its neighbours. Dealing the old block over
+  the start vectors keeps the polynomial degree per HVP of a cold start, and splitting the old top
+  k over two chains (neighbours in eigenvalue order in different chains) means each chain only
+  separates members twice as far apart as in one folded vector, whose interpolating polynomial
+  amplifies what the old vectors got wrong. Measured on the digits CNN (``benchmarks/bench_tracking.py``
+  and the README): one folded vector 0.93× the HVPs of a cold start, two 0.8×; the old vectors as a
+  block of their own (Rayleigh–Ritz on them, then growth by residuals) 1.2–1.3×, because refining k
+  vectors at once lowers the polynomial degree per HVP.
 * **Honest residuals.** The residuals are recomputed from the stored products, not read off a
   recurrence (which keeps shrinking below what the arithmetic can deliver), and floored at
   ``16·ε·max|θ|`` (ε of the working dtype), so ``converged`` never claims more than float32 gives.
@@ -65,8 +74,8 @@ PRECISION_FACTOR = 16.0
 # A new direction whose part outside the basis is below this share of its norm adds nothing
 # reliable (it is rounding noise or nearly in the span) and is not worth a matvec.
 _MIN_NEW = 1e-2
-# Share of a random vector kept in the folded warm start vector (see _fold): enough that the first chain is
-# never confined to an invariant subspace spanned by the old vectors, small enough to keep their head start.
+# Share of a random vector kept in a folded warm start vector (see _fold): enough that no chain is ever
+# confined to an invariant subspace spanned by the old vectors, small enough to keep their head start.
 _WARM_NOISE = 0.1
 
 
@@ -201,15 +210,24 @@ def _ends(m: int, k: int, which: str) -> list[tuple[list[int], int | None]]:
 
 def _fold(block: torch.Tensor, random: torch.Tensor) -> torch.Tensor:
     """One start vector from a warm block: the sum of its unit rows (unit norm) plus ``_WARM_NOISE`` of a unit
-    random vector; a block with no usable row gives the random vector alone."""
-    norms = torch.linalg.vector_norm(block, dim=1, keepdim=True)
-    usable = torch.isfinite(block).all(dim=1, keepdim=True) & (norms > 0)
-    c = torch.where(usable, block / norms.clamp_min(torch.finfo(block.dtype).tiny), 0).sum(0)
+    random vector; an empty block gives the random vector alone."""
     r = random / torch.linalg.vector_norm(random)
+    if block.shape[0] == 0:
+        return r
+    c = (block / torch.linalg.vector_norm(block, dim=1, keepdim=True)).sum(0)
     size = torch.linalg.vector_norm(c)
     if not bool(torch.isfinite(size)) or float(size) == 0:
         return r
     return c / size + _WARM_NOISE * r
+
+
+def _deal(block: torch.Tensor, randoms: torch.Tensor) -> torch.Tensor:
+    """The start block of a warm start: the usable rows of ``block`` (finite, nonzero) dealt round-robin, in
+    their order, over the random start vectors, each group folded into its vector (:func:`_fold`)."""
+    norms = torch.linalg.vector_norm(block, dim=1)
+    usable = block[torch.isfinite(block).all(dim=1) & torch.isfinite(norms) & (norms > 0)]
+    count = randoms.shape[0]
+    return torch.stack([_fold(usable[j::count], randoms[j]) for j in range(count)])
 
 
 class _Subspace:
@@ -300,9 +318,10 @@ def lanczos(
         tol: stop when every wanted residual is ``≤ tol·|θ|`` (and the guard pair has converged).
         max_iter: maximum operator applications, which is also the size of the basis kept
             (default ``min(n, max(100, 6k))``).
-        v0: a start vector or a block of them (rows), e.g. last time's eigenvectors: folded into the
-            first random start vector (see the module docstring), the other random vectors kept, so it
-            can change the cost but not which eigenvalues are found.
+        v0: a start vector or a block of them (rows), e.g. last time's eigenvectors in eigenvalue order:
+            dealt round-robin over the random start vectors and folded into them (see the module
+            docstring), so it can change the cost but not which eigenvalues are found. Rows that are
+            zero or not finite are left out.
         seed: seed of the random start vectors.
         dtype: dtype of the basis (the operator's).
         device: device of the basis.
@@ -347,7 +366,7 @@ def lanczos(
         v0 = v0.reshape(1, -1) if v0.dim() <= 1 else v0.reshape(v0.shape[0], -1)
         if v0.shape[1] != n:
             raise ValueError(f"v0 must have {n} entries per vector, got {v0.shape[1]}")
-        starts[0] = _fold(v0, starts[0])
+        starts = _deal(v0, starts)
     space = _Subspace(matvec, n, cap, dtype, device)
     space.extend(starts)
     eps = torch.finfo(dtype).eps

@@ -302,10 +302,10 @@ def hessian_eigenvalues(
     """Extreme eigenvalues of the probe-loss Hessian, with their multiplicity.
 
     Block Krylov–Rayleigh–Ritz with full reorthogonalization on exact Hessian-vector products (see
-    :func:`ignite_landscape.linalg.lanczos`): the start block holds two random vectors (``v0`` folded into
-    the first), so an eigenvalue of multiplicity two is reported twice; ``residuals`` are recomputed from the
-    products and floored at the working precision, and ``converged`` also requires the first Ritz
-    pair beyond the wanted ones to be resolved to 1%, so a warm start cannot stop before an
+    :func:`ignite_landscape.linalg.lanczos`): the start block holds two random vectors (``v0``'s rows
+    dealt over them and folded in), so an eigenvalue of multiplicity two is reported twice; ``residuals``
+    are recomputed from the products and floored at the working precision, and ``converged`` also requires
+    the first Ritz pair beyond the wanted ones to be resolved to 1%, so a warm start cannot stop before an
     eigenvalue it never saw would show up.
 
     Args:
