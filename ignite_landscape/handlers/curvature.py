@@ -30,16 +30,16 @@ from ignite.engine import Engine, Events
 from torch import nn
 
 from ignite_landscape.handlers.base import LandscapeHandler
-from ignite_landscape.handlers.measure import MeasureHandler, by_keywords, copy_weights, fields_of
+from ignite_landscape.handlers.measure import MeasureHandler, by_keywords, copy_weights
 from ignite_landscape.measures.directional import (
     BatchSharpnessOptions,
     DirectionalOptions,
+    _directional_curvature,
     batch_sharpness,
-    directional_curvature,
 )
 from ignite_landscape.measures.layerwise import LayerwiseOptions, layerwise_curvature_result
-from ignite_landscape.measures.outliers import GGNOptions, ggn_decomposition
-from ignite_landscape.measures.overlap import GradientOverlapResult, OverlapOptions, gradient_overlap
+from ignite_landscape.measures.outliers import GGNOptions, _ggn_decomposition
+from ignite_landscape.measures.overlap import GradientOverlapResult, OverlapOptions, _gradient_overlap
 from ignite_landscape.params import unwrap_model
 from ignite_landscape.probe import Probe
 from ignite_landscape.validation import check_positive
@@ -136,10 +136,7 @@ class DirectionalCurvature(MeasureHandler):
             if self._before is None:
                 raise ValueError("no optimizer update yet: the handler fired before the first iteration")
             previous = dict(zip(self.space.names, self._before))
-        options = fields_of(self.options, DirectionalOptions)
-        return directional_curvature(
-            self.model, self.probe, previous=previous, params=self.params, seed=self.seed, **options
-        )
+        return _directional_curvature(self.model, self.probe, self.options, self.seed, self.params, previous)
 
     def scalars_of(self, engine: Engine, result: Any) -> dict[str, float]:
         out = {k: float(v) for k, v in result.scalars().items()}
@@ -276,15 +273,8 @@ class GradientOverlap(MeasureHandler):
 
     def compute(self, engine: Engine) -> GradientOverlapResult:
         reuse = self._reusable(engine)
-        return gradient_overlap(
-            self.model,
-            self.probe,
-            params=self.params,
-            seed=self.seed,
-            eigenvectors=None if reuse is None else reuse[0],
-            eigenvalues=None if reuse is None else reuse[1],
-            **fields_of(self.options, OverlapOptions),
-        )
+        vectors, values = (None, None) if reuse is None else reuse
+        return _gradient_overlap(self.model, self.probe, self.options, self.seed, self.params, vectors, values)
 
     def scalars_of(self, engine: Engine, result: GradientOverlapResult) -> dict[str, float]:
         out = {k: float(v) for k, v in result.scalars().items()}
@@ -328,7 +318,7 @@ class GGNOutliers(MeasureHandler):
 
     default_name = "ggn"
     options_type = GGNOptions
-    measure = staticmethod(by_keywords(ggn_decomposition))
+    measure = staticmethod(_ggn_decomposition)
     positional = ("k", "tol")
 
     def expected_keys(self) -> list[str]:

@@ -209,7 +209,19 @@ def directional_curvature(
             the wrong shape, a non-finite direction, or an explicitly given zero direction.
         TypeError: if ``direction`` or ``previous`` is of the wrong type.
     """
-    DirectionalOptions(direction, curvature)
+    return _directional_curvature(model, probe, DirectionalOptions(direction, curvature), seed, params, previous)
+
+
+def _directional_curvature(
+    model: nn.Module,
+    probe: Probe,
+    opts: DirectionalOptions,
+    seed: int,
+    params: ParamsArg,
+    previous: Mapping[str, torch.Tensor] | torch.Tensor | None = None,
+) -> DirectionalCurvatureResult:
+    # The measure on validated options: directional_curvature() and the handler both run it.
+    direction, curvature = opts.direction, opts.curvature
     if direction == "update" and previous is None:
         raise ValueError("direction='update' needs previous= (the weights before the update)")
     with probe.session(model, params) as s:

@@ -212,8 +212,14 @@ def ggn_decomposition(
     Raises:
         ValueError: if ``k`` is out of range or ``ratio ≤ 1``.
     """
-    if not (isinstance(ratio, (int, float)) and ratio > 1):
-        raise ValueError(f"ratio must be a number above 1, got {ratio!r}")
+    return _ggn_decomposition(model, probe, GGNOptions(k, tol, trace_hvps, ratio), seed, params)
+
+
+def _ggn_decomposition(
+    model: nn.Module, probe: Probe, opts: GGNOptions, seed: int, params: ParamsArg
+) -> GGNDecomposition:
+    # The measure on validated options: ggn_decomposition() and the GGNOutliers handler both run it.
+    k, tol, trace_hvps, ratio = opts.k, opts.tol, opts.trace_hvps, opts.ratio
     with probe.session(model, params) as s:
         n = s.space.numel
         x, y, _ = probe.batches()[0]

@@ -156,7 +156,21 @@ def gradient_overlap(
         ValueError: if ``k`` is out of range, ``curvature`` unknown or ``eigenvectors`` of the wrong shape.
         TypeError: if ``k`` is not an int.
     """
-    OverlapOptions(k, curvature, tol, max_iter)
+    opts = OverlapOptions(k, curvature, tol, max_iter)
+    return _gradient_overlap(model, probe, opts, seed, params, eigenvectors, eigenvalues)
+
+
+def _gradient_overlap(
+    model: nn.Module,
+    probe: Probe,
+    opts: OverlapOptions,
+    seed: int,
+    params: ParamsArg,
+    eigenvectors: torch.Tensor | None = None,
+    eigenvalues: torch.Tensor | None = None,
+) -> GradientOverlapResult:
+    # The measure on validated options: gradient_overlap() and the handler both run it.
+    k, curvature, tol, max_iter = opts.k, opts.curvature, opts.tol, opts.max_iter
     with probe.session(model, params) as s:
         n = s.space.numel
         if k >= n:
