@@ -86,31 +86,31 @@ class HessianSpectrumOptions(SpectrumOptions):
 
     Attributes:
         warm_start: deal the previous firing's eigenvectors over the random start vectors every start
-                holds, folded into them. It changes the cost, not the answer: convergence also asks the
-                random exploration beyond the wanted eigenvalues to be resolved, so an eigenvalue that has
-                overtaken the old k-th is found at the firing where it does (see :func:`hessian_eigenvalues`).
-                What it saves depends on how far the eigenvectors move between firings: measured in
-                ``benchmarks/bench_tracking.py``.
+            holds, folded into them. It changes the cost, not the answer: convergence also asks the
+            random exploration beyond the wanted eigenvalues to be resolved, so an eigenvalue that has
+            overtaken the old k-th is found at the firing where it does (see :func:`hessian_eigenvalues`).
+            What it saves depends on how far the eigenvectors move between firings: measured in
+            ``benchmarks/bench_tracking.py``.
         warm_start_noise: relative size of a seeded random perturbation of each old eigenvector
-                (default 0: the random start vectors already catch what the old ones miss).
+            (default 0: the random start vectors already catch what the old ones miss).
         optimizer: the training optimizer, for the stability threshold (SGD, Adam, AdamW).
         preconditioned: also compute the preconditioned sharpness (default: for Adam/AdamW).
         track_eigenspace: log the eigenspace's turn since the previous firing and ``update_overlap``,
-                ``‖U_tᵀ d‖²/‖d‖²`` for the optimizer's last update ``d`` (the weights now minus those at the
-                last ``ITERATION_STARTED``, kept in one parameter-sized buffer): the share of the step taken
-                inside the current top-k eigenspace.
+            ``‖U_tᵀ d‖²/‖d‖²`` for the optimizer's last update ``d`` (the weights now minus those at the
+            last ``ITERATION_STARTED``, kept in one parameter-sized buffer): the share of the step taken
+            inside the current top-k eigenspace.
         model_mode: ``"eval"`` or ``"train"``: the mode the eigenvalues are measured in, on the probe's
-                samples. ``None`` (default): the probe's mode, except with ``optimizer=`` on a model with
-                BatchNorm (running statistics) and a probe in ``"eval"`` mode: then ``"train"``, the
-                objective the optimizer follows (batch statistics over probe batches of ``probe.batch_size``),
-                since eval-mode curvature with stale running statistics can be orders of magnitude off the
-                stability threshold; a warning says so once, and the scalar ``train_mode`` (1 or 0) records
-                the mode whenever ``optimizer=`` is given.
+            samples. ``None`` (default): the probe's mode, except with ``optimizer=`` on a model with
+            BatchNorm (running statistics) and a probe in ``"eval"`` mode: then ``"train"``, the
+            objective the optimizer follows (batch statistics over probe batches of ``probe.batch_size``),
+            since eval-mode curvature with stale running statistics can be orders of magnitude off the
+            stability threshold; a warning says so once, and the scalar ``train_mode`` (1 or 0) records
+            the mode whenever ``optimizer=`` is given.
         train_batch_size: the trainer's batch size, for a loss with ``reduction="sum"``: its objective
-                grows with the samples, so the curvature one optimizer step sees is
-                ``probe.objective_scale(train_batch_size)`` times the probe's, and the stability scalars
-                compare that (logged as ``objective_scale``). Default: the rows of ``engine.state.batch``.
-                Ignored for normalised losses (a mean), whose curvature does not depend on the batch size.
+            grows with the samples, so the curvature one optimizer step sees is
+            ``probe.objective_scale(train_batch_size)`` times the probe's, and the stability scalars
+            compare that (logged as ``objective_scale``). Default: the rows of ``engine.state.batch``.
+            Ignored for normalised losses (a mean), whose curvature does not depend on the batch size.
     """
 
     warm_start: bool = True
