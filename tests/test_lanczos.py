@@ -153,3 +153,19 @@ def test_warm_start_from_turned_eigenvectors_of_a_clustered_top_saves_matvecs(an
         torch.testing.assert_close(res.eigenvalues, top[:5], rtol=1e-10, atol=0)
         assert res.converged.all()
     assert warm.num_matvecs <= 0.85 * cold.num_matvecs
+
+
+def test_warm_start_from_one_copy_of_a_double_eigenvalue_finds_both():
+    # Last time's solver saw one direction of the eigenspace of 10 (as single-vector Lanczos would): the
+    # random parts of the start vectors must still bring the second copy, with honest residuals.
+    g = torch.Generator().manual_seed(0)
+    values = torch.cat([torch.tensor([10.0, 10.0, 9.0, 8.0]), torch.rand(2996, generator=g)]).double()
+    d, perm = _shuffled_diagonal(values, 1)
+    old = torch.zeros(3, 3000, dtype=torch.float64)
+    old[0, perm[0]] = old[0, perm[1]] = 0.5**0.5  # one unit vector of the eigenspace of 10
+    old[1, perm[2]] = old[2, perm[3]] = 1.0
+    res = lanczos(lambda v: d * v, 3000, k=3, tol=1e-8, dtype=torch.float64, v0=old, return_eigenvectors=True)
+    torch.testing.assert_close(res.eigenvalues, torch.tensor([10.0, 10.0, 9.0], dtype=torch.float64), rtol=1e-8, atol=0)
+    assert res.converged.all()
+    for lam, y, r in zip(res.eigenvalues, res.eigenvectors, res.residuals):
+        assert float(torch.linalg.vector_norm(d * y - lam * y)) <= float(r) * (1 + 1e-6) + 1e-14

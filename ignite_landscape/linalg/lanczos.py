@@ -34,10 +34,13 @@ reorthogonalization; from a block of random vectors, block Lanczos. Why this des
   the start vectors keeps the polynomial degree per HVP of a cold start, and splitting the old top
   k over two chains (neighbours in eigenvalue order in different chains) means each chain only
   separates members twice as far apart as in one folded vector, whose interpolating polynomial
-  amplifies what the old vectors got wrong. Measured on the digits CNN (``benchmarks/bench_tracking.py``
-  and the README): one folded vector 0.93× the HVPs of a cold start, two 0.8×; the old vectors as a
-  block of their own (Rayleigh–Ritz on them, then growth by residuals) 1.2–1.3×, because refining k
-  vectors at once lowers the polynomial degree per HVP.
+  amplifies what the old vectors got wrong. Measured tracking the top 5 of the digits CNN
+  (``benchmarks/bench_tracking.py``, the README): 0.84× the HVPs of a cold start (one folded vector:
+  0.93×), where the old eigenvectors, 11–40° off the new ones, are worth about 40% of a cold start's
+  HVPs, and a perfect warm start (the new eigenvectors themselves) would cost 0.42–0.44×: k HVPs of
+  Rayleigh–Ritz plus the random exploration that rules out a newcomer. The old vectors as a block of
+  their own (Rayleigh–Ritz on them, then growth by residuals) cost 1.2–1.3×: refining k vectors at
+  once lowers the polynomial degree per HVP.
 * **Honest residuals.** The residuals are recomputed from the stored products, not read off a
   recurrence (which keeps shrinking below what the arithmetic can deliver), and floored at
   ``16·ε·max|θ|`` (ε of the working dtype), so ``converged`` never claims more than float32 gives.
