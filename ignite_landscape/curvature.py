@@ -188,8 +188,11 @@ def _sample_weight(probe: Probe) -> float:
 
 
 def _jvp(out: torch.Tensor, leaves: list[torch.Tensor], vs: list[torch.Tensor]) -> torch.Tensor:
-    """``J v`` of ``out`` w.r.t. ``leaves``: the vector-Jacobian product is linear in its cotangent ``u``,
-    so differentiating ``⟨Jᵀu, v⟩`` with respect to ``u`` gives ``J v`` (works for every op with a backward)."""
+    """``J v`` of ``out`` w.r.t. ``leaves``, by differentiating a vector-Jacobian product.
+
+    The vector-Jacobian product is linear in its cotangent ``u``, so differentiating ``⟨Jᵀu, v⟩`` with respect
+    to ``u`` gives ``J v`` (works for every op with a backward).
+    """
     u = torch.zeros_like(out, requires_grad=True)
     grads = torch.autograd.grad(out, leaves, grad_outputs=u, create_graph=True, allow_unused=True)
     pairs = [(g, vi) for g, vi in zip(grads, vs) if g is not None and g.requires_grad]
@@ -204,8 +207,9 @@ def _has_batchnorm(model: torch.nn.Module) -> bool:
 
 
 def curvature_operator(s: ProbeSession, curvature: str = "hessian", seed: int = 0) -> CurvatureOperator:
-    """The product ``v ↦ C v`` of the chosen curvature matrix at the session's weights, as an operator
-    with ``shape``, ``dtype`` and ``device`` (:class:`~ignite_landscape.operators.CurvatureOperator`).
+    """The product ``v ↦ C v`` of the chosen curvature matrix at the session's weights, as an operator.
+
+    The operator (:class:`~ignite_landscape.operators.CurvatureOperator`) has ``shape``, ``dtype`` and ``device``.
 
     Args:
         s: an open probe session (flat vectors in the order of ``s.space``).

@@ -91,8 +91,10 @@ _FUNCTIONAL: dict[Callable[..., Any], type[nn.Module]] = {
 
 
 class ObjectiveError(ValueError):
-    """``loss_fn`` cannot be computed exactly over the probe in chunks (an undeclared loss that is not a
-    per-row mean, or one that cannot be checked)."""
+    """``loss_fn`` cannot be computed exactly over the probe in chunks.
+
+    Raised for an undeclared loss that is not a per-row mean, or one that cannot be checked.
+    """
 
 
 def _rows(y: Any) -> int:
@@ -339,8 +341,10 @@ def _scalar(loss: Any) -> float:
 
 
 def check_row_mean(loss_fn: Callable[[Any, Any], torch.Tensor], y_pred: Any, y: Any) -> str:
-    """Check that ``loss_fn`` is a per-row mean on one batch: its loss equals the size-weighted mean of
-    the losses of its two halves (to a few hundred rounding errors of the loss's dtype).
+    """Check that ``loss_fn`` is a per-row mean on one batch.
+
+    Its loss must equal the size-weighted mean of the losses of its two halves (to a few hundred rounding
+    errors of the loss's dtype).
 
     Args:
         loss_fn: the user's loss.
@@ -386,9 +390,10 @@ def check_row_mean(loss_fn: Callable[[Any, Any], torch.Tensor], y_pred: Any, y: 
 
 
 def check_on_fake_predictions(loss_fn: Callable[[Any, Any], torch.Tensor], y: Any) -> str:
-    """Check ``loss_fn`` as :func:`check_row_mean` does, before any model exists, on random predictions
-    shaped for the targets ``y``: class scores ``(N, C, ...)`` for integer labels ``(N, ...)``, a tensor
-    like ``y`` for float targets.
+    """Check ``loss_fn`` as :func:`check_row_mean` does, before any model exists, on random predictions.
+
+    The predictions are shaped for the targets ``y``: class scores ``(N, C, ...)`` for integer labels
+    ``(N, ...)``, a tensor like ``y`` for float targets.
 
     A best effort at construction: a loss that cannot take such predictions (it wants a dict, another
     shape) is left to the check on the model's real outputs in the first session. The predictions come

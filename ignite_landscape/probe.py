@@ -220,8 +220,10 @@ class Probe:
         return other
 
     def layout(self) -> tuple[int, int, int, int]:
-        """``(start, stop, total, first_batch)``: the rows of :attr:`inputs` this rank evaluates, the
-        number of samples over all ranks, and the global index of this rank's first batch.
+        """``(start, stop, total, first_batch)``: this rank's rows, all ranks' samples, its first batch.
+
+        ``start:stop`` are the rows of :attr:`inputs` this rank evaluates, ``total`` the number of samples over
+        all ranks, and ``first_batch`` the global index of this rank's first batch.
 
         In one process: ``(0, n, n, 0)``. Under a process group the first call is collective (every rank
         must make it; :meth:`session` does): if all ranks hold the same samples, each evaluates its own
@@ -257,15 +259,19 @@ class Probe:
 
     @property
     def normalizer(self) -> float:
-        """The probe objective's denominator over all its samples: the element count, the sum of the
-        targets' class weights, the number of non-ignored targets or of rows, as ``loss_fn``'s reduction
-        divides by; ``1.0`` for a sum (collective on first use under a process group, like :meth:`layout`)."""
+        """The probe objective's denominator over all its samples.
+
+        The element count, the sum of the targets' class weights, the number of non-ignored targets or of
+        rows, as ``loss_fn``'s reduction divides by; ``1.0`` for a sum (collective on first use under a
+        process group, like :meth:`layout`).
+        """
         self.layout()
         return self._normalizer
 
     def objective_scale(self, batch_size: int) -> float:
-        """How large the objective of one trainer batch of ``batch_size`` samples is relative to the
-        probe objective, for the same per-sample losses.
+        """How large one trainer batch's objective is relative to the probe objective.
+
+        The batch holds ``batch_size`` samples; the per-sample losses are the same.
 
         ``1.0`` for every loss normalised by a count that grows with the samples (a mean, weighted
         mean, ``"batchmean"``); ``batch_size / num_samples`` for a sum (``reduction="sum"``), whose
@@ -283,8 +289,10 @@ class Probe:
         return batch_size / self.num_samples
 
     def transform(self, output: Any) -> Any:
-        """The model output as ``loss_fn`` and accuracy take it (``output_transform``, or the default:
-        a tensor as is, an object's ``.logits`` tensor)."""
+        """The model output as ``loss_fn`` and accuracy take it.
+
+        ``output_transform``, or the default: a tensor as is, an object's ``.logits`` tensor.
+        """
         if self.output_transform is not None:
             return self.output_transform(output)
         if not isinstance(output, (torch.Tensor, Mapping, tuple, list)):
@@ -294,24 +302,29 @@ class Probe:
         return output
 
     def objective(self, output: Any, y: Any) -> torch.Tensor:
-        """One chunk's contribution to the probe objective from the model's raw ``output`` on it:
+        """One chunk's contribution to the probe objective from the model's raw ``output`` on it.
+
         ``total(output_transform(output), y) / normalizer``. Summed over all chunks (and ranks) it is
-        exactly ``L(θ)``; it works under ``torch.func`` transforms (``vmap``, ``grad``)."""
+        exactly ``L(θ)``; it works under ``torch.func`` transforms (``vmap``, ``grad``).
+        """
         total = self.decomposition.total(self.transform(output), y)
         self.check_loss(total)
         return total / self.normalizer  # fixed once the layout is (collective on first use, like layout())
 
     def check_row_mean(self, output: Any, y: Any) -> str:
-        """For an undeclared ``loss_fn``: check on one chunk that it is a per-row mean (see
-        :func:`~ignite_landscape.objective.check_row_mean`); ``"checked"`` when that chunk could tell."""
+        """For an undeclared ``loss_fn``: check on one chunk that it is a per-row mean.
+
+        See :func:`~ignite_landscape.objective.check_row_mean`; ``"checked"`` when that chunk could tell.
+        """
         if not self.decomposition.needs_check:
             return "checked"
         return check_row_mean(self.loss_fn, self.transform(output), y)
 
     def check_objective(self, model: nn.Module) -> None:
-        """Check now, on ``model``, what the first session would: that an undeclared ``loss_fn`` is a
-        per-row mean (one forward pass over the probe, once per probe; nothing for a torch loss or a
-        :class:`~ignite_landscape.objective.DecomposedLoss`). Handlers call it at construction.
+        """Check now, on ``model``, what the first session would: that an undeclared ``loss_fn`` is a per-row mean.
+
+        One forward pass over the probe, once per probe; nothing for a torch loss or a
+        :class:`~ignite_landscape.objective.DecomposedLoss`. Handlers call it at construction.
 
         Raises:
             ObjectiveError: (a ``ValueError``) naming ``loss_fn`` and the fix when it is not a per-row mean.
@@ -439,8 +452,11 @@ class Probe:
         return self._uniform_weights
 
     def report_no_accuracy(self, reason: str) -> None:
-        """Log, once per probe, why accuracy is not computed: a warning when the targets are class labels
-        (accuracy was likely expected), an info message otherwise (regression)."""
+        """Log, once per probe, why accuracy is not computed.
+
+        A warning when the targets are class labels (accuracy was likely expected), an info message otherwise
+        (regression).
+        """
         if self._accuracy_reason_logged:
             return
         self._accuracy_reason_logged = True

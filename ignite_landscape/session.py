@@ -526,8 +526,11 @@ class ProbeSession:
         return self._hvp.saved_graph_bytes
 
     def operator(self, product: Callable[[torch.Tensor], torch.Tensor], name: str) -> CurvatureOperator:
-        """Wrap a matrix-free product on this session's probe (``product(v)`` for a flat ``v`` already in the
-        session's dtype, reduced over ranks) as a :class:`CurvatureOperator` counted in ``num_hvps``."""
+        """Wrap a matrix-free product on this session's probe as a :class:`CurvatureOperator`.
+
+        ``product(v)`` takes a flat ``v`` already in the session's dtype and is reduced over ranks; each call
+        is counted in ``num_hvps``.
+        """
         return CurvatureOperator(partial(self._counted, product), self.space.numel, self.dtype, self.device, name)
 
     def _counted(self, product: Callable[[torch.Tensor], torch.Tensor], v: torch.Tensor) -> torch.Tensor:
