@@ -1,5 +1,7 @@
-"""Handlers for the curvature instruments: directional curvature, batch sharpness, gradient overlap,
-per-layer curvature and the GGN decomposition with its outliers.
+"""Handlers for the curvature instruments.
+
+Directional curvature, batch sharpness, gradient overlap, per-layer curvature and the GGN decomposition with
+its outliers.
 
 Default names (``engine.state.landscape`` keys and ``landscape/<name>/`` metric prefixes): ``directional``,
 ``batch_sharpness``, ``overlap``, ``layers``, ``ggn``.

@@ -35,8 +35,9 @@ __all__ = ["GradientStatistics"]
 
 
 class GradientStatistics(MeasureHandler):
-    """Per-sample gradient statistics on the probe and the length of the path (see
-    :func:`~ignite_landscape.gradient_statistics`).
+    """Per-sample gradient statistics on the probe and the length of the path.
+
+    See :func:`~ignite_landscape.gradient_statistics`.
 
     Scalars: ``fisher_trace``, ``gsnr``, ``grad_norm``, ``trace_sigma``, ``sample_norm_mean``,
     ``sample_norm_median``, ``sample_norm_max``, ``distance_from_init``, ``update_norm``, ``relative_update``

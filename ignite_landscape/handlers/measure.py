@@ -177,8 +177,10 @@ def _document(cls: type[MeasureHandler], signature: inspect.Signature) -> str:
 
 
 class _ClassSignature:
-    """The constructor's signature on the class; nothing on instances, whose signature is ``__call__``'s
-    (Ignite inspects it when a handler is added to an engine)."""
+    """The constructor's signature on the class; nothing on instances, whose signature is ``__call__``'s.
+
+    Ignite inspects an instance's signature when a handler is added to an engine.
+    """
 
     def __init__(self, signature: inspect.Signature) -> None:
         self.signature = signature

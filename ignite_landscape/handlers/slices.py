@@ -159,8 +159,10 @@ class LossSlice(MeasureHandler):
 
     @property
     def directions(self) -> list[dict[str, torch.Tensor]] | None:
-        """The directions a firing now slices along: the raw draw normalised against the current weights
-        (``None`` before the first firing draws it)."""
+        """The directions a firing now slices along: the raw draw normalised against the current weights.
+
+        ``None`` before the first firing draws it.
+        """
         if self.raw_directions is None:
             return None
         if self.direction_kind == "given" or self.normalization == "none" and self.direction_kind == "eigenvector":

@@ -81,8 +81,10 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class HessianSpectrumOptions(SpectrumOptions):
-    """The options of :class:`HessianSpectrum`: those of :func:`~ignite_landscape.hessian_eigenvalues` and the
-    warm start, the optimizer of the edge-of-stability view and eigenspace tracking.
+    """The options of :class:`HessianSpectrum`.
+
+    Those of :func:`~ignite_landscape.hessian_eigenvalues` and the warm start, the optimizer of the
+    edge-of-stability view and eigenspace tracking.
 
     Attributes:
         warm_start: deal the previous firing's eigenvectors over the random start vectors every start

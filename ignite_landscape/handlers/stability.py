@@ -1,5 +1,7 @@
-"""The optimizer side of the edge-of-stability view: the stability threshold of SGD and Adam, Adam's
-preconditioner, and the model mode and batch size the curvature one optimizer step sees is measured in.
+"""The optimizer side of the edge-of-stability view.
+
+The stability threshold of SGD and Adam, Adam's preconditioner, and the model mode and batch size the
+curvature one optimizer step sees is measured in.
 
 Example:
     >>> import torch

@@ -132,8 +132,9 @@ def barrier(alphas: torch.Tensor, values: torch.Tensor) -> float:
 
 @dataclass(frozen=True)
 class InterpolationOptions:
-    """The options of :func:`interpolate`, validated once (the :class:`~ignite_landscape.ModeConnectivity`
-    handler builds the same object at construction).
+    """The options of :func:`interpolate`, validated once.
+
+    The :class:`~ignite_landscape.ModeConnectivity` handler builds the same object at construction.
 
     Attributes:
         steps: number of α values over ``[0, 1]`` (``≥ 2``).

@@ -149,8 +149,9 @@ class HessianDensityResult(Result):
 
 @dataclass(frozen=True)
 class DensityOptions:
-    """The quadrature options of :func:`hessian_density`, validated once (the
-    :class:`~ignite_landscape.HessianDensity` handler builds the same object at construction).
+    """The quadrature options of :func:`hessian_density`, validated once.
+
+    The :class:`~ignite_landscape.HessianDensity` handler builds the same object at construction.
 
     Attributes:
         num_steps: Lanczos steps per run (``≥ 1``).

@@ -114,8 +114,9 @@ def _as_flat(name: str, value: Any, space: Any, like: torch.Tensor) -> torch.Ten
 
 @dataclass(frozen=True)
 class DirectionalOptions:
-    """The options of :func:`directional_curvature`, validated once (the
-    :class:`~ignite_landscape.DirectionalCurvature` handler builds the same object at construction).
+    """The options of :func:`directional_curvature`, validated once.
+
+    The :class:`~ignite_landscape.DirectionalCurvature` handler builds the same object at construction.
 
     Attributes:
         direction: ``"gradient"`` (the probe gradient), ``"update"`` (the last optimizer step) or a fixed
@@ -150,8 +151,9 @@ class DirectionalOptions:
 
 @dataclass(frozen=True)
 class BatchSharpnessOptions:
-    """The options of :func:`batch_sharpness`, validated once (the :class:`~ignite_landscape.BatchSharpness`
-    handler builds the same object at construction).
+    """The options of :func:`batch_sharpness`, validated once.
+
+    The :class:`~ignite_landscape.BatchSharpness` handler builds the same object at construction.
 
     Attributes:
         batch_size: the trainer's batch size (the handler reads the trainer's DataLoader for ``None``).

@@ -96,8 +96,10 @@ class GradStatsOptions:
         check_uncertainty(self.uncertainty, self.jackknife_chunks)
 
     def check_probe(self, probe: Probe) -> None:
-        """Raise if the probe cannot give per-sample statistics (fewer than 2 samples, train mode) or the
-        jackknife cannot work on it."""
+        """Raise if the probe cannot give per-sample statistics or the jackknife cannot work on it.
+
+        Per-sample statistics need at least 2 samples and a probe not in train mode.
+        """
         if probe.num_samples < 2:
             raise ValueError("probe: gradient statistics need at least 2 samples (a variance)")
         check_per_sample_mode(
@@ -172,10 +174,13 @@ class GradientStatisticsResult(Result):
         return {} if self.sample_norms is None else {"sample_grad_norms": self.sample_norms}
 
     def scalars(self) -> dict[str, float]:
-        """``fisher_trace``, ``gsnr``, ``grad_norm``, ``trace_sigma``, the sample-norm mean/median/max, and when
+        """Named scalars of the statistics, the path length and, with ``uncertainty``, their error bars.
+
+        ``fisher_trace``, ``gsnr``, ``grad_norm``, ``trace_sigma``, the sample-norm mean/median/max, and when
         known ``distance_from_init``, ``update_norm``, ``relative_update``; per layer ``gsnr/<layer>``,
         ``update_norm/<layer>``, ``relative_update/<layer>``; with ``uncertainty`` ``gsnr_stderr``,
-        ``gsnr_lo``, ``gsnr_hi`` and the same for ``fisher_trace``."""
+        ``gsnr_lo``, ``gsnr_hi`` and the same for ``fisher_trace``.
+        """
         out = {
             "fisher_trace": self.fisher_trace,
             "gsnr": self.gsnr,

@@ -66,8 +66,9 @@ class LayerCurvature:
 
 @dataclass(frozen=True)
 class LayerwiseOptions:
-    """The options of :func:`layerwise_curvature_result`, validated once (the
-    :class:`~ignite_landscape.LayerwiseCurvature` handler builds the same object at construction).
+    """The options of :func:`layerwise_curvature_result`, validated once.
+
+    The :class:`~ignite_landscape.LayerwiseCurvature` handler builds the same object at construction.
 
     Attributes:
         tol: Lanczos tolerance of each layer's λ_max.

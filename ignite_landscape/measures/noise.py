@@ -174,8 +174,10 @@ class NoiseScale(Result):
     num_hvps: int = 0
 
     def scalars(self) -> dict[str, float]:
-        """Named scalars: ``b_simple``, ``trace_sigma``, ``grad_norm_sq``, ``probe_grad_norm_sq`` (and when
-        computed ``b_noise``, ``trace_h_sigma``, ``grad_curvature``)."""
+        """Named scalars: ``b_simple``, ``trace_sigma``, ``grad_norm_sq``, ``probe_grad_norm_sq``.
+
+        When computed, also ``b_noise``, ``trace_h_sigma`` and ``grad_curvature``.
+        """
         out = {
             "b_simple": self.b_simple,
             "trace_sigma": self.trace_sigma,
@@ -218,8 +220,10 @@ class NoiseScale(Result):
         return out
 
     def with_curvature(self, sum_ghg: float, probe_ghg: float, small: int, num_hvps: int) -> NoiseScale:
-        """This result with ``B_noise`` from the mean of ``g_jᵀHg_j`` over batches of ``small`` samples
-        (``sum_ghg`` over ``n/small`` batches) and the probe's ``ḡᵀHḡ`` (see the module docstring)."""
+        """This result with ``B_noise`` from the mean of ``g_jᵀHg_j`` over batches and the probe's ``ḡᵀHḡ``.
+
+        The batches hold ``small`` samples each (``sum_ghg`` over ``n/small`` batches); see the module docstring.
+        """
         n, batches = self.num_samples, self.num_samples // small
         trace_h_sigma = (sum_ghg / batches - probe_ghg) / (1.0 / small - 1.0 / n)
         ghg = probe_ghg - (1.0 / n - 1.0 / self.population_size) * trace_h_sigma

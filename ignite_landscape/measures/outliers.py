@@ -153,8 +153,9 @@ class GGNDecomposition(Result):
 
 @dataclass(frozen=True)
 class GGNOptions:
-    """The options of :func:`ggn_decomposition`, validated once (the :class:`~ignite_landscape.GGNOutliers`
-    handler builds the same object at construction).
+    """The options of :func:`ggn_decomposition`, validated once.
+
+    The :class:`~ignite_landscape.GGNOutliers` handler builds the same object at construction.
 
     Attributes:
         k: top GGN eigenvalues computed (``None``: ``2C + 2`` for ``C`` classes, else 12).

@@ -93,8 +93,9 @@ class GradientOverlapResult(Result):
 
 @dataclass(frozen=True)
 class OverlapOptions:
-    """The options of :func:`gradient_overlap`, validated once (the :class:`~ignite_landscape.GradientOverlap`
-    handler builds the same object at construction).
+    """The options of :func:`gradient_overlap`, validated once.
+
+    The :class:`~ignite_landscape.GradientOverlap` handler builds the same object at construction.
 
     Attributes:
         k: dimension of the eigenspace (``1 ≤ k <`` number of parameters).

@@ -101,8 +101,9 @@ SCHEDULES = ("cosine", "constant")
 
 @dataclass(frozen=True)
 class SharpnessOptions:
-    """The options of :func:`sharpness`, validated once (the :class:`~ignite_landscape.Sharpness`
-    handler builds the same object at construction).
+    """The options of :func:`sharpness`, validated once.
+
+    The :class:`~ignite_landscape.Sharpness` handler builds the same object at construction.
 
     Attributes:
         rho: radius of the ball (``"sam"``, ``"ascent"``) or per-coordinate standard deviation (``"average"``).
@@ -238,8 +239,10 @@ class SharpnessResult(Result):
     jackknife_chunks: int = 0
 
     def scalars(self) -> dict[str, float]:
-        """Named scalars: ``value``, ``base_loss``, ``perturbed_loss``, ``rho``, ``steps``, the pass counts
-        (and ``stderr`` for "average", ``converged`` as 0/1 for "ascent")."""
+        """Named scalars: ``value``, ``base_loss``, ``perturbed_loss``, ``rho``, ``steps``, the pass counts.
+
+        Also ``stderr`` for "average" and ``converged`` as 0/1 for "ascent".
+        """
         out = {
             "value": self.value,
             "base_loss": self.base_loss,
@@ -264,8 +267,10 @@ class SharpnessResult(Result):
 
     @property
     def interval(self) -> tuple[float, float] | None:
-        """With ``uncertainty``: ``value ± INTERVAL_Z·stderr`` as ``(lo, hi)`` (logged as ``value_lo``/``value_hi``),
-        else ``None``."""
+        """With ``uncertainty``: ``value ± INTERVAL_Z·stderr`` as ``(lo, hi)``, else ``None``.
+
+        The bounds are logged as ``value_lo``/``value_hi``.
+        """
         if self.uncertainty is None or self.stderr is None:
             return None
         return interval(self.value, self.stderr)

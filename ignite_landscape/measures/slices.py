@@ -159,8 +159,10 @@ def grid_coordinates(steps: int, span: tuple[float, float] = (-1.0, 1.0)) -> tor
 
 @dataclass(frozen=True)
 class SliceOptions:
-    """The grid options of :func:`loss_slice`, validated once (the :class:`~ignite_landscape.LossSlice`
-    handler builds the same object at construction, so a grid that cannot work is refused before training).
+    """The grid options of :func:`loss_slice`, validated once.
+
+    The :class:`~ignite_landscape.LossSlice` handler builds the same object at construction, so a grid that
+    cannot work is refused before training.
 
     Attributes:
         steps: grid points per direction (``≥ 2``; odd for a symmetric span).

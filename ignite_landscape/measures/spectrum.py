@@ -233,8 +233,9 @@ WHICH = ("largest", "smallest", "both")
 
 @dataclass(frozen=True)
 class SpectrumOptions:
-    """The options of :func:`hessian_eigenvalues`, validated once (the :class:`~ignite_landscape.HessianSpectrum`
-    handler builds the same object at construction).
+    """The options of :func:`hessian_eigenvalues`, validated once.
+
+    The :class:`~ignite_landscape.HessianSpectrum` handler builds the same object at construction.
 
     Attributes:
         k: eigenvalues per wanted end (``1 ≤ k <`` number of parameters).
@@ -466,7 +467,12 @@ def preconditioned_eigenvalues(
         probe: the fixed samples and loss.
         preconditioner: the diagonal of ``P``, flat (order of the selected parameters) or ``{name: tensor}``;
             every entry must be finite and positive.
-        k, which, tol, max_iter, params, seed: as in :func:`hessian_eigenvalues`.
+        k: eigenvalues per wanted end, as in :func:`hessian_eigenvalues`.
+        which: ``"largest"``, ``"smallest"`` or ``"both"``, as in :func:`hessian_eigenvalues`.
+        tol: stop when each wanted Ritz residual is ``≤ tol·|λ|``, as in :func:`hessian_eigenvalues`.
+        max_iter: cap on Hessian-vector products, as in :func:`hessian_eigenvalues`.
+        params: the parameters measured, as in :func:`hessian_eigenvalues`.
+        seed: seed of the random start vectors, as in :func:`hessian_eigenvalues`.
         v0: start vector or block for the symmetric operator (e.g. last time's eigenvector).
         return_eigenvectors: also return the eigenvectors ``y`` of the symmetric operator (those of
             ``P⁻¹H`` are ``P^{-1/2} y``).

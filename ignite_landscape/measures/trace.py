@@ -129,8 +129,9 @@ class HessianTraceResult(Result):
 
 @dataclass(frozen=True)
 class TraceOptions:
-    """The method and budget of :func:`hessian_trace`, validated once (the
-    :class:`~ignite_landscape.HessianTrace` handler builds the same object at construction).
+    """The method and budget of :func:`hessian_trace`, validated once.
+
+    The :class:`~ignite_landscape.HessianTrace` handler builds the same object at construction.
 
     Attributes:
         method: ``"hutch++"``, ``"hutchinson"``, ``"exact"`` or ``"auto"``.
