@@ -142,7 +142,7 @@ def run_eigenthings(
 
 
 def _curvlinops_scipy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[Any, dict[str, int]]:
-    """curvlinops' Hessian as a scipy ``LinearOperator`` that counts its operator applications."""
+    """Curvlinops' Hessian as a scipy ``LinearOperator`` that counts its operator applications."""
     from curvlinops import HessianLinearOperator
     from scipy.sparse.linalg import LinearOperator
 
@@ -167,7 +167,7 @@ def _curvlinops_scipy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tup
 
 
 def run_eigsh(model: nn.Module, x: torch.Tensor, y: torch.Tensor, tol: float) -> tuple[np.ndarray, int]:
-    """scipy's ``eigsh`` (ARPACK, which="LA") through curvlinops, with a seeded start vector."""
+    """Scipy's ``eigsh`` (ARPACK, which="LA") through curvlinops, with a seeded start vector."""
     from scipy.sparse.linalg import eigsh
 
     op, counter = _curvlinops_scipy(model, x, y)

@@ -166,8 +166,10 @@ def measure(tools: list[tuple[str, Callable[[], Row]]], repeats: int) -> list[Ro
 
 
 def paired_ratio(a: Callable[[], Any], b: Callable[[], Any], pairs: int) -> tuple[float, float, float, float, float]:
-    """Median wall times of ``a`` and ``b`` run alternately ``pairs`` times, and the quartiles of the per-pair
-    ratio ``a/b`` (each pair runs back to back, so load from other jobs mostly cancels in the ratio)."""
+    """Median wall times of ``a`` and ``b`` run alternately, and the quartiles of the per-pair ratio ``a/b``.
+
+    The pair runs ``pairs`` times, each pair back to back, so load from other jobs mostly cancels in the ratio.
+    """
     ta, tb, ratios = [], [], []
     for i in range(pairs):
         first, second = (a, b) if i % 2 == 0 else (b, a)  # alternate the order within pairs

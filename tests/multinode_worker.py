@@ -1,4 +1,4 @@
-"""One process of the two-node run of tests/test_multinode.py, launched by ``torchrun`` (not a test module).
+r"""One process of the two-node run of tests/test_multinode.py, launched by ``torchrun`` (not a test module).
 
 Each node trains a float64 MLP with DDP on its own half of the data for a few epochs while landscape
 handlers fire every epoch on one global probe (sharded across the nodes), rank 0 logging to TensorBoard.

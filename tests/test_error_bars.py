@@ -1,5 +1,8 @@
-"""Error bars end to end: handlers with uncertainty=, the gradient statistics' jackknife against a direct
-computation, the TensorBoard margin charts read back from the event file, and the report's bands."""
+"""Error bars end to end.
+
+Handlers with uncertainty=, the gradient statistics' jackknife against a direct computation, the TensorBoard
+margin charts read back from the event file, and the report's bands.
+"""
 
 from __future__ import annotations
 

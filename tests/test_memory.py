@@ -29,8 +29,10 @@ from tests.helpers import dense_hessian
 
 
 class Residual(nn.Module):
-    """Saved-tensor patterns that matter: outputs saved by their own node (ReLU, softmax), in-place
-    ReLU, an in-place residual add, BatchNorm."""
+    """Saved-tensor patterns that matter.
+
+    Outputs saved by their own node (ReLU, softmax), in-place ReLU, an in-place residual add, BatchNorm.
+    """
 
     def __init__(self) -> None:
         super().__init__()

@@ -1,5 +1,7 @@
-"""Every handler option that cannot work is refused at construction, naming the option, with the
-same check (and message) the measure function applies on entry."""
+"""Every handler option that cannot work is refused at construction, naming the option.
+
+The check (and message) is the same the measure function applies on entry.
+"""
 
 from __future__ import annotations
 

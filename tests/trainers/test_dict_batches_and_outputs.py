@@ -1,5 +1,8 @@
-"""Dict-shaped batches through the trainer's own ``prepare_batch``, and models returning a dict or an
-object with ``.logits`` read through ``output_transform`` (Ignite's ``model_transform`` in the trainer)."""
+"""Dict-shaped batches through the trainer's own ``prepare_batch``, and models returning a dict or an object.
+
+The model's output, a dict or an object with ``.logits``, is read through ``output_transform`` (Ignite's
+``model_transform`` in the trainer).
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,8 @@
-"""Ignite's own MNIST example shape: create_supervised_trainer, a shuffled DataLoader, an evaluator and a
-TensorboardLogger logging the training loss every few iterations and the landscape every epoch."""
+"""Ignite's own MNIST example shape.
+
+create_supervised_trainer, a shuffled DataLoader, an evaluator and a TensorboardLogger logging the training
+loss every few iterations and the landscape every epoch.
+"""
 
 from __future__ import annotations
 
