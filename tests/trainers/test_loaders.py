@@ -1,6 +1,7 @@
-"""Loaders whose order comes from random state: ``generator=`` with ``shuffle=True`` (PyTorch's
-reproducibility recipe), a plain ``shuffle=True`` (torch's global RNG), a sampler with its own
-generator, and a ``DistributedSampler`` (one process).
+"""Loaders whose order comes from random state.
+
+``generator=`` with ``shuffle=True`` (PyTorch's reproducibility recipe), a plain ``shuffle=True`` (torch's
+global RNG), a sampler with its own generator, and a ``DistributedSampler`` (one process).
 
 The probe is built from the training loader itself; it must not draw from any of that random state,
 so the batches training sees, and everything after, stay bit-identical.
