@@ -141,6 +141,7 @@ class SharpnessOptions:
     jackknife_chunks: int = JACKKNIFE_CHUNKS
 
     def __post_init__(self) -> None:
+        """Check every option once, naming the one that cannot work, and store the normalised values."""
         set_ = object.__setattr__  # frozen: normalised values are written once, here
         set_(self, "rho", check_positive("rho", self.rho))
         check_choice("method", self.method, SHARPNESS_METHODS)
