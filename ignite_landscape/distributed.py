@@ -156,11 +156,13 @@ class Lockstep:
         self.error: BaseException | None = None
 
     def __enter__(self) -> Lockstep:
+        """Enter the block; the block's error, if any, is kept for the next reduction."""
         return self
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> bool:
+        """Keep an ``Exception`` raised in the block under a process group so every rank raises together."""
         if exc is None or not isinstance(exc, Exception) or world_size() == 1:
             return False
         logger.warning("rank %d failed inside a collective computation: %r", rank(), exc)

@@ -146,6 +146,7 @@ class LandscapeArtifactHandler(BaseHandler):
         self._records: dict[str, dict[str, Any]] = {}
 
     def __call__(self, engine: Engine, logger: Any, event_name: Any) -> None:
+        """Send the fresh firings' scalars, records, curves and figures to the logger (rank 0 only)."""
         sink = _sink_for(logger)
         if idist.get_rank() != 0:
             return

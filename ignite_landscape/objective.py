@@ -173,6 +173,7 @@ class DecomposedLoss:
         return total if weight is None else total / weight
 
     def __repr__(self) -> str:
+        """The loss's ``total`` and ``normalizer`` functions."""
         return f"DecomposedLoss(total={self.total!r}, normalizer={self.normalizer!r})"
 
 

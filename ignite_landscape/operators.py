@@ -84,6 +84,7 @@ class CurvatureOperator:
         return self.matvec(v)
 
     def __repr__(self) -> str:
+        """The operator's name, shape, dtype and device."""
         return f"CurvatureOperator({self.name!r}, shape={self.shape}, dtype={self.dtype}, device={self.device})"
 
 

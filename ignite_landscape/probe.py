@@ -464,6 +464,7 @@ class Probe:
         logger.log(logging.WARNING if labels else logging.INFO, "Probe: no accuracy: %s", reason)
 
     def __repr__(self) -> str:
+        """The probe's sample count, batch size, device and model mode."""
         return (
             f"Probe(num_samples={self.num_samples}, batch_size={self.batch_size}, "
             f"device={self.device}, model_mode={self.model_mode!r})"

@@ -115,6 +115,7 @@ class Curve:
     overlay: bool = False
 
     def __post_init__(self) -> None:
+        """Store the data as arrays and check that their shapes fit the curve's ``kind``."""
         if self.kind not in CURVE_KINDS:
             raise ValueError(f"kind must be one of {CURVE_KINDS}, got {self.kind!r}")
         object.__setattr__(self, "x", _array(self.x).reshape(-1))

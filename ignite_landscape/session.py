@@ -206,6 +206,7 @@ class ProbeSession:
                 self._depth = 0
 
     def __enter__(self) -> ProbeSession:
+        """Open the session: the model in the probe's mode with its state saved (one block at a time)."""
         if self._stack is not None:
             raise RuntimeError("this ProbeSession is already open: use one `with` block at a time")
         stack = ExitStack()
@@ -214,6 +215,7 @@ class ProbeSession:
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        """Close the session: release the Hessian product and restore the model as it was."""
         self._hvp.release()
         stack, self._stack = self._stack, None
         if stack is not None:

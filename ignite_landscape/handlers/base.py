@@ -566,6 +566,7 @@ class LandscapeHandler:
         self._load_extra_state(from_plain(state_dict["extra"]))
 
     def __repr__(self) -> str:
+        """The handler's class, name and number of firings."""
         return f"{type(self).__name__}(name={self.name!r}, firings={len(self.history)})"
 
 

@@ -212,6 +212,7 @@ class Budget:
         self._waiting = {str(k): float(v) for k, v in state_dict.get("waiting", {}).items()}
 
     def __repr__(self) -> str:
+        """The fraction and the landscape and training seconds so far."""
         return (
             f"Budget(fraction={self.fraction}, landscape_seconds={self.landscape_seconds:.3f}, "
             f"training_seconds={self.training_seconds:.3f})"

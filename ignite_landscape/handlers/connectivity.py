@@ -61,6 +61,7 @@ class ModeConnectivityOptions(InterpolationOptions):
     reference_key: str | None = None
 
     def __post_init__(self) -> None:
+        """Check the interpolation options and that ``reference`` is a path, a state dict or a keyword."""
         super().__post_init__()
         ref = self.reference
         if not isinstance(ref, (str, os.PathLike, Mapping)):
@@ -142,6 +143,7 @@ class ModeConnectivity(MeasureHandler):
         return out
 
     def expected_keys(self) -> list[str]:
+        """``loss_barrier``, recorded as NaN when the first firing fails."""
         return ["loss_barrier"]
 
     def definitions(self) -> dict[str, str]:
@@ -158,6 +160,7 @@ class ModeConnectivity(MeasureHandler):
             self.reference = _snapshot(self.model)
 
     def compute(self, engine: Engine) -> Any:
+        """Interpolate from the reference weights to the current ones (then move a ``"previous"`` reference on)."""
         if self.reference is None:  # fired without attach: the reference is now
             self.reference = _snapshot(self.model)
         options = fields_of(self.options, InterpolationOptions)

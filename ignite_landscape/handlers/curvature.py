@@ -130,9 +130,11 @@ class DirectionalCurvature(MeasureHandler):
         self._before = copy_weights(self._before, self.space, self.model)
 
     def expected_keys(self) -> list[str]:
+        """``value`` and ``direction_norm``, recorded as NaN when the first firing fails."""
         return ["value", "direction_norm"]
 
     def compute(self, engine: Engine) -> Any:
+        """The curvature along the chosen direction (the last optimizer step for ``"update"``)."""
         previous = None
         if self.direction == "update":
             if self._before is None:
@@ -141,6 +143,7 @@ class DirectionalCurvature(MeasureHandler):
         return _directional_curvature(self.model, self.probe, self.options, self.seed, self.params, previous)
 
     def scalars_of(self, engine: Engine, result: Any) -> dict[str, float]:
+        """The result's scalars; with a known learning rate η also ``threshold`` ``2/η`` and ``ratio`` ``value·η/2``."""
         out = {k: float(v) for k, v in result.scalars().items()}
         lr = _current_lr(self.lr, self.optimizer)
         if lr is not None:
@@ -149,6 +152,7 @@ class DirectionalCurvature(MeasureHandler):
         return out
 
     def definitions(self) -> dict[str, str]:
+        """The base definitions and those of the stability threshold and ratio."""
         return {**super().definitions(), **_threshold_definitions(self.lr, self.optimizer)}
 
 
@@ -184,6 +188,7 @@ class BatchSharpness(MeasureHandler):
     positional = ("batch_size", "num_batches")
 
     def expected_keys(self) -> list[str]:
+        """``value`` and ``stderr``, recorded as NaN when the first firing fails."""
         return ["value", "stderr"]
 
     def _batch_size(self, engine: Engine) -> int:
@@ -195,6 +200,7 @@ class BatchSharpness(MeasureHandler):
         return min(size, self.probe.num_samples)
 
     def compute(self, engine: Engine) -> Any:
+        """Batch sharpness over probe batches of the trainer's batch size."""
         return batch_sharpness(
             self.model,
             self.probe,
@@ -206,6 +212,7 @@ class BatchSharpness(MeasureHandler):
         )
 
     def definitions(self) -> dict[str, str]:
+        """The base definitions and those of the stability threshold and ratio."""
         return {**super().definitions(), **_threshold_definitions(self.lr, self.optimizer)}
 
 
@@ -252,6 +259,7 @@ class GradientOverlap(MeasureHandler):
             raise ValueError("spectrum must measure the same model and parameters")
 
     def expected_keys(self) -> list[str]:
+        """``value``, recorded as NaN when the first firing fails."""
         return ["value"]
 
     def _reusable(self, engine: Engine) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -274,16 +282,19 @@ class GradientOverlap(MeasureHandler):
         return vectors, result.eigenvalues
 
     def compute(self, engine: Engine) -> GradientOverlapResult:
+        """The overlap, reusing the spectrum handler's eigenvectors when it fired at this moment."""
         reuse = self._reusable(engine)
         vectors, values = (None, None) if reuse is None else reuse
         return _gradient_overlap(self.model, self.probe, self.options, self.seed, self.params, vectors, values)
 
     def scalars_of(self, engine: Engine, result: GradientOverlapResult) -> dict[str, float]:
+        """The result's scalars and ``reused`` (1 when the spectrum handler's eigenvectors were reused)."""
         out = {k: float(v) for k, v in result.scalars().items()}
         out["reused"] = 1.0 if result.reused else 0.0
         return out
 
     def definitions(self) -> dict[str, str]:
+        """The base definitions and that of ``reused``."""
         out = super().definitions()
         out["reused"] = "1 when the eigenvectors came from the spectrum handler's firing at this moment, else 0"
         return out
@@ -324,4 +335,5 @@ class GGNOutliers(MeasureHandler):
     positional = ("k", "tol")
 
     def expected_keys(self) -> list[str]:
+        """``lambda_max_ggn`` and ``num_outliers``, recorded as NaN when the first firing fails."""
         return ["lambda_max_ggn", "num_outliers"]

@@ -73,9 +73,11 @@ class GradientStatistics(MeasureHandler):
             self.previous = {k: v.clone() for k, v in self.initial.items()}
 
     def expected_keys(self) -> list[str]:
+        """The statistics and path lengths, recorded as NaN when the first firing fails."""
         return ["fisher_trace", "gsnr", "grad_norm", "distance_from_init", "update_norm", "relative_update"]
 
     def compute(self, engine: Engine) -> GradientStatisticsResult:
+        """The statistics at the current weights; the current weights become the previous ones."""
         if self.initial is None or self.previous is None:
             raise RuntimeError("GradientStatistics fired before attach(): no initial weights")
         result = _gradient_statistics(

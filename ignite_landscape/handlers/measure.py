@@ -214,6 +214,7 @@ class MeasureHandler(LandscapeHandler):
     state_names: ClassVar[tuple[str, ...]] = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Give a subclass with ``options_type`` its constructor signature, docstring and option names."""
         super().__init_subclass__(**kwargs)
         if cls.options_type is not None:
             signature = _signature(cls)
@@ -242,6 +243,7 @@ class MeasureHandler(LandscapeHandler):
                 method(arg)
 
     def __getattr__(self, name: str) -> Any:
+        """Read an option as an attribute (``handler.k`` is ``handler.options.k``)."""
         # Only reached for names not found otherwise: the options read as attributes.
         options = self.__dict__.get("options")
         if options is not None and name in self._option_names:
@@ -249,6 +251,7 @@ class MeasureHandler(LandscapeHandler):
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def __setattr__(self, name: str, value: Any) -> None:
+        """Refuse to set an option (options are read-only); set any other attribute."""
         if name in self._option_names and "options" in self.__dict__:
             raise AttributeError(
                 f"{name} is an option of {type(self).__name__} (read-only): build a new handler, or use "

@@ -54,6 +54,7 @@ class NoiseScaleOptions(NoiseOptions):
     smoothing: float = 0.5
 
     def __post_init__(self) -> None:
+        """Check every option once, naming the one that cannot work, and store the normalised values."""
         check_bool("b_noise", self.b_noise)
         super().__post_init__()
         object.__setattr__(self, "smoothing", check_fraction("smoothing", self.smoothing))
@@ -80,9 +81,11 @@ class GradientNoiseScale(MeasureHandler):
         self._ema = [0.0, 0.0, 0.0]
 
     def expected_keys(self) -> list[str]:
+        """The noise scale, its parts and the smoothed scale, recorded as NaN when the first firing fails."""
         return ["b_simple", "trace_sigma", "grad_norm_sq", "b_simple_smoothed"]
 
     def compute(self, engine: Engine) -> Any:
+        """The noise scale at the current weights; a finite result updates the moving averages."""
         result = _noise_scale(self.model, self.probe, self.options, self.seed, self.params)
         if math.isfinite(result.trace_sigma) and math.isfinite(result.grad_norm_sq):
             b = self.smoothing
@@ -99,6 +102,7 @@ class GradientNoiseScale(MeasureHandler):
         return (tr / g if g > 0 else math.inf), tr, g
 
     def scalars_of(self, engine: Engine, result: NoiseScale) -> dict[str, float]:
+        """The result's scalars and the moving averages' (``*_smoothed``)."""
         out = super().scalars_of(engine, result)
         b, tr, g = self.smoothed()
         out.update(b_simple_smoothed=b, trace_sigma_smoothed=tr, grad_norm_sq_smoothed=g)

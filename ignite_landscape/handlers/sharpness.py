@@ -43,4 +43,5 @@ class Sharpness(MeasureHandler):
     positional = ("rho", "method", "norm", "adaptive")
 
     def expected_keys(self) -> list[str]:
+        """``value``, ``base_loss`` and ``perturbed_loss``, recorded as NaN when the first firing fails."""
         return ["value", "base_loss", "perturbed_loss"]

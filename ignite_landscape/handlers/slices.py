@@ -73,6 +73,7 @@ class LossSliceOptions(SliceOptions):
     ignore_bias_bn: bool = True
 
     def __post_init__(self) -> None:
+        """Check every option once, naming the one that cannot work; resolve the defaults that follow ``dims``."""
         set_ = object.__setattr__  # frozen: the resolved defaults are written once, here
         check_int("dims", self.dims, 1)
         if self.dims not in (1, 2):
@@ -113,6 +114,7 @@ class LossSlice(MeasureHandler):
 
     @property  # type: ignore[override]
     def default_name(self) -> str:  # type: ignore[override]
+        """``slice1d`` or ``slice2d``, after the number of directions."""
         return f"slice{self.options.dims}d"
 
     def __init__(self, model: nn.Module, probe: Probe, *args: Any, **kwargs: Any) -> None:
@@ -128,6 +130,7 @@ class LossSlice(MeasureHandler):
             self.raw_directions = [{k: v.detach().clone() for k, v in d.items()} for d in directions]
 
     def expected_keys(self) -> list[str]:
+        """``center_loss``, ``min_loss`` and ``max_loss``, recorded as NaN when the first firing fails."""
         return ["center_loss", "min_loss", "max_loss"]
 
     def definitions(self) -> dict[str, str]:
@@ -175,6 +178,7 @@ class LossSlice(MeasureHandler):
         ]
 
     def compute(self, engine: Engine) -> Any:
+        """The slice along the directions (drawn at the first firing, normalised at every one)."""
         if self.raw_directions is None:
             self.raw_directions = [{k: v.detach().clone() for k, v in d.items()} for d in self._draw()]
         directions = self.directions

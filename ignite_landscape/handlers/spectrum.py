@@ -124,6 +124,7 @@ class HessianSpectrumOptions(SpectrumOptions):
     train_batch_size: int | None = None
 
     def __post_init__(self) -> None:
+        """Check the spectrum, warm-start and optimizer options once, naming the one that cannot work."""
         super().__post_init__()
         check_bool("warm_start", self.warm_start)
         noise = self.warm_start_noise
@@ -224,6 +225,7 @@ class HessianSpectrum(MeasureHandler):
         return out
 
     def expected_keys(self) -> list[str]:
+        """The extreme eigenvalue and the top ``k``, recorded as NaN when the first firing fails."""
         keys = ["lambda_max"] if self.which != "smallest" else ["lambda_min"]
         keys += [f"lambda_{i}" for i in range(1, self.k + 1)] if self.which != "smallest" else []
         return keys
@@ -244,6 +246,7 @@ class HessianSpectrum(MeasureHandler):
         return block
 
     def compute(self, engine: Engine) -> HessianEigenvalues:
+        """The eigenvalues (warm-started when asked), their tracking and, with Adam, the preconditioned sharpness."""
         result = hessian_eigenvalues(
             self.model,
             self._measured_probe,
@@ -280,6 +283,7 @@ class HessianSpectrum(MeasureHandler):
         return result
 
     def scalars_of(self, engine: Engine, result: HessianEigenvalues) -> dict[str, float]:
+        """The result's scalars, the tracking scalars and, with an optimizer, the stability threshold."""
         out = super().scalars_of(engine, result)
         out.update(self._tracking)
         if self.optimizer is None:
@@ -402,6 +406,7 @@ class HessianTrace(MeasureHandler):
     measure = staticmethod(by_keywords(hessian_trace))
 
     def expected_keys(self) -> list[str]:
+        """``value`` and ``stderr``, recorded as NaN when the first firing fails."""
         return ["value", "stderr"]
 
 
@@ -424,4 +429,5 @@ class HessianDensity(MeasureHandler):
     measure = staticmethod(by_keywords(hessian_density))
 
     def expected_keys(self) -> list[str]:
+        """The negative mass and fraction, trace and extreme eigenvalues, NaN when the first firing fails."""
         return ["negative_mass", "negative_fraction", "trace", "lambda_max", "lambda_min"]

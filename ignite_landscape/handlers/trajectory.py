@@ -74,6 +74,7 @@ class TrajectoryPlaneOptions(TrajectoryOptions):
     plane_every: int | None = None
 
     def __post_init__(self) -> None:
+        """Check every option once, naming the one that cannot work (``ValueError``/``TypeError``)."""
         super().__post_init__()
         check_int("max_points", self.max_points, 3)
         if self.plane_every is not None:
@@ -143,6 +144,7 @@ class TrajectoryPlane(MeasureHandler):
 
     # -- Ignite -------------------------------------------------------------------------------------
     def __call__(self, engine: Engine) -> None:
+        """Record a point, or at ``COMPLETED`` (once per run) the plane, then fire as the base class does."""
         if engine.last_event_name == Events.COMPLETED:
             key = (id(engine), self._run_count, engine.state.epoch, engine.state.iteration)
             if key == self._plane_key:
@@ -153,9 +155,11 @@ class TrajectoryPlane(MeasureHandler):
         super().__call__(engine)
 
     def expected_keys(self) -> list[str]:
+        """``num_points``, recorded as NaN when the first firing fails."""
         return ["num_points"]
 
     def compute(self, engine: Engine) -> TrajectoryPlaneResult | TrajectoryPoint:
+        """A point of the path, or the plane through it at ``COMPLETED`` and every ``plane_every`` firings."""
         iteration = int(engine.state.iteration)
         before = self.firings
         recorded = self._record(iteration)

@@ -151,6 +151,7 @@ class InterpolationOptions:
     bn_batches: int | None = None
 
     def __post_init__(self) -> None:
+        """Check every option once, naming the one that cannot work (``ValueError``/``TypeError``)."""
         check_int("steps", self.steps, 2)
         if self.bn_batches is not None:
             if isinstance(self.bn_batches, bool) or not isinstance(self.bn_batches, int):

@@ -171,6 +171,7 @@ class DensityOptions:
     curvature: str = "hessian"
 
     def __post_init__(self) -> None:
+        """Check every option once, naming the one that cannot work (``ValueError``/``TypeError``)."""
         check_curvature(self.curvature)
         check_int("num_steps", self.num_steps, 1)
         check_int("num_runs", self.num_runs, 1)

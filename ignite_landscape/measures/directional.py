@@ -131,6 +131,7 @@ class DirectionalOptions:
     curvature: str = "hessian"
 
     def __post_init__(self) -> None:
+        """Check every option once, naming the one that cannot work (``ValueError``/``TypeError``)."""
         check_curvature(self.curvature)
         direction = self.direction
         if isinstance(direction, str):
@@ -169,6 +170,7 @@ class BatchSharpnessOptions:
     lr: float | None = None
 
     def __post_init__(self) -> None:
+        """Check every option once, naming the one that cannot work (``ValueError``/``TypeError``)."""
         if self.batch_size is not None:
             check_int("batch_size", self.batch_size, 1)
         check_int("num_batches", self.num_batches, 2)

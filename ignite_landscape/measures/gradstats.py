@@ -91,6 +91,7 @@ class GradStatsOptions:
     jackknife_chunks: int = JACKKNIFE_CHUNKS
 
     def __post_init__(self) -> None:
+        """Check every option once, naming the one that cannot work (``ValueError``/``TypeError``)."""
         if self.chunk_size is not None:
             check_int("chunk_size", self.chunk_size, 1)
         check_uncertainty(self.uncertainty, self.jackknife_chunks)

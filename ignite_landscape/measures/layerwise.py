@@ -87,6 +87,7 @@ class LayerwiseOptions:
     exact_below: int = 64
 
     def __post_init__(self) -> None:
+        """Check every option once, naming the one that cannot work, and store the normalised values."""
         object.__setattr__(self, "tol", check_positive("tol", self.tol))
         check_choice("trace_method", self.trace_method, ("auto", "exact", "hutch++"))
         check_int("trace_hvps", self.trace_hvps, 6)

@@ -100,6 +100,7 @@ class NoiseOptions:
     b_noise: bool | None = None
 
     def __post_init__(self) -> None:
+        """Check every option once, naming the one that cannot work (``ValueError``/``TypeError``)."""
         check_choice("method", self.method, NOISE_METHODS)
         if self.b_noise is not None and not isinstance(self.b_noise, bool):
             raise TypeError(f"b_noise must be True, False or None, got {type(self.b_noise).__name__}")

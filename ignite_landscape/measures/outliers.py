@@ -173,6 +173,7 @@ class GGNOptions:
     ratio: float = 2.0
 
     def __post_init__(self) -> None:
+        """Check every option once, naming the one that cannot work, and store the normalised values."""
         if self.k is not None:
             check_int("k", self.k, 1)
         object.__setattr__(self, "tol", check_positive("tol", self.tol))

@@ -113,6 +113,7 @@ class OverlapOptions:
     max_iter: int | None = None
 
     def __post_init__(self) -> None:
+        """Check every option once, naming the one that cannot work, and store the normalised values."""
         check_int("k", self.k, 1)
         check_curvature(self.curvature)
         object.__setattr__(self, "tol", check_positive("tol", self.tol))

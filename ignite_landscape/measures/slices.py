@@ -180,6 +180,7 @@ class SliceOptions:
     batch_points: int | None = None
 
     def __post_init__(self) -> None:
+        """Check every option once, naming the one that cannot work, and store the normalised values."""
         span = self.span
         if not isinstance(span, (tuple, list)) or len(span) != 2:
             raise TypeError(f"span must be a pair (low, high), got {span!r}")

@@ -263,6 +263,7 @@ class SpectrumOptions:
     jackknife_chunks: int = JACKKNIFE_CHUNKS
 
     def __post_init__(self) -> None:
+        """Check every option once, naming the one that cannot work, and store the normalised values."""
         check_int("k", self.k, 1)
         check_choice("which", self.which, WHICH)
         object.__setattr__(self, "tol", check_positive("tol", self.tol))

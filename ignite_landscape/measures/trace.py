@@ -158,6 +158,7 @@ class TraceOptions:
     jackknife_chunks: int = JACKKNIFE_CHUNKS
 
     def __post_init__(self) -> None:
+        """Check every option once, naming the one that cannot work (``ValueError``/``TypeError``)."""
         check_choice("method", self.method, (*TRACE_METHODS, "exact", "auto"))
         check_int("num_hvps", self.num_hvps, {"hutchinson": 2, "exact": 1}.get(self.method, 6))
         check_curvature(self.curvature)

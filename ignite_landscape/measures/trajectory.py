@@ -66,6 +66,7 @@ class TrajectoryOptions:
     batch_points: int | None = None
 
     def __post_init__(self) -> None:
+        """Check every option once, naming the one that cannot work, and store the normalised values."""
         SliceOptions(self.steps, (-1.0, 1.0), self.batch_points)  # odd steps >= 3, batch_points >= 1
         object.__setattr__(self, "margin", check_positive("margin", self.margin))
 
