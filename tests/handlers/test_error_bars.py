@@ -24,8 +24,8 @@ from ignite_landscape.measures.jackknife import INTERVAL_Z
 from ignite_landscape.report.layout import band
 from ignite_landscape.report.statistics import format_number
 from tests.helpers import classification_data, mlp
-from tests.test_gradstats import loop_grads
-from tests.test_handlers import Run, assert_same_state
+from tests.measures.test_gradstats import loop_grads
+from tests.handlers.test_handlers import Run, assert_same_state
 
 K = 4
 

@@ -236,7 +236,7 @@ def test_readme_budget_snippet_runs(tmp_path):
 
     from tests.helpers import digits_mlp, digits_train_loader
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
     (block,) = [b for b in re.findall(r"```python\n(.*?)```", readme, flags=re.S) if "il.Budget(" in b]
     torch.manual_seed(0)
     loader = digits_train_loader(batch_size=64)

@@ -26,7 +26,7 @@ from torch import nn
 import ignite_landscape as il
 from ignite_landscape.results import Curve
 from ignite_landscape.tensorboard import MAX_MESH_VERTICES, grid_mesh
-from tests.test_handlers import Run, shared_full_run
+from tests.handlers.test_handlers import Run, shared_full_run
 
 EVERY_KIND = {"size_guidance": {"scalars": 0, "histograms": 0, "images": 0, "tensors": 0}}
 

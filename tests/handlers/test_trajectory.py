@@ -15,7 +15,7 @@ import ignite_landscape as il
 from ignite_landscape import plots, report
 from ignite_landscape.handlers.base import to_plain
 from tests.helpers import classification_data, mlp
-from tests.test_handlers import Run, assert_same_state, assert_same_tree
+from tests.handlers.test_handlers import Run, assert_same_state, assert_same_tree
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -28,7 +28,7 @@ from ignite_landscape.tensorboard import (
     custom_scalars_layout,
     grid_mesh,
 )
-from tests.test_tensorboard import read
+from tests.tensorboard.test_tensorboard import read
 
 X = np.linspace(-1.0, 1.0, 5)
 NODES = np.array([-0.5, 0.1, 2.0, 7.5, np.nan])

@@ -10,7 +10,7 @@ from ignite_landscape import Probe
 from ignite_landscape.measures.overlap import gradient_overlap
 from tests.helpers import classification_data, dense_hessian, mlp
 from tests.test_curvature import dense_ggn
-from tests.test_directional import _dense_grad
+from tests.measures.test_directional import _dense_grad
 
 F = nn.functional
 

@@ -18,7 +18,7 @@ from ignite_landscape.report import bootstrap_ci, correlate, kendall_tau, pearso
 from ignite_landscape.report.statistics import format_number
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 # ---------------------------------------------------------------------------------------- statistics

@@ -169,7 +169,7 @@ _SHARED: dict[str, Any] = {}
 def shared_full_run(tmp_path_factory) -> tuple[Run, Path]:
     """All handlers every epoch plus the TensorBoard log handler (the writer Ignite picks: tensorboardX).
 
-    Built once per session and shared with tests/test_tensorboard.py, which reads its event file.
+    Built once per session and shared with tests/tensorboard/test_tensorboard.py, which reads its event file.
     """
     if "full" not in _SHARED:
         from ignite.handlers import TensorboardLogger

@@ -20,7 +20,7 @@ from ignite_landscape.handlers.curvature import (
 from ignite_landscape.measures.directional import batch_sharpness, directional_curvature
 from ignite_landscape.measures.overlap import gradient_overlap
 from tests.helpers import classification_data, dense_hessian, mlp
-from tests.test_handlers import Run, assert_same_state, one_thread, plain_run  # noqa: F401  (fixtures)
+from tests.handlers.test_handlers import Run, assert_same_state, one_thread, plain_run  # noqa: F401  (fixtures)
 
 F = nn.functional
 
@@ -166,7 +166,7 @@ def test_curvature_handler_options_are_checked():
 def test_layerwise_heatmap_and_scalars_in_tensorboard(tmp_path):
     from ignite.handlers import TensorboardLogger
 
-    from tests.test_tensorboard import read
+    from tests.tensorboard.test_tensorboard import read
 
     model = mlp()
     probe = il.Probe(classification_data(24, (5,)), F.cross_entropy)
