@@ -5,7 +5,8 @@ A measure is a frozen options dataclass (validated once, in ``__post_init__``) a
 a subclass names them in two class attributes and inherits a constructor that takes the options'
 keywords without re-declaring them, a ``__signature__`` and an ``Args`` section generated from the
 options (so ``help()`` lists every option with its default), read-only attributes ``handler.<option>``
-and the ``probe`` definition every firing records.
+and the ``probe`` definition every firing records. :class:`Measure` runs a measure function with an options
+object directly, with no class to write.
 
 Example:
     >>> import dataclasses, torch
@@ -57,7 +58,7 @@ from ignite_landscape.handlers.base import LandscapeHandler
 from ignite_landscape.params import ParamSpace, unwrap_model
 from ignite_landscape.probe import Probe
 
-__all__ = ["MeasureHandler", "by_keywords", "copy_weights", "fields_of", "option_docs"]
+__all__ = ["Measure", "MeasureHandler", "by_keywords", "copy_weights", "fields_of", "option_docs"]
 
 # The keywords LandscapeHandler.__init__ takes itself (everything after model and probe).
 _BASE = [p for p in inspect.signature(LandscapeHandler.__init__).parameters.values() if p.kind is p.KEYWORD_ONLY]
@@ -265,3 +266,82 @@ class MeasureHandler(LandscapeHandler):
         if measure is None:
             raise NotImplementedError(f"{type(self).__name__} sets no measure")
         return measure(self.model, self.probe, self.options, self.seed, self.params)
+
+
+class Measure(MeasureHandler):
+    """Any measure function with its options on engine events, with no handler class to write.
+
+    ``Measure(model, probe, f, options)`` calls ``f(model, probe, options)`` at each firing, passing
+    ``seed=`` and ``params=`` as well when ``f`` takes them, and records its result like any handler: the
+    result's scalars under ``landscape/<name>/<key>``, its kind, curves and definitions for
+    ``LandscapeLogHandler`` and the report.
+    The options' fields read as ``handler.<field>``; ``options.check_probe(probe)`` and
+    ``options.check_space(space)`` run at construction where the options define them.
+
+    Args:
+        model: the trained model (never modified).
+        probe: the fixed samples.
+        measure: ``f(model, probe, options[, seed=, params=]) -> Result``.
+        options: the measure's options, passed as they are (typically a frozen dataclass validated in its
+            ``__post_init__``).
+        **keywords: the base handler's keywords (``name``, ``params``, ``seed``, ``on_error``, ``progress``,
+            ``progress_after``, ``guard``; see :class:`~ignite_landscape.handlers.base.LandscapeHandler`). The
+            default ``name`` is the function's ``__name__``.
+
+    Raises:
+        TypeError: if ``measure`` is not callable, for an unknown keyword, or a lambda without ``name=``.
+
+    Example:
+        >>> import dataclasses, torch
+        >>> from ignite.engine import Engine
+        >>> from ignite_landscape import Probe
+        >>> from ignite_landscape.results import Result
+        >>> @dataclasses.dataclass
+        ... class Loss(Result):
+        ...     value: float
+        ...     def scalars(self): return {"value": self.value}
+        >>> def probe_loss(model, probe, options):
+        ...     return Loss(probe.evaluate(model).loss)
+        >>> model = torch.nn.Linear(2, 1)
+        >>> probe = Probe((torch.randn(4, 2), torch.randn(4, 1)), torch.nn.functional.mse_loss)
+        >>> trainer = Engine(lambda engine, batch: None)
+        >>> _ = Measure(model, probe, probe_loss, None).attach(trainer)
+        >>> _ = trainer.run([0], max_epochs=1)
+        >>> sorted(k for k in trainer.state.metrics if k.startswith("landscape/probe_loss/"))
+        ['landscape/probe_loss/seconds', 'landscape/probe_loss/value']
+    """
+
+    def __init__(
+        self, model: nn.Module, probe: Probe, measure: Callable[..., Any], options: Any = None, **keywords: Any
+    ):
+        if not callable(measure):
+            raise TypeError(f"measure must be a function f(model, probe, options), got {type(measure).__name__}")
+        unknown = sorted(set(keywords) - set(BASE_KEYWORDS))
+        if unknown:
+            raise TypeError(f"Measure got unknown keywords {unknown}; it takes {list(BASE_KEYWORDS)}")
+        if keywords.get("name") is None:
+            name = getattr(measure, "__name__", "")
+            if not name.isidentifier():
+                raise TypeError(f"name: give Measure a name= for a measure without a plain __name__ ({name!r})")
+            keywords["name"] = name
+        LandscapeHandler.__init__(self, model, probe, **keywords)
+        self.function = measure
+        try:
+            accepted = inspect.signature(measure).parameters
+        except (TypeError, ValueError):  # a builtin without a signature: model, probe, options only
+            accepted = {}
+        any_keyword = any(p.kind is p.VAR_KEYWORD for p in accepted.values())
+        self._passed = tuple(k for k in ("seed", "params") if any_keyword or k in accepted)
+        if dataclasses.is_dataclass(options) and not isinstance(options, type):
+            taken = set(self.__dict__) | set(dir(type(self)))
+            self._option_names = frozenset(f.name for f in dataclasses.fields(options)) - taken
+        self.options = options
+        for check, arg in (("check_probe", probe), ("check_space", self.space)):
+            method = getattr(options, check, None)
+            if callable(method):
+                method(arg)
+
+    def compute(self, engine: Engine) -> Any:
+        """Run the measure function with the options on the current weights."""
+        kwargs = {k: getattr(self, k) for k in self._passed}
+        return self.function(self.model, self.probe, self.options, **kwargs)
