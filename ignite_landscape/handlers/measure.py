@@ -289,7 +289,8 @@ class Measure(MeasureHandler):
             default ``name`` is the function's ``__name__``.
 
     Raises:
-        TypeError: if ``measure`` is not callable, for an unknown keyword, or a lambda without ``name=``.
+        TypeError: if ``measure`` is not callable, for an unknown keyword, a lambda without ``name=``, or a
+            ``seed``/``params`` given for a function that does not take it.
 
     Example:
         >>> import dataclasses, torch
@@ -332,6 +333,10 @@ class Measure(MeasureHandler):
             accepted = {}
         any_keyword = any(p.kind is p.VAR_KEYWORD for p in accepted.values())
         self._passed = tuple(k for k in ("seed", "params") if any_keyword or k in accepted)
+        # A seed or a parameter selection the function never sees would be silently ignored.
+        ignored = [k for k in ("seed", "params") if keywords.get(k) is not None and k not in self._passed]
+        if ignored:
+            raise TypeError(f"{ignored[0]}: {keywords['name']} takes no {ignored[0]}= keyword, so it cannot use it")
         if dataclasses.is_dataclass(options) and not isinstance(options, type):
             taken = set(self.__dict__) | set(dir(type(self)))
             self._option_names = frozenset(f.name for f in dataclasses.fields(options)) - taken

@@ -208,7 +208,19 @@ def test_measure_handler_validates_its_arguments():
         Measure(model, probe, diagonal_profile, bins=3)
     with pytest.raises(TypeError, match="name"):
         Measure(model, probe, lambda m, p, o: None, None)
-    handler = Measure(model, probe, diagonal_profile, DiagonalProfileOptions(bins=3), name="diag")
+
+    def no_seed(model, probe, options):
+        return None
+
+    with pytest.raises(TypeError, match="seed: no_seed takes no seed="):
+        Measure(model, probe, no_seed, None, seed=3)
+    with pytest.raises(TypeError, match="params"):
+        Measure(model, probe, no_seed, None, params=["0.weight"])
+    options = DiagonalProfileOptions(bins=3, num_hvps=3)
+    handler = Measure(model, probe, diagonal_profile, options, name="diag", seed=4)
+    # The handler's seed reaches the function (GELU: the seeded Hutchinson estimate).
+    seeded = diagonal_profile(model, probe, options, seed=4).value
+    assert handler.compute(Engine(lambda e, b: None)).value == seeded != diagonal_profile(model, probe, options).value
     assert handler.name == "diag" and handler.bins == 3 and handler.method == "auto"
     with pytest.raises(AttributeError, match="read-only"):
         handler.bins = 4
