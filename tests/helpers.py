@@ -1,10 +1,21 @@
-"""Ground truth for the tests: dense Hessians in float64 and small models."""
+"""Ground truth for the tests: dense Hessians in float64 and small models; shared trainers and checks."""
 
 from __future__ import annotations
 
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
 import torch
+import torch.nn.functional as F
+from ignite.engine import Engine
 from torch import nn
 from torch.func import functional_call
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def dense_hessian(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn, names=None) -> torch.Tensor:
@@ -101,3 +112,65 @@ def digits_cnn(classes: int = 10) -> nn.Module:
     conv = [nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
     head = [nn.Flatten(), nn.Linear(32 * 4 * 4, 64), nn.ReLU(), nn.Linear(64, classes)]
     return nn.Sequential(OrderedDict(features=nn.Sequential(*conv), classifier=nn.Sequential(*head)))
+
+
+def full_batch_trainer(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> Engine:
+    """An Ignite trainer whose every iteration is one full-batch cross-entropy step of ``optimizer`` on ``(x, y)``."""
+
+    def step(engine: Engine, batch: Any) -> None:
+        optimizer.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+
+    return Engine(step)
+
+
+def assert_same_tree(a: Any, b: Any, path: str = "") -> None:
+    """Exact equality of nested dicts, lists and tuples; ``path`` names the first difference.
+
+    Tensors and arrays bitwise (same dtype, shape and values, NaN equal to NaN in the same place), floats with
+    NaN == NaN, everything else with ``==``.
+    """
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape, path
+        if a.is_floating_point() or a.is_complex():
+            nan_a, nan_b = torch.isnan(a), torch.isnan(b)
+            assert torch.equal(nan_a, nan_b) and torch.equal(a[~nan_a], b[~nan_b]), path
+        else:
+            assert torch.equal(a, b), path
+    elif isinstance(a, np.ndarray):
+        assert isinstance(b, np.ndarray) and a.dtype == b.dtype and a.shape == b.shape, path
+        assert np.array_equal(a, b, equal_nan=a.dtype.kind in "fc"), path
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), path
+        for k in a:
+            assert_same_tree(a[k], b[k], f"{path}/{k}")
+    elif isinstance(a, (list, tuple)):
+        assert isinstance(b, (list, tuple)) and len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_tree(x, y, f"{path}/{i}")
+    elif isinstance(a, float) and math.isnan(a):
+        assert isinstance(b, float) and math.isnan(b), path
+    else:
+        assert a == b, path
+
+
+def run_script(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """Run ``python *args`` from the repository root and check that it exits 0 (the end of stderr if not)."""
+    out = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out
+
+
+class TinyEncoder(nn.Module):
+    """A one-layer ``nn.TransformerEncoder`` classifier over sequences of 5 tokens of width 3."""
+
+    def __init__(self, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.embed = nn.Linear(3, 4)
+        layer = nn.TransformerEncoderLayer(4, 2, 8, dropout=dropout, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 1, enable_nested_tensor=False)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(self.embed(x)).mean(1))

@@ -5,15 +5,11 @@ from __future__ import annotations
 import json
 import math
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import torch
 
 from benchmarks.bench_scale import cifar_shaped_digits, peak_memory
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import run_script
 
 
 def test_cifar_shaped_digits():
@@ -35,15 +31,9 @@ def test_peak_memory_sees_an_allocation():
 def test_scale_benchmark_runs(tmp_path):
     out_json = tmp_path / "rows.json"
     handlers = "sharpness,connectivity"
-    out = subprocess.run(
-        [sys.executable, "benchmarks/bench_scale.py", "--quick", "--models", "resnet", "--handlers", handlers]
-        + ["--json", str(out_json)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
+    out = run_script(
+        "benchmarks/bench_scale.py", "--quick", "--models", "resnet", "--handlers", handlers, "--json", str(out_json)
     )
-    assert out.returncode == 0, out.stderr[-2000:]
     rows = json.loads(out_json.read_text())
     assert [r["handler"] for r in rows] == handlers.split(",")
     for r in rows:
@@ -53,14 +43,7 @@ def test_scale_benchmark_runs(tmp_path):
 
 
 def test_budget_benchmark_runs():
-    out = subprocess.run(
-        [sys.executable, "benchmarks/bench_budget.py", "--quick", "--epochs", "1", "--clock", "cpu"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
+    out = run_script("benchmarks/bench_budget.py", "--quick", "--epochs", "1", "--clock", "cpu")
     assert "training bit-identical with and without the handlers: True" in out.stdout
     # One epoch is too short for the fraction to bind (first firings always run); the fake-clock tests in
     # test_budget.py check the decisions, this only that the script measures and reports.

@@ -1,18 +1,13 @@
 """The slice benchmark's floor visits the very points loss_slice evaluates, and the script runs end to end."""
 
 import copy
-import subprocess
-import sys
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from benchmarks.bench_slices import _plane_points
 from ignite_landscape import Probe, loss_slice, random_directions
-from tests.helpers import classification_data, small_cnn
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import classification_data, run_script, small_cnn
 
 
 def test_floor_points_are_the_slice_points():
@@ -31,14 +26,7 @@ def test_floor_points_are_the_slice_points():
 
 
 def test_slice_benchmark_runs():
-    out = subprocess.run(
-        [sys.executable, "benchmarks/bench_slices.py", "--quick", "--samples", "128"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
+    out = run_script("benchmarks/bench_slices.py", "--quick", "--samples", "128")
     assert "centre exact: True" in out.stdout
     assert "allocator: freed memory reused" in out.stdout  # the script re-executed itself with the settings
     assert "ours / floor, our plane:" in out.stdout and "beyond the forward" in out.stdout

@@ -14,7 +14,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import ignite_landscape as il
 from ignite_landscape.params import ParamSpace, model_device, unwrap_model
-from tests.helpers import classification_data, dense_hessian, mlp, small_cnn
+from tests.helpers import TinyEncoder, classification_data, dense_hessian, mlp, small_cnn
 
 
 def top_eigenvalues(model: nn.Module, x: torch.Tensor, y: torch.Tensor, k: int = 2, **kwargs) -> torch.Tensor:
@@ -26,20 +26,6 @@ def top_eigenvalues(model: nn.Module, x: torch.Tensor, y: torch.Tensor, k: int =
 
 def dense_top(H: torch.Tensor, k: int = 2) -> torch.Tensor:
     return torch.linalg.eigvalsh(H).flip(0)[:k]
-
-
-class TinyEncoder(nn.Module):
-    """A one-layer ``nn.TransformerEncoder`` classifier over sequences of 5 tokens of width 3."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.embed = nn.Linear(3, 4)
-        layer = nn.TransformerEncoderLayer(4, 2, 8, dropout=0.0, batch_first=True)
-        self.encoder = nn.TransformerEncoder(layer, 1, enable_nested_tensor=False)
-        self.head = nn.Linear(4, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.encoder(self.embed(x)).mean(1))
 
 
 def encoder(seed: int = 0) -> nn.Module:

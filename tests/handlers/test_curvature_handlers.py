@@ -19,10 +19,12 @@ from ignite_landscape.handlers.curvature import (
 )
 from ignite_landscape.measures.directional import batch_sharpness, directional_curvature
 from ignite_landscape.measures.overlap import gradient_overlap
-from tests.helpers import classification_data, dense_hessian, mlp
-from tests.handlers.test_handlers import Run, assert_same_state, one_thread, plain_run  # noqa: F401  (fixtures)
+from tests.handlers.test_handlers import Run, assert_same_state, plain_run  # noqa: F401  (fixture)
+from tests.helpers import classification_data, dense_hessian, full_batch_trainer, mlp
 
 F = nn.functional
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def curvature_handlers(model, probe, optimizer):
@@ -163,22 +165,21 @@ def test_curvature_handler_options_are_checked():
         GGNOutliers(model, probe, ratio=1.0)
 
 
+def sgd_trainer() -> tuple[nn.Module, il.Probe, torch.optim.Optimizer, Engine]:
+    """An MLP, a 24-sample probe, plain SGD and a trainer of full-batch steps on the probe's samples."""
+    model = mlp()
+    probe = il.Probe(classification_data(24, (5,)), F.cross_entropy)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    return model, probe, opt, full_batch_trainer(model, opt, probe.inputs, probe.targets)
+
+
 def test_layerwise_heatmap_and_scalars_in_tensorboard(tmp_path):
     from ignite.handlers import TensorboardLogger
 
     from tests.tensorboard.test_tensorboard import read
 
-    model = mlp()
-    probe = il.Probe(classification_data(24, (5,)), F.cross_entropy)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    model, probe, opt, trainer = sgd_trainer()
     x, y = probe.inputs, probe.targets
-
-    def step(engine, batch):
-        opt.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
-
-    trainer = Engine(step)
     handler = LayerwiseCurvature(model, probe, tol=1e-8)
     handler.attach(trainer, Events.EPOCH_COMPLETED)
     tb = TensorboardLogger(log_dir=str(tmp_path))
@@ -232,17 +233,7 @@ def test_report_draws_the_curvature_figure(tmp_path):
 
     from ignite_landscape.report import write_report
 
-    model = mlp()
-    probe = il.Probe(classification_data(24, (5,)), F.cross_entropy)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    x, y = probe.inputs, probe.targets
-
-    def step(engine, batch):
-        opt.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
-
-    trainer = Engine(step)
+    model, probe, opt, trainer = sgd_trainer()
     for h in (
         GradientOverlap(model, probe, k=2),
         BatchSharpness(model, probe, batch_size=8, num_batches=3, optimizer=opt),

@@ -23,19 +23,14 @@ from ignite_landscape import report
 from ignite_landscape.measures.jackknife import INTERVAL_Z
 from ignite_landscape.report.layout import band
 from ignite_landscape.report.statistics import format_number
+from tests.handlers.test_handlers import Run, assert_same_state
 from tests.helpers import classification_data, mlp
 from tests.measures.test_gradstats import loop_grads
-from tests.handlers.test_handlers import Run, assert_same_state
 
 K = 4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def jackknife(values: list[float]) -> float:

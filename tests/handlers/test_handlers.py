@@ -24,20 +24,22 @@ import ignite_landscape as il
 from ignite_landscape.handlers.base import from_plain, to_plain
 from ignite_landscape.handlers.spectrum import stability_threshold
 from ignite_landscape.probe import ProbeSession
-from tests.helpers import classification_data, dense_hessian, digits_cnn, digits_tensors, mlp
+from tests.helpers import (
+    assert_same_tree,
+    classification_data,
+    dense_hessian,
+    digits_cnn,
+    digits_tensors,
+    full_batch_trainer,
+    mlp,
+)
 
 SEED = 0
 N_TRAIN = 640  # 10 iterations of 64 per epoch
 PROBE_SAMPLES = 128
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Two shared cores: intra-op threads fight over them and make every HVP many times slower.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def digits_subset() -> tuple[torch.Tensor, torch.Tensor]:
@@ -137,25 +139,6 @@ def assert_same_state(a: dict[str, Any], b: dict[str, Any]) -> None:
         for k, v in a["optimizer"][i].items():
             w = b["optimizer"][i][k]
             assert torch.equal(v, w) if isinstance(v, torch.Tensor) else v == w, (i, k)
-
-
-def assert_same_tree(a: Any, b: Any, path: str = "") -> None:
-    """Exact equality of plain trees (tensors bitwise, floats with NaN == NaN)."""
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.shape == b.shape, path
-        assert torch.equal(torch.nan_to_num(a, nan=1234.5), torch.nan_to_num(b, nan=1234.5)), path
-    elif isinstance(a, dict):
-        assert isinstance(b, dict) and a.keys() == b.keys(), path
-        for k in a:
-            assert_same_tree(a[k], b[k], f"{path}/{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_same_tree(x, y, f"{path}/{i}")
-    elif isinstance(a, float) and math.isnan(a):
-        assert isinstance(b, float) and math.isnan(b), path
-    else:
-        assert a == b, path
 
 
 @pytest.fixture(scope="module")
@@ -272,12 +255,7 @@ def test_adam_preconditioned_sharpness_matches_generalized_eigenproblem(amsgrad)
     probe = il.Probe((x, y), F.cross_entropy)
     opt = torch.optim.Adam(model.parameters(), lr=0.01, betas=(0.9, 0.99), eps=1e-6, amsgrad=amsgrad)
 
-    def step(engine, batch):
-        opt.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
-
-    trainer = Engine(step)
+    trainer = full_batch_trainer(model, opt, x, y)
     handler = il.HessianSpectrum(model, probe, k=1, tol=1e-10, optimizer=opt)
     handler.attach(trainer, Events.ITERATION_COMPLETED(every=3))
     trainer.run([0] * 3, max_epochs=1)
@@ -320,12 +298,7 @@ def test_warm_start_gives_the_same_eigenvalues():
     probe = il.Probe((x, y), F.cross_entropy)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
 
-    def step(engine, batch):
-        opt.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
-
-    trainer = Engine(step)
+    trainer = full_batch_trainer(model, opt, x, y)
     warm = il.HessianSpectrum(model, probe, k=3, tol=1e-8, name="warm")
     cold = il.HessianSpectrum(model, probe, k=3, tol=1e-8, name="cold", warm_start=False)
     warm.attach(trainer)
@@ -500,12 +473,7 @@ def test_connectivity_references(tmp_path):
     init = {k: v.clone() for k, v in model.state_dict().items()}
     torch.save({"model": init, "epoch": 0}, tmp_path / "ckpt.pt")
 
-    def step(engine, batch):
-        opt.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
-
-    trainer = Engine(step)
+    trainer = full_batch_trainer(model, opt, x, y)
     hs = [
         il.ModeConnectivity(model, probe, steps=5, name="init"),
         il.ModeConnectivity(model, probe, "previous", steps=5, name="previous"),
@@ -659,12 +627,7 @@ def test_every_scalar_a_handler_logs_has_a_definition():
     probe = il.Probe((x, y), F.cross_entropy)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
 
-    def step(engine, batch):
-        optimizer.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        optimizer.step()
-
-    trainer = Engine(step)
+    trainer = full_batch_trainer(model, optimizer, x, y)
     spectrum = il.HessianSpectrum(model, probe, k=2, optimizer=optimizer, track_eigenspace=True)
     handlers = [
         spectrum,

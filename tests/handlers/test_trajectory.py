@@ -7,23 +7,18 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from ignite.engine import Engine, Events
+from ignite.engine import Events
 from ignite.handlers import Checkpoint, DiskSaver, TensorboardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch import nn
 
 import ignite_landscape as il
 from ignite_landscape import plots, report
 from ignite_landscape.handlers.base import to_plain
-from tests.helpers import classification_data, mlp
-from tests.handlers.test_handlers import Run, assert_same_state, assert_same_tree
+from tests.handlers.test_handlers import Run, assert_same_state
+from tests.helpers import assert_same_tree, classification_data, full_batch_trainer, mlp
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def sgd_path(model, x, y, steps: int, lr: float = 0.3) -> list[dict[str, torch.Tensor]]:
@@ -38,16 +33,20 @@ def sgd_path(model, x, y, steps: int, lr: float = 0.3) -> list[dict[str, torch.T
     return path
 
 
+def trained_path(n: int, steps: int) -> tuple[nn.Module, torch.Tensor, torch.Tensor, list, list[str], il.Probe]:
+    """An MLP after ``steps`` SGD steps on ``n`` samples ``(x, y)``, its path, parameter names and a probe."""
+    model = mlp()
+    x, y = classification_data(n, (5,))
+    path = sgd_path(model, x, y, steps)
+    return model, x, y, path, [name for name, _ in model.named_parameters()], il.Probe((x, y), F.cross_entropy)
+
+
 def flat(w: dict[str, torch.Tensor], names) -> torch.Tensor:
     return torch.cat([w[n].reshape(-1).double() for n in names])
 
 
 def test_projection_explained_variance_and_slice_by_hand():
-    model = mlp()
-    x, y = classification_data(40, (5,))
-    path = sgd_path(model, x, y, 8)
-    names = [n for n, _ in model.named_parameters()]
-    probe = il.Probe((x, y), F.cross_entropy)
+    model, x, y, path, names, probe = trained_path(40, 8)
     res = il.trajectory_plane(model, probe, path, steps=7, margin=0.5, iterations=list(range(9)))
 
     # By hand: PCA of the centred path with numpy's SVD, projections of w_i − θ (θ = the final weights).
@@ -78,11 +77,7 @@ def test_projection_explained_variance_and_slice_by_hand():
 
 
 def test_centre_other_than_the_last_point_and_bad_input():
-    model = mlp()
-    x, y = classification_data(20, (5,))
-    path = sgd_path(model, x, y, 5)
-    names = [n for n, _ in model.named_parameters()]
-    probe = il.Probe((x, y), F.cross_entropy)
+    model, x, y, path, names, probe = trained_path(20, 5)
     centre = mlp(seed=3)
     res = il.trajectory_plane(centre, probe, path, steps=5)
     theta = flat({n: p.detach() for n, p in centre.named_parameters()}, names)
@@ -112,12 +107,7 @@ def test_handler_thins_evenly_and_computes_the_plane_every_n_firings():
     opt = torch.optim.SGD(model.parameters(), lr=0.2)
     seen: dict[int, dict[str, torch.Tensor]] = {}
 
-    def step(engine, batch):
-        opt.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
-
-    trainer = Engine(step)
+    trainer = full_batch_trainer(model, opt, x, y)
     trainer.add_event_handler(
         Events.ITERATION_COMPLETED,
         lambda e: seen.__setitem__(e.state.iteration, {n: p.detach().clone() for n, p in model.named_parameters()}),

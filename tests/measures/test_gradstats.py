@@ -12,7 +12,7 @@ from torch import nn
 
 import ignite_landscape as il
 from ignite_landscape.measures.persample import per_sample_gradients, per_sample_moments
-from tests.helpers import classification_data, dense_hessian, mlp, small_cnn
+from tests.helpers import classification_data, dense_hessian, full_batch_trainer, mlp, small_cnn
 
 WEIGHT = torch.tensor([0.5, 2.0, 1.25], dtype=torch.float64)
 
@@ -176,12 +176,7 @@ def test_handler_measures_distance_and_updates_between_firings():
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     weights: list[dict[str, torch.Tensor]] = []
 
-    def step(engine, batch):
-        opt.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
-
-    trainer = Engine(step)
+    trainer = full_batch_trainer(model, opt, x, y)
     trainer.add_event_handler(
         Events.STARTED, lambda _: weights.append({n: p.detach().clone() for n, p in model.named_parameters()})
     )
@@ -204,7 +199,7 @@ def test_handler_measures_distance_and_updates_between_firings():
     # The state holds θ₀ and the previous weights: a new handler continues from them.
     other = il.GradientStatistics(model, il.Probe((x, y), F.cross_entropy))
     other.load_state_dict(handler.state_dict())
-    other.attach(Engine(step))
+    other.attach(full_batch_trainer(model, opt, x, y))
     torch.testing.assert_close(torch.cat([v.reshape(-1) for v in other.initial.values()]), init, rtol=0, atol=0)
 
 

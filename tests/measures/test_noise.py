@@ -8,7 +8,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from ignite_landscape import Probe, gradient_noise_scale
 from ignite_landscape import session as session_module
 from ignite_landscape.measures import persample
-from tests.helpers import classification_data, mlp, small_cnn
+from tests.helpers import classification_data, full_batch_trainer, mlp, small_cnn
 
 
 def per_sample_grads(model, x, y):
@@ -215,7 +215,7 @@ def test_probe_population_size():
 
 
 def test_handler_smooths_numerator_and_denominator_separately():
-    from ignite.engine import Engine, Events
+    from ignite.engine import Events
 
     from ignite_landscape import GradientNoiseScale
 
@@ -224,12 +224,7 @@ def test_handler_smooths_numerator_and_denominator_separately():
     probe = Probe((x, y), F.cross_entropy)
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
 
-    def step(engine, batch):
-        opt.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
-
-    trainer = Engine(step)
+    trainer = full_batch_trainer(model, opt, x, y)
     beta = 0.6
     handler = GradientNoiseScale(model, probe, smoothing=beta)
     handler.attach(trainer, Events.EPOCH_COMPLETED)

@@ -9,8 +9,8 @@ from torch import nn
 from ignite_landscape import Probe
 from ignite_landscape.measures.overlap import gradient_overlap
 from tests.helpers import classification_data, dense_hessian, mlp
-from tests.test_curvature import dense_ggn
 from tests.measures.test_directional import _dense_grad
+from tests.test_curvature import dense_ggn
 
 F = nn.functional
 

@@ -6,11 +6,11 @@ import pytest
 import scipy.linalg
 import torch
 import torch.nn.functional as F
-from ignite.engine import Engine, Events
+from ignite.engine import Events
 
 import ignite_landscape as il
 from ignite_landscape.handlers.spectrum import adam_preconditioner
-from tests.helpers import classification_data, dense_hessian, mlp
+from tests.helpers import classification_data, dense_hessian, full_batch_trainer, mlp
 
 
 def test_per_group_learning_rates_are_folded_into_the_preconditioner(caplog):
@@ -26,12 +26,7 @@ def test_per_group_learning_rates_are_folded_into_the_preconditioner(caplog):
         weight_decay=0.0,
     )
 
-    def step(engine, batch):
-        opt.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
-
-    trainer = Engine(step)
+    trainer = full_batch_trainer(model, opt, x, y)
     handler = il.HessianSpectrum(model, probe, k=1, tol=1e-10, optimizer=opt)
     handler.attach(trainer, Events.ITERATION_COMPLETED(every=4))
     with caplog.at_level(logging.WARNING):

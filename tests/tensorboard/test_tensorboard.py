@@ -31,12 +31,7 @@ from tests.handlers.test_handlers import Run, shared_full_run
 EVERY_KIND = {"size_guidance": {"scalars": 0, "histograms": 0, "images": 0, "tensors": 0}}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def read(logdir: Path) -> EventAccumulator:

@@ -23,6 +23,7 @@ from ignite.engine import Engine, Events
 from torch import nn
 
 from ignite_landscape.handlers.base import LandscapeHandler
+from tests.helpers import assert_same_tree
 
 __all__ = ["Job", "run_both", "dense_top", "dense_hessian_of", "snapshot", "assert_finite_history"]
 
@@ -40,6 +41,11 @@ class Job:
     losses: list[float] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def attach_handlers(self, event: Any = Events.EPOCH_COMPLETED) -> None:
+        """Attach every handler in :attr:`handlers` to the trainer at ``event``."""
+        for h in self.handlers:
+            h.attach(self.trainer, event)
+
 
 def snapshot(job: Job) -> dict[str, Any]:
     """Everything training owns that a probe could disturb."""
@@ -53,26 +59,6 @@ def snapshot(job: Job) -> dict[str, Any]:
         "numpy_rng": np.random.get_state()[1].copy(),
         "python_rng": random.getstate(),
     }
-
-
-def _same(a: Any, b: Any, path: str) -> None:
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape, path
-        assert torch.equal(a, b), path
-    elif isinstance(a, np.ndarray):
-        assert np.array_equal(a, b), path
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys(), path
-        for k in a:
-            _same(a[k], b[k], f"{path}/{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b)):
-            _same(x, y, f"{path}/{i}")
-    elif isinstance(a, float) and math.isnan(a):
-        assert isinstance(b, float) and math.isnan(b), path
-    else:
-        assert a == b, path
 
 
 def _train(build: Callable[[bool], Job], with_handlers: bool, epochs: int, seed: int) -> tuple[Job, dict[str, Any]]:
@@ -95,7 +81,7 @@ def run_both(build: Callable[[bool], Job], epochs: int = 2, seed: int = 0) -> Jo
     _, plain = _train(build, False, epochs, seed)
     job, watched = _train(build, True, epochs, seed)
     assert job.handlers, "the build function attached no handler"
-    _same(plain, watched, "training")
+    assert_same_tree(plain, watched, "training")
     return job
 
 

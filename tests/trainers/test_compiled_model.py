@@ -35,8 +35,7 @@ def test_compiled_model_trainer():
                 il.HessianTrace(compiled, job.probe, num_hvps=12),
                 il.LossSlice(compiled, job.probe, dims=1, steps=5),
             ]
-            for h in job.handlers:
-                h.attach(trainer, Events.EPOCH_COMPLETED)
+            job.attach_handlers(Events.EPOCH_COMPLETED)
         return job
 
     job = run_both(build, epochs=2)

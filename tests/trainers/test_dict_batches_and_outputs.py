@@ -71,8 +71,7 @@ def test_dict_batches_and_dict_outputs(as_object):
                 loader, F.cross_entropy, num_samples=12, prepare_batch=prepare_batch, output_transform=transform
             )
             job.handlers = [il.HessianSpectrum(model, job.probe, k=2), il.Sharpness(model, job.probe)]
-            for h in job.handlers:
-                h.attach(trainer, Events.EPOCH_COMPLETED)
+            job.attach_handlers(Events.EPOCH_COMPLETED)
         return job
 
     job = run_both(build, epochs=2)

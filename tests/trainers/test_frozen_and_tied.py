@@ -51,8 +51,7 @@ def test_frozen_and_tied_weights():
                 il.HessianSpectrum(model, job.probe, k=2, tol=1e-6, optimizer=optimizer, warm_start=False),
                 il.LossSlice(model, job.probe, dims=2, steps=3),
             ]
-            for h in job.handlers:
-                h.attach(trainer, Events.EPOCH_COMPLETED)
+            job.attach_handlers(Events.EPOCH_COMPLETED)
         return job
 
     job = run_both(build, epochs=2)

@@ -47,9 +47,8 @@ def test_gradient_accumulation_with_bf16_autocast():
                 il.HessianSpectrum(model, job.probe, k=2, tol=1e-6, optimizer=optimizer, warm_start=False),
                 il.Sharpness(model, job.probe),
             ]
-            for h in job.handlers:
-                # Every 3rd iteration: mostly between accumulation steps, with .grad partly summed.
-                h.attach(trainer, Events.ITERATION_COMPLETED(every=3) | Events.COMPLETED)
+            # Every 3rd iteration: mostly between accumulation steps, with .grad partly summed.
+            job.attach_handlers(Events.ITERATION_COMPLETED(every=3) | Events.COMPLETED)
         return job
 
     with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -68,8 +68,7 @@ def test_loader_random_state_is_untouched(make_loader: Callable[[TensorDataset],
         if with_handlers:
             job.probe = il.Probe(loader, F.cross_entropy, num_samples=10)
             job.handlers = [il.HessianSpectrum(model, job.probe, k=2), il.Sharpness(model, job.probe)]
-            for h in job.handlers:
-                h.attach(trainer, Events.EPOCH_COMPLETED)
+            job.attach_handlers(Events.EPOCH_COMPLETED)
         return job
 
     job = run_both(build, epochs=2)

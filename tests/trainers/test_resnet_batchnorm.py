@@ -58,8 +58,7 @@ def test_resnet_with_batchnorm_trainer(caplog):
                 il.HessianSpectrum(model, job.probe, k=2, tol=1e-6, optimizer=optimizer, warm_start=False),
                 il.Sharpness(model, job.probe, rho=0.05),
             ]
-            for h in job.handlers:
-                h.attach(trainer, Events.EPOCH_COMPLETED | Events.COMPLETED)
+            job.attach_handlers(Events.EPOCH_COMPLETED | Events.COMPLETED)
         return job
 
     with caplog.at_level("WARNING", logger="ignite_landscape.handlers.spectrum"):

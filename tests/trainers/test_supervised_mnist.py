@@ -53,8 +53,7 @@ def test_supervised_mnist_trainer(tmp_path):
                 il.HessianSpectrum(model, job.probe, k=2, tol=1e-6, optimizer=optimizer, warm_start=False),
                 il.Sharpness(model, job.probe, rho=0.05),
             ]
-            for h in job.handlers:
-                h.attach(trainer, event)
+            job.attach_handlers(event)
             tb = TensorboardLogger(log_dir=str(logdir))
             tb.attach_output_handler(
                 trainer,

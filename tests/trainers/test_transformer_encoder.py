@@ -9,24 +9,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from ignite.engine import Events, create_supervised_trainer
-from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.data import DataLoader, TensorDataset
 
 import ignite_landscape as il
+from tests.helpers import TinyEncoder
 from tests.trainers.harness import Job, assert_finite_history, dense_top, run_both
-
-
-class Encoder(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.embed = nn.Linear(3, 4)
-        layer = nn.TransformerEncoderLayer(4, 2, 8, dropout=0.1, batch_first=True)
-        self.encoder = nn.TransformerEncoder(layer, 1, enable_nested_tensor=False)
-        self.head = nn.Linear(4, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.encoder(self.embed(x)).mean(1))
 
 
 def test_transformer_encoder_trainer():
@@ -34,7 +22,7 @@ def test_transformer_encoder_trainer():
     data = TensorDataset(torch.randn(48, 5, 3, generator=g), torch.randint(0, 3, (48,), generator=g))
 
     def build(with_handlers: bool) -> Job:
-        model = Encoder()
+        model = TinyEncoder(dropout=0.1)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
         loader = DataLoader(data, batch_size=12, shuffle=True)
         trainer = create_supervised_trainer(model, optimizer, F.cross_entropy)
@@ -46,8 +34,7 @@ def test_transformer_encoder_trainer():
                 il.HessianTrace(model, job.probe, num_hvps=12),
                 il.Sharpness(model, job.probe),
             ]
-            for h in job.handlers:
-                h.attach(trainer, Events.EPOCH_COMPLETED)
+            job.attach_handlers(Events.EPOCH_COMPLETED)
         return job
 
     job = run_both(build, epochs=2)
