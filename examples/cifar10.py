@@ -44,7 +44,6 @@ __all__ = [
     "ResNet",
     "build_model",
     "parse_args",
-    "definitions_markdown",
     "training",
     "main",
 ]
@@ -225,24 +224,6 @@ def _datasets(config: dict[str, Any]) -> tuple[Any, Any, Any]:
     return train, train_plain, test
 
 
-def definitions_markdown(config: dict[str, Any], probe_samples: int) -> str:
-    """The definitions behind the logged numbers, as the markdown table the ``report`` command reads."""
-    num_params = sum(p.numel() for p in build_model(config["model"]).parameters())
-    rows = {"model": f"{config['model']} ({num_params:,} parameters)", **common.definition_rows(config, probe_samples)}
-    rows["probe"] = "the first training samples without augmentation, fixed for the whole run, model in eval mode"
-    rows["optimizer"] = (
-        f"SGD, η = {config['lr']:g}, momentum β = {config['momentum']:g}, weight decay {config['weight_decay']:g}, "
-        f"batch size {config['batch_size']}"
-    )
-    rows["slice directions"] = (
-        "one Gaussian draw, filter-normalized to the weights of each firing, biases and BN zeroed"
-    )
-    if config["model"] == "resnet":
-        rows["connectivity reference"] += ", BatchNorm statistics recomputed along the path"
-    del rows["trajectory plane"]
-    return common.markdown_table(rows)
-
-
 def _latest_checkpoint(path: Path) -> Path:
     if path.is_file():
         return path
@@ -332,8 +313,7 @@ def training(local_rank: int, config: dict[str, Any]) -> dict[str, float]:
     tb_logger = None
     if rank == 0:
         ProgressBar(persist=False).attach(trainer, output_transform=lambda loss: {"loss": loss})
-        definitions = definitions_markdown(config, probe.num_samples)
-        tb_logger = common.tensorboard_logger(run_dir, trainer, evaluator, optimizer, landscape_event, definitions)
+        tb_logger = common.tensorboard_logger(run_dir, trainer, evaluator, optimizer, landscape_event)
         tb_logger.attach_output_handler(
             trainer,
             Events.ITERATION_COMPLETED(every=50),

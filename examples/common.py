@@ -31,8 +31,6 @@ __all__ = [
     "add_common_flags",
     "check_args",
     "landscape_handlers",
-    "definition_rows",
-    "markdown_table",
     "evaluate_every_epoch",
     "tensorboard_logger",
     "next_steps",
@@ -224,41 +222,6 @@ def landscape_handlers(
     return built
 
 
-def definition_rows(options: Mapping[str, Any], probe_samples: int) -> dict[str, str]:
-    """The definitions behind the logged numbers that every example shares (an example edits or adds rows).
-
-    Example:
-        >>> flags = dict(lr=0.2, momentum=0.0, batch_size=32, rho=0.05, slice_steps=21, top_k=5)
-        >>> definition_rows(flags, 512)["stability threshold"]
-        '2/η'
-    """
-    o = options
-    return {
-        "probe samples": str(probe_samples),
-        "probe": "the first training samples, fixed for the whole run, model in eval mode",
-        "optimizer": f"SGD, η = {o['lr']:g}, momentum β = {o['momentum']:g}, batch size {o['batch_size']}",
-        "stability threshold": "(2 + 2β)/η" if o["momentum"] else "2/η",
-        "sharpness": f"SAM step, ℓ2 ball, ρ = {o['rho']:g}: L(θ + ρ·g/‖g‖) − L(θ)",
-        "slice directions": "one Gaussian draw, filter-normalized to the current weights at each firing, biases zeroed",
-        "slice span": f"[-1, 1] per direction, {o['slice_steps']} points",
-        "connectivity reference": "the weights at the previous firing",
-        "trajectory plane": "top-2 PCA directions of the weights at every firing, centred at the final weights",
-        "Hessian": f"top {o['top_k']} eigenvalues by Lanczos on exact HVPs of the mean probe loss",
-    }
-
-
-def markdown_table(rows: Mapping[str, str]) -> str:
-    """``rows`` as the two-column markdown table the ``report`` command reads from ``landscape/definitions``.
-
-    Example:
-        >>> print(markdown_table({"probe samples": "512"}))
-        | definition | value |
-        |---|---|
-        | probe samples | 512 |
-    """
-    return "| definition | value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows.items())
-
-
 def evaluate_every_epoch(
     trainer: Any, evaluator: Any, loader: Any, log: logging.Logger, *, record: bool = False, verbose: bool = True
 ) -> None:
@@ -288,13 +251,12 @@ def tensorboard_logger(
     evaluator: Any,
     optimizer: torch.optim.Optimizer,
     landscape_event: Any,
-    definitions: str,
 ) -> Any:
     """A ``TensorboardLogger`` in ``run_dir`` with train/test metrics, the step size and the landscape results.
 
     Call it after attaching the landscape handlers: its log handler, attached last, logs what they measured
     at the same event. Landscape results go on the same epoch axis as the test metrics (the default step is
-    the iteration). ``definitions`` is written once as the text ``landscape/definitions``.
+    the iteration). The log handler writes each result's definitions with its record, which the report reads.
     """
     from ignite.engine import Events
     from ignite.handlers import TensorboardLogger, global_step_from_engine
@@ -304,7 +266,6 @@ def tensorboard_logger(
     # tensorboardX names event files by the second and host only: a resumed run started within the
     # same second would overwrite the first file without a unique suffix.
     tb_logger = TensorboardLogger(log_dir=str(run_dir), filename_suffix=f".{os.getpid()}.{time.time_ns()}")
-    tb_logger.writer.add_text("landscape/definitions", definitions, 0)
     tb_logger.attach_output_handler(trainer, Events.EPOCH_COMPLETED, tag="train", metric_names=["loss"])
     by_epoch = global_step_from_engine(trainer, Events.EPOCH_COMPLETED)
     tb_logger.attach_output_handler(

@@ -30,7 +30,7 @@ if __package__ in (None, ""):  # run as a script: make `examples` importable
 from examples import common  # noqa: E402
 from examples.models import DigitsCNN, digits_loaders  # noqa: E402
 
-__all__ = ["ALL_HANDLERS", "DEFAULT_HANDLERS", "parse_args", "definitions_markdown", "run", "main"]
+__all__ = ["ALL_HANDLERS", "DEFAULT_HANDLERS", "parse_args", "run", "main"]
 
 logger = logging.getLogger("examples.digits")
 
@@ -65,11 +65,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def definitions_markdown(args: argparse.Namespace, probe_samples: int) -> str:
-    """The definitions behind the logged numbers, as the markdown table the ``report`` command reads."""
-    return common.markdown_table(common.definition_rows(vars(args), probe_samples))
-
-
 def run(args: argparse.Namespace) -> Path:
     """Train with the landscape handlers attached; returns the run's TensorBoard folder."""
     from ignite.engine import Events, create_supervised_evaluator, create_supervised_trainer
@@ -96,8 +91,7 @@ def run(args: argparse.Namespace) -> Path:
     for handler in handlers.values():
         handler.attach(trainer, event=landscape_event)
     common.evaluate_every_epoch(trainer, evaluator, test_loader, logger)
-    definitions = definitions_markdown(args, probe.num_samples)
-    tb_logger = common.tensorboard_logger(run_dir, trainer, evaluator, optimizer, landscape_event, definitions)
+    tb_logger = common.tensorboard_logger(run_dir, trainer, evaluator, optimizer, landscape_event)
 
     start = time.perf_counter()
     trainer.run(train_loader, max_epochs=args.epochs)

@@ -60,7 +60,8 @@ def finite_grid(values: Any) -> np.ndarray:
         >>> finite_grid([1.0, float("inf"), 3.0]).tolist()
         [1.0, 3.0, 3.0]
     """
-    z = np.array(values.detach().cpu().double() if hasattr(values, "detach") else values, dtype=np.float64)
+    # A tensor goes through .numpy(): numpy 2 warns when it converts one through __array__ with a dtype.
+    z = np.array(values.detach().cpu().double().numpy() if hasattr(values, "detach") else values, dtype=np.float64)
     finite = np.isfinite(z)
     if not finite.any():
         return np.zeros_like(z)

@@ -217,7 +217,11 @@ def test_digits_main_writes_landscape_events(tmp_path: Path, capsys: pytest.Capt
     assert (lam >= run.scalars["landscape/hessian/lambda_2"].values).all() and (lam > 0).all()
     assert {"landscape/hessian/eigenvalues", "landscape/density/spectrum"} <= set(run.histograms)
     assert any(t.startswith("landscape/slice2d/slice_surface") for t in run.tensors)
-    assert any(t.startswith("landscape/definitions") for t in run.texts)
+    # The definitions come with each handler's record (written by the log handler), not as an example's table.
+    assert not any(t.startswith("landscape/definitions") for t in run.texts)
+    assert run.record("sharpness")["kind"] == "sharpness"
+    assert "ρ = 0.05" in run.definitions("sharpness")["value"] and "32 " in run.definitions("sharpness")["probe"]
+    assert "2/η with η = 0.1" in run.definitions("hessian")["stability_threshold"]
     assert any(t.startswith("landscape/summary") for t in run.texts)
     assert 0.0 <= run.scalars["test/accuracy"].last() <= 1.0
 

@@ -102,3 +102,17 @@ def test_figures_refuse_curves_of_another_kind():
         plots.line_figure([])
     with pytest.raises(ValueError, match="bars"):
         plots.bars_heatmap_figure([("", grid)])
+
+
+def test_finite_grid_converts_a_tensor_without_a_numpy_warning_and_leaves_it_as_it_was():
+    import warnings
+
+    import torch
+
+    t = torch.tensor([[1.0, float("inf")], [float("nan"), 4.0]], dtype=torch.float64, requires_grad=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        z = plots.finite_grid(t)
+    assert z.dtype == np.float64
+    np.testing.assert_array_equal(z, [[1.0, 4.0], [4.0, 4.0]])
+    assert torch.isinf(t[0, 1]) and torch.isnan(t[1, 0])  # the caller's tensor is not overwritten

@@ -31,8 +31,8 @@ import torch
 from ignite.engine import Engine
 from torch import nn
 
-from ignite_landscape.handlers.measure import MeasureHandler, fields_of
-from ignite_landscape.measures.connectivity import InterpolationOptions, interpolate
+from ignite_landscape.handlers.measure import MeasureHandler
+from ignite_landscape.measures.connectivity import InterpolationOptions, measure_interpolate
 from ignite_landscape.params import strip_wrapper_prefixes, unwrap_model
 from ignite_landscape.probe import Probe
 
@@ -163,8 +163,9 @@ class ModeConnectivity(MeasureHandler):
         """Interpolate from the reference weights to the current ones (then move a ``"previous"`` reference on)."""
         if self.reference is None:  # fired without attach: the reference is now
             self.reference = _snapshot(self.model)
-        options = fields_of(self.options, InterpolationOptions)
-        result = interpolate(self.model, self.reference, self.model, self.probe, **options)
+        result = measure_interpolate(
+            self.model, self.probe, self.options, weights_a=self.reference, weights_b=self.model
+        )
         if self.reference_kind == "previous":
             self.reference = _snapshot(self.model)
         return result

@@ -32,16 +32,16 @@ from ignite.engine import Engine, Events
 from torch import nn
 
 from ignite_landscape.handlers.base import LandscapeHandler
-from ignite_landscape.handlers.measure import MeasureHandler, by_keywords, copy_weights
+from ignite_landscape.handlers.measure import MeasureHandler, copy_weights
 from ignite_landscape.measures.directional import (
     BatchSharpnessOptions,
     DirectionalOptions,
-    _directional_curvature,
-    batch_sharpness,
+    measure_batch_sharpness,
+    measure_directional_curvature,
 )
-from ignite_landscape.measures.layerwise import LayerwiseOptions, layerwise_curvature_result
-from ignite_landscape.measures.outliers import GGNOptions, _ggn_decomposition
-from ignite_landscape.measures.overlap import GradientOverlapResult, OverlapOptions, _gradient_overlap
+from ignite_landscape.measures.layerwise import LayerwiseOptions, measure_layerwise_curvature
+from ignite_landscape.measures.outliers import GGNOptions, measure_ggn_decomposition
+from ignite_landscape.measures.overlap import GradientOverlapResult, OverlapOptions, measure_gradient_overlap
 from ignite_landscape.params import unwrap_model
 from ignite_landscape.probe import Probe
 from ignite_landscape.validation import check_positive
@@ -140,7 +140,9 @@ class DirectionalCurvature(MeasureHandler):
             if self._before is None:
                 raise ValueError("no optimizer update yet: the handler fired before the first iteration")
             previous = dict(zip(self.space.names, self._before))
-        return _directional_curvature(self.model, self.probe, self.options, self.seed, self.params, previous)
+        return measure_directional_curvature(
+            self.model, self.probe, self.options, self.seed, self.params, previous=previous
+        )
 
     def scalars_of(self, engine: Engine, result: Any) -> dict[str, float]:
         """The result's scalars; with a known learning rate η also ``threshold`` ``2/η`` and ``ratio`` ``value·η/2``."""
@@ -201,15 +203,11 @@ class BatchSharpness(MeasureHandler):
 
     def compute(self, engine: Engine) -> Any:
         """Batch sharpness over probe batches of the trainer's batch size."""
-        return batch_sharpness(
-            self.model,
-            self.probe,
-            self._batch_size(engine),
-            num_batches=self.num_batches,
-            lr=_current_lr(self.lr, self.optimizer),
-            params=self.params,
-            seed=self.seed,
+        # Built at each firing: the batch size may be the trainer's, the step size the optimizer's current one.
+        options = BatchSharpnessOptions(
+            self._batch_size(engine), self.num_batches, _current_lr(self.lr, self.optimizer)
         )
+        return measure_batch_sharpness(self.model, self.probe, options, self.seed, self.params)
 
     def definitions(self) -> dict[str, str]:
         """The base definitions and those of the stability threshold and ratio."""
@@ -285,7 +283,9 @@ class GradientOverlap(MeasureHandler):
         """The overlap, reusing the spectrum handler's eigenvectors when it fired at this moment."""
         reuse = self._reusable(engine)
         vectors, values = (None, None) if reuse is None else reuse
-        return _gradient_overlap(self.model, self.probe, self.options, self.seed, self.params, vectors, values)
+        return measure_gradient_overlap(
+            self.model, self.probe, self.options, self.seed, self.params, eigenvectors=vectors, eigenvalues=values
+        )
 
     def scalars_of(self, engine: Engine, result: GradientOverlapResult) -> dict[str, float]:
         """The result's scalars and ``reused`` (1 when the spectrum handler's eigenvectors were reused)."""
@@ -312,7 +312,7 @@ class LayerwiseCurvature(MeasureHandler):
 
     default_name = "layers"
     options_type = LayerwiseOptions
-    measure = staticmethod(by_keywords(layerwise_curvature_result))
+    measure = staticmethod(measure_layerwise_curvature)
     positional = ("tol",)
 
     def __init__(self, model: nn.Module, probe: Probe, *args: Any, **kwargs: Any) -> None:
@@ -331,7 +331,7 @@ class GGNOutliers(MeasureHandler):
 
     default_name = "ggn"
     options_type = GGNOptions
-    measure = staticmethod(_ggn_decomposition)
+    measure = staticmethod(measure_ggn_decomposition)
     positional = ("k", "tol")
 
     def expected_keys(self) -> list[str]:

@@ -26,8 +26,8 @@ from ignite_landscape.handlers.measure import MeasureHandler
 from ignite_landscape.measures.gradstats import (
     GradientStatisticsResult,
     GradStatsOptions,
-    _gradient_statistics,
     initial_weights,
+    measure_gradient_statistics,
 )
 from ignite_landscape.params import unwrap_model
 
@@ -80,8 +80,8 @@ class GradientStatistics(MeasureHandler):
         """The statistics at the current weights; the current weights become the previous ones."""
         if self.initial is None or self.previous is None:
             raise RuntimeError("GradientStatistics fired before attach(): no initial weights")
-        result = _gradient_statistics(
-            self.model, self.probe, self.options, self.space, self.initial, self.previous, self.params
+        result = measure_gradient_statistics(
+            self.model, self.probe, self.options, params=self.space.names, initial=self.initial, previous=self.previous
         )
         named = dict(unwrap_model(self.model).named_parameters())
         with torch.no_grad():

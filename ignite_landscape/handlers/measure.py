@@ -58,33 +58,11 @@ from ignite_landscape.handlers.base import LandscapeHandler
 from ignite_landscape.params import ParamSpace, unwrap_model
 from ignite_landscape.probe import Probe
 
-__all__ = ["Measure", "MeasureHandler", "by_keywords", "copy_weights", "fields_of", "option_docs"]
+__all__ = ["Measure", "MeasureHandler", "copy_weights", "option_docs"]
 
 # The keywords LandscapeHandler.__init__ takes itself (everything after model and probe).
 _BASE = [p for p in inspect.signature(LandscapeHandler.__init__).parameters.values() if p.kind is p.KEYWORD_ONLY]
 BASE_KEYWORDS = tuple(p.name for p in _BASE)
-
-
-def by_keywords(function: Callable[..., Any]) -> Callable[[nn.Module, Probe, Any, int, Any], Any]:
-    """Adapt a public keyword function ``f(model, probe, *, option=..., seed=, params=)`` to a measure.
-
-    The options' fields that ``function`` takes are passed by keyword (fields of the handler only, such
-    as an optimizer, are not), so no option is written out a second time.
-    """
-    accepted = set(inspect.signature(function).parameters)
-
-    def measure(model: nn.Module, probe: Probe, options: Any, seed: int, params: Any) -> Any:
-        kwargs = {f.name: getattr(options, f.name) for f in dataclasses.fields(options) if f.name in accepted}
-        kwargs.update({k: v for k, v in (("seed", seed), ("params", params)) if k in accepted})
-        return function(model, probe, **kwargs)
-
-    measure.__name__ = getattr(function, "__name__", "measure")
-    return measure
-
-
-def fields_of(options: Any, options_type: type) -> dict[str, Any]:
-    """The values of ``options`` for the fields of ``options_type`` (one of its bases), by name."""
-    return {f.name: getattr(options, f.name) for f in dataclasses.fields(options_type)}
 
 
 def copy_weights(buffers: list[torch.Tensor] | None, space: ParamSpace, model: nn.Module) -> list[torch.Tensor]:

@@ -30,7 +30,7 @@ from typing import Any
 from ignite.engine import Engine
 
 from ignite_landscape.handlers.measure import MeasureHandler
-from ignite_landscape.measures.noise import NoiseOptions, NoiseScale, _noise_scale
+from ignite_landscape.measures.noise import NoiseOptions, NoiseScale, measure_gradient_noise_scale
 from ignite_landscape.validation import check_bool, check_fraction
 
 __all__ = ["GradientNoiseScale", "NoiseScaleOptions"]
@@ -86,7 +86,7 @@ class GradientNoiseScale(MeasureHandler):
 
     def compute(self, engine: Engine) -> Any:
         """The noise scale at the current weights; a finite result updates the moving averages."""
-        result = _noise_scale(self.model, self.probe, self.options, self.seed, self.params)
+        result = measure_gradient_noise_scale(self.model, self.probe, self.options, self.seed, self.params)
         if math.isfinite(result.trace_sigma) and math.isfinite(result.grad_norm_sq):
             b = self.smoothing
             tr, g, w = self._ema

@@ -19,7 +19,7 @@ Example:
 from __future__ import annotations
 
 from ignite_landscape.handlers.measure import MeasureHandler
-from ignite_landscape.measures.sharpness import SharpnessOptions, _sharpness
+from ignite_landscape.measures.sharpness import SharpnessOptions, measure_sharpness
 
 __all__ = ["Sharpness"]
 
@@ -39,7 +39,7 @@ class Sharpness(MeasureHandler):
 
     default_name = "sharpness"
     options_type = SharpnessOptions
-    measure = staticmethod(_sharpness)
+    measure = staticmethod(measure_sharpness)
     positional = ("rho", "method", "norm", "adaptive")
 
     def expected_keys(self) -> list[str]:

@@ -41,7 +41,7 @@ from ignite_landscape.measures.directions import (
     normalize_direction,
     random_directions,
 )
-from ignite_landscape.measures.slices import SliceOptions, _loss_slice
+from ignite_landscape.measures.slices import SliceOptions, measure_loss_slice
 from ignite_landscape.params import unwrap_model
 from ignite_landscape.probe import Probe
 from ignite_landscape.validation import check_bool, check_choice, check_int
@@ -183,7 +183,7 @@ class LossSlice(MeasureHandler):
             self.raw_directions = [{k: v.detach().clone() for k, v in d.items()} for d in self._draw()]
         directions = self.directions
         assert directions is not None
-        return _loss_slice(self.model, self.probe, directions, self.options)
+        return measure_loss_slice(self.model, self.probe, self.options, directions=directions)
 
     def _extra_state(self) -> dict[str, Any]:
         return {"raw_directions": self.raw_directions, "direction_kind": self.direction_kind}

@@ -43,7 +43,7 @@ import torch
 from ignite.engine import Engine, Events
 from torch import nn
 
-from ignite_landscape.handlers.measure import MeasureHandler, by_keywords, copy_weights, fields_of
+from ignite_landscape.handlers.measure import MeasureHandler, copy_weights
 from ignite_landscape.handlers.stability import (
     adam_preconditioner,
     is_adam,
@@ -54,15 +54,15 @@ from ignite_landscape.handlers.stability import (
     threshold_definition,
 )
 from ignite_landscape.linalg.random import generator
-from ignite_landscape.measures.density import DensityOptions, hessian_density
+from ignite_landscape.measures.density import DensityOptions, measure_hessian_density
 from ignite_landscape.measures.spectrum import (
     HessianEigenvalues,
     SpectrumOptions,
     eigenspace_overlap,
-    hessian_eigenvalues,
+    measure_hessian_eigenvalues,
     preconditioned_eigenvalues,
 )
-from ignite_landscape.measures.trace import TraceOptions, hessian_trace
+from ignite_landscape.measures.trace import TraceOptions, measure_hessian_trace
 from ignite_landscape.params import unwrap_model
 from ignite_landscape.probe import MODEL_MODES, Probe
 from ignite_landscape.validation import check_bool, check_choice, check_int
@@ -247,14 +247,14 @@ class HessianSpectrum(MeasureHandler):
 
     def compute(self, engine: Engine) -> HessianEigenvalues:
         """The eigenvalues (warm-started when asked), their tracking and, with Adam, the preconditioned sharpness."""
-        result = hessian_eigenvalues(
+        result = measure_hessian_eigenvalues(
             self.model,
             self._measured_probe,
-            params=self.params,
-            seed=self.seed,
+            self.options,
+            self.seed,
+            self.params,
             v0=self._v0(self.eigenvectors, 0),
             return_eigenvectors=True,
-            **fields_of(self.options, SpectrumOptions),
         )
         ok = bool(torch.isfinite(result.eigenvalues).all()) and result.eigenvectors is not None
         current = result.eigenvectors.detach().clone() if ok else None
@@ -403,7 +403,7 @@ class HessianTrace(MeasureHandler):
 
     default_name = "trace"
     options_type = TraceOptions
-    measure = staticmethod(by_keywords(hessian_trace))
+    measure = staticmethod(measure_hessian_trace)
 
     def expected_keys(self) -> list[str]:
         """``value`` and ``stderr``, recorded as NaN when the first firing fails."""
@@ -426,7 +426,7 @@ class HessianDensity(MeasureHandler):
 
     default_name = "density"
     options_type = DensityOptions
-    measure = staticmethod(by_keywords(hessian_density))
+    measure = staticmethod(measure_hessian_density)
 
     def expected_keys(self) -> list[str]:
         """The negative mass and fraction, trace and extreme eigenvalues, NaN when the first firing fails."""

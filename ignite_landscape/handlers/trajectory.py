@@ -32,7 +32,7 @@ from ignite.engine import Engine, Events
 from torch import nn
 
 from ignite_landscape.handlers.measure import MeasureHandler
-from ignite_landscape.measures.trajectory import TrajectoryOptions, TrajectoryPlaneResult, _trajectory_plane
+from ignite_landscape.measures.trajectory import TrajectoryOptions, TrajectoryPlaneResult, measure_trajectory_plane
 from ignite_landscape.params import unwrap_model
 from ignite_landscape.probe import Probe
 from ignite_landscape.validation import check_int
@@ -174,7 +174,9 @@ class TrajectoryPlane(MeasureHandler):
             # Not kept (thinning): the current weights still end the path, at the centre of the plane.
             points.append(self._copy_weights())
             iterations.append(iteration)
-        return _trajectory_plane(self.model, self.probe, points, self.options, self.space, iterations)
+        return measure_trajectory_plane(
+            self.model, self.probe, self.options, trajectory=points, params=self.space.names, iterations=iterations
+        )
 
     # -- serialisation ------------------------------------------------------------------------------
     def _extra_state(self) -> dict[str, Any]:

@@ -50,7 +50,7 @@ from ignite_landscape.restore import RNGState
 from ignite_landscape.results import Curve, Result
 from ignite_landscape.validation import check_int
 
-__all__ = ["Interpolation", "InterpolationOptions", "interpolate", "barrier"]
+__all__ = ["Interpolation", "InterpolationOptions", "interpolate", "measure_interpolate", "barrier"]
 
 logger = logging.getLogger(__name__)
 
@@ -217,7 +217,30 @@ def interpolate(
         ValueError: if ``steps < 2``, the state dicts do not match ``model`` or ``bn_batches < 1``.
         TypeError: if the weights are neither state dicts nor models.
     """
-    InterpolationOptions(steps, bn_loader, bn_batches)
+    options = InterpolationOptions(steps, bn_loader, bn_batches)
+    return measure_interpolate(model, probe, options, weights_a=weights_a, weights_b=weights_b)
+
+
+def measure_interpolate(
+    model: nn.Module,
+    probe: Probe,
+    options: InterpolationOptions,
+    *,
+    weights_a: Mapping[str, torch.Tensor] | nn.Module,
+    weights_b: Mapping[str, torch.Tensor] | nn.Module,
+) -> Interpolation:
+    """:func:`interpolate` on validated options (the :class:`~ignite_landscape.ModeConnectivity` handler runs it).
+
+    Deterministic over every parameter: no ``seed`` or ``params``.
+
+    Example:
+        >>> a, b = torch.nn.Linear(3, 1), torch.nn.Linear(3, 1)
+        >>> probe = Probe((torch.randn(8, 3), torch.randn(8, 1)), torch.nn.MSELoss())
+        >>> res = measure_interpolate(a, probe, InterpolationOptions(steps=3), weights_a=a, weights_b=b)
+        >>> res.alphas.tolist(), res.error is None
+        ([0.0, 0.5, 1.0], True)
+    """
+    steps, bn_loader, bn_batches = options.steps, options.bn_loader, options.bn_batches
     model = unwrap_model(model)
     reference = model.state_dict()
     # State dicts saved from a DDP or torch.compile wrapper carry its key prefixes: read them as the model's.

@@ -27,7 +27,7 @@ from ignite_landscape.probe import Probe
 from ignite_landscape.results import Curve, Result
 from ignite_landscape.validation import check_int, check_positive
 
-__all__ = ["HessianDensityResult", "DensityOptions", "hessian_density"]
+__all__ = ["HessianDensityResult", "DensityOptions", "hessian_density", "measure_hessian_density"]
 
 
 @dataclass
@@ -205,7 +205,28 @@ def hessian_density(
         seed: seed of the start vectors.
         curvature: ``"hessian"``, ``"ggn"``, ``"fisher"`` or ``"empirical_fisher"``.
     """
-    DensityOptions(num_steps, num_runs, grid_size, sigma, curvature)
+    options = DensityOptions(num_steps, num_runs, grid_size, sigma, curvature)
+    return measure_hessian_density(model, probe, options, seed, params)
+
+
+def measure_hessian_density(
+    model: nn.Module, probe: Probe, options: DensityOptions, seed: int = 0, params: ParamsArg = None
+) -> HessianDensityResult:
+    """:func:`hessian_density` on validated options (the :class:`~ignite_landscape.HessianDensity` handler runs it).
+
+    Example:
+        >>> probe = Probe((torch.randn(16, 3).double(), torch.randn(16, 1).double()), torch.nn.MSELoss())
+        >>> res = measure_hessian_density(torch.nn.Linear(3, 1).double(), probe, DensityOptions(num_steps=4))
+        >>> res.num_params, res.grid.numel(), bool((res.density >= 0).all())
+        (4, 512, True)
+    """
+    num_steps, num_runs, grid_size, sigma, curvature = (
+        options.num_steps,
+        options.num_runs,
+        options.grid_size,
+        options.sigma,
+        options.curvature,
+    )
     with probe.session(model, params) as s:
         q: Quadrature = stochastic_lanczos_quadrature(
             curvature_operator(s, curvature, seed),
@@ -214,7 +235,7 @@ def hessian_density(
             num_runs=num_runs,
             seed=seed,
             dtype=s.dtype,
-            device=s.base[0].device,
+            device=s.device,
         )
         used, n = s.num_hvps, s.space.numel
     finite = torch.isfinite(q.nodes).all()

@@ -49,6 +49,8 @@ __all__ = [
     "BatchSharpnessResult",
     "directional_curvature",
     "batch_sharpness",
+    "measure_batch_sharpness",
+    "measure_directional_curvature",
     "minibatch_indices",
 ]
 
@@ -213,19 +215,28 @@ def directional_curvature(
             the wrong shape, a non-finite direction, or an explicitly given zero direction.
         TypeError: if ``direction`` or ``previous`` is of the wrong type.
     """
-    return _directional_curvature(model, probe, DirectionalOptions(direction, curvature), seed, params, previous)
+    options = DirectionalOptions(direction, curvature)
+    return measure_directional_curvature(model, probe, options, seed, params, previous=previous)
 
 
-def _directional_curvature(
+def measure_directional_curvature(
     model: nn.Module,
     probe: Probe,
-    opts: DirectionalOptions,
-    seed: int,
-    params: ParamsArg,
+    options: DirectionalOptions,
+    seed: int = 0,
+    params: ParamsArg = None,
+    *,
     previous: Mapping[str, torch.Tensor] | torch.Tensor | None = None,
 ) -> DirectionalCurvatureResult:
-    # The measure on validated options: directional_curvature() and the handler both run it.
-    direction, curvature = opts.direction, opts.curvature
+    """:func:`directional_curvature` on validated options (``previous`` as there); the handler runs it.
+
+    Example:
+        >>> probe = Probe((torch.randn(16, 3).double(), torch.randn(16, 1).double()), torch.nn.MSELoss())
+        >>> res = measure_directional_curvature(torch.nn.Linear(3, 1).double(), probe, DirectionalOptions("gradient"))
+        >>> res.value >= 0  # the Hessian of a least-squares loss is positive semi-definite
+        True
+    """
+    direction, curvature = options.direction, options.curvature
     if direction == "update" and previous is None:
         raise ValueError("direction='update' needs previous= (the weights before the update)")
     with probe.session(model, params) as s:
@@ -372,7 +383,23 @@ def batch_sharpness(
         ValueError: if ``batch_size`` is not in ``[1, probe.num_samples]``, ``num_batches < 2`` or ``lr ≤ 0``.
     """
     check_int("batch_size", batch_size, 1)  # the options allow None (the handler's "the trainer's"), not here
-    BatchSharpnessOptions(batch_size, num_batches, lr)
+    return measure_batch_sharpness(model, probe, BatchSharpnessOptions(batch_size, num_batches, lr), seed, params)
+
+
+def measure_batch_sharpness(
+    model: nn.Module, probe: Probe, options: BatchSharpnessOptions, seed: int = 0, params: ParamsArg = None
+) -> BatchSharpnessResult:
+    """:func:`batch_sharpness` on validated options with a ``batch_size`` (the handler reads the trainer's).
+
+    Example:
+        >>> probe = Probe((torch.randn(16, 3).double(), torch.randn(16, 1).double()), torch.nn.MSELoss())
+        >>> res = measure_batch_sharpness(torch.nn.Linear(3, 1).double(), probe, BatchSharpnessOptions(4, 3))
+        >>> len(res.values), res.value >= 0
+        (3, True)
+    """
+    batch_size, num_batches, lr = options.batch_size, options.num_batches, options.lr
+    if batch_size is None:
+        raise ValueError("options.batch_size is None: give the batch size (the handler reads the trainer's)")
     num_rows = int(next(iter(_leaves(probe.targets))).shape[0])
     batches = minibatch_indices(num_rows, batch_size, num_batches, seed)
     values: list[float] = []

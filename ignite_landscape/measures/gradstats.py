@@ -63,7 +63,13 @@ from ignite_landscape.probe import Probe
 from ignite_landscape.results import Curve, Result
 from ignite_landscape.validation import check_int
 
-__all__ = ["GradientStatisticsResult", "GradStatsOptions", "gradient_statistics", "layer_label"]
+__all__ = [
+    "GradientStatisticsResult",
+    "GradStatsOptions",
+    "gradient_statistics",
+    "measure_gradient_statistics",
+    "layer_label",
+]
 
 
 def layer_label(owner: str) -> str:
@@ -290,7 +296,7 @@ def gradient_statistics(
     for arg, weights in (("initial", initial), ("previous", previous)):
         if weights is not None:
             _check_weights(arg, weights, space)
-    return _gradient_statistics(model, probe, opts, space, initial, previous, params)
+    return measure_gradient_statistics(model, probe, opts, params=params, initial=initial, previous=previous)
 
 
 def _check_weights(arg: str, weights: Mapping[str, torch.Tensor], space: ParamSpace) -> None:
@@ -302,18 +308,27 @@ def _check_weights(arg: str, weights: Mapping[str, torch.Tensor], space: ParamSp
         raise ValueError(f"{arg}: {e}") from None
 
 
-def _gradient_statistics(
+def measure_gradient_statistics(
     model: nn.Module,
     probe: Probe,
-    opts: GradStatsOptions,
-    space: ParamSpace,
-    initial: Mapping[str, torch.Tensor] | None,
-    previous: Mapping[str, torch.Tensor] | None,
-    params: ParamsArg,
+    options: GradStatsOptions,
+    *,
+    params: ParamsArg = None,
+    initial: Mapping[str, torch.Tensor] | None = None,
+    previous: Mapping[str, torch.Tensor] | None = None,
 ) -> GradientStatisticsResult:
-    groups = _GroupMoments(probe.num_samples, opts.jackknife_chunks) if opts.uncertainty is not None else None
+    """:func:`gradient_statistics` on validated options and weights (the handler runs it; nothing is drawn).
+
+    Example:
+        >>> probe = Probe((torch.randn(8, 3), torch.randn(8, 1)), torch.nn.MSELoss())
+        >>> res = measure_gradient_statistics(torch.nn.Linear(3, 1), probe, GradStatsOptions())
+        >>> res.num_samples, res.sample_norms.shape
+        (8, torch.Size([8]))
+    """
+    space = ParamSpace.from_model(model, params)
+    groups = _GroupMoments(probe.num_samples, options.jackknife_chunks) if options.uncertainty is not None else None
     with probe.session(model, params) as s:
-        m = per_sample_moments(s, opts.chunk_size, norms=True, visit=groups.visit if groups is not None else None)
+        m = per_sample_moments(s, options.chunk_size, norms=True, visit=groups.visit if groups is not None else None)
     n = m.num_samples
     var = m.m2 / (n - 1)
     moves = var > 0
@@ -338,8 +353,8 @@ def _gradient_statistics(
     if groups is not None:
         assert m.sq_norms is not None
         gsnr_loo, fisher_loo = groups.leave_one_out(m.sq_norms)
-        result.uncertainty = opts.uncertainty
-        result.jackknife_chunks = opts.jackknife_chunks
+        result.uncertainty = options.uncertainty
+        result.jackknife_chunks = options.jackknife_chunks
         result.gsnr_stderr = float(jackknife_stderr(gsnr_loo))
         result.fisher_trace_stderr = float(jackknife_stderr(fisher_loo))
         warn_if_wide("gsnr", result.gsnr, result.gsnr_stderr)

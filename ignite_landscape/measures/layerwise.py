@@ -37,6 +37,7 @@ __all__ = [
     "LayerwiseOptions",
     "layerwise_curvature",
     "layerwise_curvature_result",
+    "measure_layerwise_curvature",
 ]
 
 LAYER_QUANTITIES = ("trace", "lambda_max")
@@ -111,8 +112,36 @@ def layerwise_curvature(
     trace comes from one exact Hessian diagonal (:func:`~ignite_landscape.hessian_diagonal`; it raises
     where that is unsupported); ``"auto"`` uses it where supported and Hutch++ otherwise.
     """
-    if trace_method not in ("hutch++", "exact", "auto"):
-        raise ValueError(f"trace_method must be one of ('hutch++', 'exact', 'auto'), got {trace_method!r}")
+    options = LayerwiseOptions(tol, trace_method, trace_hvps, exact_below)
+    return measure_layerwise_curvature(model, probe, options, seed).layers
+
+
+def measure_layerwise_curvature(
+    model: nn.Module, probe: Probe, options: LayerwiseOptions, seed: int = 0, params: None = None
+) -> LayerwiseCurvatureResult:
+    """:func:`layerwise_curvature` on validated options, as a result (the handler runs it).
+
+    Args:
+        model: the model; left exactly as it was.
+        probe: the fixed samples and loss.
+        options: the validated options.
+        seed: seed of the Lanczos start vectors and the Hutch++ vectors.
+        params: ``None`` (every layer is measured; a selection is refused).
+
+    Example:
+        >>> model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2))
+        >>> probe = Probe((torch.randn(16, 3), torch.randint(0, 2, (16,))), torch.nn.CrossEntropyLoss())
+        >>> measure_layerwise_curvature(model, probe, LayerwiseOptions(trace_method="hutch++")).labels()
+        ['0', '2']
+    """
+    if params is not None:
+        raise ValueError("params: layerwise curvature measures every layer, got a selection")
+    tol, trace_method, trace_hvps, exact_below = (
+        options.tol,
+        options.trace_method,
+        options.trace_hvps,
+        options.exact_below,
+    )
     exact_traces: dict[str, float] = {}
     if trace_method != "hutch++":
         with probe.session(model) as s:
@@ -126,23 +155,21 @@ def layerwise_curvature(
         with probe.session(model, names) as s:
             n = s.space.numel
             if owner in exact_traces and n > exact_below:
-                lres = lanczos(s.hvp, n, k=1, tol=tol, seed=seed, dtype=s.dtype, device=s.base[0].device)
+                lres = lanczos(s.hvp, n, k=1, tol=tol, seed=seed, dtype=s.dtype, device=s.device)
                 lam, tr, err = float(lres.eigenvalues[0]), exact_traces[owner], 0.0
             elif n <= exact_below:
-                eye = torch.eye(n, dtype=s.dtype, device=s.base[0].device)
+                eye = torch.eye(n, dtype=s.dtype, device=s.device)
                 H = torch.stack([s.hvp(eye[i]) for i in range(n)]).double().cpu()
                 H = 0.5 * (H + H.T)
                 lam = float(torch.linalg.eigvalsh(H)[-1])
                 tr, err = float(H.trace()), 0.0
             else:
-                lres = lanczos(s.hvp, n, k=1, tol=tol, seed=seed, dtype=s.dtype, device=s.base[0].device)
+                lres = lanczos(s.hvp, n, k=1, tol=tol, seed=seed, dtype=s.dtype, device=s.device)
                 lam = float(lres.eigenvalues[0])
-                est = hutchpp(
-                    s.hvp, n, num_matvecs=max(trace_hvps, 6), seed=seed, dtype=s.dtype, device=s.base[0].device
-                )
+                est = hutchpp(s.hvp, n, num_matvecs=trace_hvps, seed=seed, dtype=s.dtype, device=s.device)
                 tr, err = est.value, est.stderr
             rows.append(LayerCurvature(owner, n, lam, tr, err, s.num_hvps, list(names)))
-    return rows
+    return LayerwiseCurvatureResult(rows)
 
 
 @dataclass
@@ -213,13 +240,4 @@ def layerwise_curvature_result(
     seed: int = 0,
 ) -> LayerwiseCurvatureResult:
     """:func:`~ignite_landscape.layerwise_curvature` as a :class:`LayerwiseCurvatureResult` (same arguments)."""
-    layers = layerwise_curvature(
-        model,
-        probe,
-        tol=tol,
-        trace_hvps=trace_hvps,
-        exact_below=exact_below,
-        seed=seed,
-        trace_method=trace_method,
-    )
-    return LayerwiseCurvatureResult(layers)
+    return measure_layerwise_curvature(model, probe, LayerwiseOptions(tol, trace_method, trace_hvps, exact_below), seed)

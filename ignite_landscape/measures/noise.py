@@ -70,7 +70,14 @@ from ignite_landscape.probe import Probe, ProbeSession
 from ignite_landscape.results import Result
 from ignite_landscape.validation import check_choice, check_int
 
-__all__ = ["NoiseScale", "NoiseOptions", "gradient_noise_scale", "NOISE_METHODS", "CHUNK_BYTES"]
+__all__ = [
+    "NoiseScale",
+    "NoiseOptions",
+    "gradient_noise_scale",
+    "measure_gradient_noise_scale",
+    "NOISE_METHODS",
+    "CHUNK_BYTES",
+]
 
 NOISE_METHODS = ("per_sample", "two_batch")
 
@@ -295,14 +302,24 @@ def gradient_noise_scale(
         method=method, small_batch=small_batch, chunk_size=chunk_size, population_size=population_size, b_noise=b_noise
     )
     opts.check_probe(probe)
-    return _noise_scale(model, probe, opts, seed, params)
+    return measure_gradient_noise_scale(model, probe, opts, seed, params)
 
 
-def _noise_scale(model: nn.Module, probe: Probe, opts: NoiseOptions, seed: int, params: ParamsArg) -> NoiseScale:
+def measure_gradient_noise_scale(
+    model: nn.Module, probe: Probe, options: NoiseOptions, seed: int = 0, params: ParamsArg = None
+) -> NoiseScale:
+    """:func:`gradient_noise_scale` on validated options (the caller runs ``options.check_probe(probe)``, once).
+
+    Example:
+        >>> probe = Probe((torch.randn(16, 3), torch.randn(16, 1)), torch.nn.MSELoss())
+        >>> res = measure_gradient_noise_scale(torch.nn.Linear(3, 1), probe, NoiseOptions(method="two_batch"))
+        >>> res.estimator, res.b_simple > 0
+        ('two_batch', True)
+    """
     with probe.session(model, params) as s:
-        if opts.method == "per_sample":
-            return _per_sample(s, opts)
-        return _two_batch(s, opts, seed)
+        if options.method == "per_sample":
+            return _per_sample(s, options)
+        return _two_batch(s, options, seed)
 
 
 def _wants_b_noise(opts: NoiseOptions) -> bool:

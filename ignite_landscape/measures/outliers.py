@@ -40,7 +40,7 @@ from ignite_landscape.probe import Probe
 from ignite_landscape.results import Result
 from ignite_landscape.validation import check_int, check_positive
 
-__all__ = ["GGNDecomposition", "GGNOptions", "count_outliers", "ggn_decomposition"]
+__all__ = ["GGNDecomposition", "GGNOptions", "count_outliers", "ggn_decomposition", "measure_ggn_decomposition"]
 
 
 def count_outliers(eigenvalues: torch.Tensor, ratio: float = 2.0, zero_tol: float = 1e-10) -> int:
@@ -214,14 +214,22 @@ def ggn_decomposition(
     Raises:
         ValueError: if ``k`` is out of range or ``ratio ≤ 1``.
     """
-    return _ggn_decomposition(model, probe, GGNOptions(k, tol, trace_hvps, ratio), seed, params)
+    return measure_ggn_decomposition(model, probe, GGNOptions(k, tol, trace_hvps, ratio), seed, params)
 
 
-def _ggn_decomposition(
-    model: nn.Module, probe: Probe, opts: GGNOptions, seed: int, params: ParamsArg
+def measure_ggn_decomposition(
+    model: nn.Module, probe: Probe, options: GGNOptions, seed: int = 0, params: ParamsArg = None
 ) -> GGNDecomposition:
-    # The measure on validated options: ggn_decomposition() and the GGNOutliers handler both run it.
-    k, tol, trace_hvps, ratio = opts.k, opts.tol, opts.trace_hvps, opts.ratio
+    """:func:`ggn_decomposition` on validated options (the :class:`~ignite_landscape.GGNOutliers` handler runs it).
+
+    Example:
+        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Tanh(), torch.nn.Linear(6, 3)).double()
+        >>> probe = Probe((torch.randn(30, 4).double(), torch.randint(0, 3, (30,))), torch.nn.CrossEntropyLoss())
+        >>> res = measure_ggn_decomposition(model, probe, GGNOptions(k=4))
+        >>> res.num_classes, abs(res.trace_hessian - res.trace_ggn - res.trace_residual) < 1e-9
+        (3, True)
+    """
+    k, tol, trace_hvps, ratio = options.k, options.tol, options.trace_hvps, options.ratio
     with probe.session(model, params) as s:
         n = s.space.numel
         x, y, _ = probe.batches()[0]
@@ -238,7 +246,7 @@ def _ggn_decomposition(
         def residual(v: torch.Tensor) -> torch.Tensor:
             return hvp(v) - ggn(v)
 
-        common = {"seed": seed, "dtype": s.dtype, "device": s.base[0].device}
+        common = {"seed": seed, "dtype": s.dtype, "device": s.device}
         lam_h = float(lanczos(hvp, n, k=1, tol=tol, **common).eigenvalues[0])
         g_res = lanczos(ggn, n, k=k, tol=tol, **common)
         r_res = lanczos(residual, n, k=1, which="both", tol=tol, **common)

@@ -35,7 +35,7 @@ from ignite_landscape.probe import Probe
 from ignite_landscape.results import Result
 from ignite_landscape.validation import check_int, check_positive
 
-__all__ = ["GradientOverlapResult", "OverlapOptions", "gradient_overlap"]
+__all__ = ["GradientOverlapResult", "OverlapOptions", "gradient_overlap", "measure_gradient_overlap"]
 
 
 @dataclass
@@ -159,20 +159,30 @@ def gradient_overlap(
         TypeError: if ``k`` is not an int.
     """
     opts = OverlapOptions(k, curvature, tol, max_iter)
-    return _gradient_overlap(model, probe, opts, seed, params, eigenvectors, eigenvalues)
+    return measure_gradient_overlap(
+        model, probe, opts, seed, params, eigenvectors=eigenvectors, eigenvalues=eigenvalues
+    )
 
 
-def _gradient_overlap(
+def measure_gradient_overlap(
     model: nn.Module,
     probe: Probe,
-    opts: OverlapOptions,
-    seed: int,
-    params: ParamsArg,
+    options: OverlapOptions,
+    seed: int = 0,
+    params: ParamsArg = None,
+    *,
     eigenvectors: torch.Tensor | None = None,
     eigenvalues: torch.Tensor | None = None,
 ) -> GradientOverlapResult:
-    # The measure on validated options: gradient_overlap() and the handler both run it.
-    k, curvature, tol, max_iter = opts.k, opts.curvature, opts.tol, opts.max_iter
+    """:func:`gradient_overlap` on validated options (the :class:`~ignite_landscape.GradientOverlap` handler runs it).
+
+    Example:
+        >>> probe = Probe((torch.randn(20, 3).double(), torch.randn(20, 1).double()), torch.nn.MSELoss())
+        >>> res = measure_gradient_overlap(torch.nn.Linear(3, 1).double(), probe, OverlapOptions(k=1))
+        >>> 0.0 <= res.value <= 1.0
+        True
+    """
+    k, curvature, tol, max_iter = options.k, options.curvature, options.tol, options.max_iter
     with probe.session(model, params) as s:
         n = s.space.numel
         if k >= n:

@@ -87,6 +87,7 @@ __all__ = [
     "SharpnessResult",
     "SharpnessOptions",
     "sharpness",
+    "measure_sharpness",
     "SHARPNESS_METHODS",
     "SHARPNESS_NORMS",
     "ADAPTIVE_CONVENTIONS",
@@ -414,29 +415,16 @@ def sharpness(
     Raises:
         TypeError, ValueError: for bad options (see :class:`SharpnessOptions`), or ``m`` above the probe's samples.
     """
-    opts = SharpnessOptions(
-        rho=rho,
-        method=method,
-        norm=norm,
-        adaptive=adaptive,
-        steps=steps,
-        tol=tol,
-        num_samples=num_samples,
-        step_size=step_size,
-        schedule=schedule,
-        adaptive_eta=adaptive_eta,
-        m=m,
-        uncertainty=uncertainty,
-        jackknife_chunks=jackknife_chunks,
-    )
+    fields = (rho, method, norm, adaptive, steps, tol, num_samples, step_size, schedule, adaptive_eta, m)
+    opts = SharpnessOptions(*fields, uncertainty, jackknife_chunks)
     opts.check_probe(probe)
-    return _sharpness(model, probe, opts, seed, params)
+    return measure_sharpness(model, probe, opts, seed, params)
 
 
 def _jackknife(model: nn.Module, probe: Probe, opts: SharpnessOptions, seed: int, params: ParamsArg) -> SharpnessResult:
-    single = dataclasses.replace(opts, uncertainty=None)
-    full = _sharpness(model, probe, single, seed, params)
-    loo = [_sharpness(model, p, single, seed, params) for p in leave_one_out_probes(probe, opts.jackknife_chunks)]
+    one = dataclasses.replace(opts, uncertainty=None)
+    full = measure_sharpness(model, probe, one, seed, params)
+    loo = [measure_sharpness(model, p, one, seed, params) for p in leave_one_out_probes(probe, opts.jackknife_chunks)]
     stderr = float(jackknife_stderr(torch.tensor([r.value for r in loo], dtype=torch.float64)))
     warn_if_wide("sharpness", full.value, stderr)
     return dataclasses.replace(
@@ -458,12 +446,11 @@ def _m_sharpness(
         raise ValueError("m-sharpness needs every rank to hold all the probe's samples (one shared probe)")
     whole = dataclasses.replace(opts, m=None)
     chunks = [
-        _sharpness(model, subset_probe(probe, torch.arange(lo, lo + m)), whole, seed, params)
+        measure_sharpness(model, subset_probe(probe, torch.arange(lo, lo + m)), whole, seed, params)
         for lo in range(0, probe.num_samples - m + 1, m)
     ]
     values = torch.tensor([c.value for c in chunks], dtype=torch.float64)
     k = len(chunks)
-    converged = None if whole.method != "ascent" else all(bool(c.converged) for c in chunks)
     return SharpnessResult(
         value=float(values.mean()),
         base_loss=sum(c.base_loss for c in chunks) / k,
@@ -478,21 +465,30 @@ def _m_sharpness(
         num_forwards=sum(c.num_forwards for c in chunks),
         num_samples=sum(c.num_samples for c in chunks),
         perturbation_norm=max(c.perturbation_norm for c in chunks),
-        converged=converged,
+        converged=None if whole.method != "ascent" else all(bool(c.converged) for c in chunks),
         m=m,
         num_chunks=k,
     )
 
 
-def _sharpness(model: nn.Module, probe: Probe, opts: SharpnessOptions, seed: int, params: ParamsArg) -> SharpnessResult:
-    if opts.uncertainty is not None:
-        return _jackknife(model, probe, opts, seed, params)
-    if opts.m is not None:
-        return _m_sharpness(model, probe, opts, seed, params)
-    rho, norm = opts.rho, opts.norm
+def measure_sharpness(
+    model: nn.Module, probe: Probe, options: SharpnessOptions, seed: int = 0, params: ParamsArg = None
+) -> SharpnessResult:
+    """:func:`sharpness` on validated options (the caller runs ``options.check_probe(probe)``, once).
+
+    Example:
+        >>> probe = Probe((torch.randn(8, 3), torch.randn(8, 1)), torch.nn.MSELoss())
+        >>> measure_sharpness(torch.nn.Linear(3, 1), probe, SharpnessOptions(rho=0.1)).value >= 0
+        True
+    """
+    if options.uncertainty is not None:
+        return _jackknife(model, probe, options, seed, params)
+    if options.m is not None:
+        return _m_sharpness(model, probe, options, seed, params)
+    rho, norm = options.rho, options.norm
     with probe.session(model, params) as s:
         theta = s.theta
-        scale = _scale(theta, s.space, opts)
+        scale = _scale(theta, s.space, options)
 
         def eps(delta: torch.Tensor) -> torch.Tensor:
             return delta * scale if scale is not None else delta
@@ -501,16 +497,12 @@ def _sharpness(model: nn.Module, probe: Probe, opts: SharpnessOptions, seed: int
             # Gradient with respect to δ of L(θ + Tδ) is T·g.
             return g * scale if scale is not None else g
 
-        stderr = None
-        converged = None
-        used = 0
-        count = 0
-        if opts.method == "average":
+        stderr, converged, used, count = None, None, 0, 0
+        if options.method == "average":
             base = s.loss()
             gen = generator(seed)
-            diffs = []
-            sq = []
-            for _ in range(opts.num_samples):
+            diffs, sq = [], []
+            for _ in range(options.num_samples):
                 if norm == "l2":
                     delta = torch.randn(theta.numel(), generator=gen, dtype=torch.float64) * rho
                 else:
@@ -522,28 +514,28 @@ def _sharpness(model: nn.Module, probe: Probe, opts: SharpnessOptions, seed: int
                 diffs.append(s.loss(theta + eps(delta)) - base)
             d = torch.tensor(diffs, dtype=torch.float64)
             value = float(d.mean())
-            stderr = float(d.std(unbiased=True) / math.sqrt(opts.num_samples))
+            stderr = float(d.std(unbiased=True) / math.sqrt(options.num_samples))
             perturbed = base + value
-            count = opts.num_samples
+            count = options.num_samples
             pnorm = math.sqrt(sum(v * v for v in sq) / len(sq)) if norm == "l2" else max(sq)
         else:
             base, g = s.loss_and_grad()
             u = _ascent_direction(tgrad(g), norm)
-            if opts.method == "sam":
+            if options.method == "sam":
                 delta = rho * u if u is not None else torch.zeros_like(theta)
                 perturbed = s.loss(theta + eps(delta)) if u is not None else base
                 used = 1
             else:
-                perturbed, delta, used, converged = _ascent(s, theta, base, u, eps, tgrad, opts, seed)
+                perturbed, delta, used, converged = _ascent(s, theta, base, u, eps, tgrad, options, seed)
             pnorm = _norm(delta, norm)
         return SharpnessResult(
             value=perturbed - base,
             base_loss=base,
             perturbed_loss=perturbed,
             rho=rho,
-            method=opts.method,
+            method=options.method,
             norm=norm,
-            adaptive=opts.adaptive,
+            adaptive=options.adaptive,
             steps=used,
             stderr=stderr,
             num_grads=s.num_grads,
@@ -572,9 +564,7 @@ def _ascent(
         u = _ascent_direction(r, norm)
     delta = rho * u
     best_loss, best_delta = -math.inf, delta
-    previous = None
-    used = 0
-    converged = False
+    previous, used, converged = None, 0, False
     for k in range(opts.steps):
         loss_k, g_k = s.loss_and_grad(theta + eps(delta))
         used += 1

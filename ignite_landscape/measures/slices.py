@@ -38,7 +38,7 @@ from ignite_landscape.measures.directions import check_directions
 from ignite_landscape.probe import Probe
 from ignite_landscape.results import Curve, Result
 
-__all__ = ["LossSliceResult", "SliceOptions", "loss_slice", "grid_coordinates"]
+__all__ = ["LossSliceResult", "SliceOptions", "loss_slice", "measure_loss_slice", "grid_coordinates"]
 
 logger = logging.getLogger(__name__)
 
@@ -236,20 +236,32 @@ def loss_slice(
         ValueError: for more than two directions, directions of another model, bad ``steps``/``span``
             or ``batch_points < 1``.
     """
-    return _loss_slice(model, probe, directions, SliceOptions(steps, span, batch_points))
+    return measure_loss_slice(model, probe, SliceOptions(steps, span, batch_points), directions=directions)
 
 
-def _loss_slice(
+def measure_loss_slice(
     model: nn.Module,
     probe: Probe,
+    options: SliceOptions,
+    *,
     directions: Mapping[str, torch.Tensor] | Sequence[Mapping[str, torch.Tensor]],
-    opts: SliceOptions,
 ) -> LossSliceResult:
+    """:func:`loss_slice` on validated grid options (the :class:`~ignite_landscape.LossSlice` handler runs it).
+
+    Deterministic, and the directions select the parameters: no ``seed`` or ``params``.
+
+    Example:
+        >>> model = torch.nn.Linear(3, 1)
+        >>> probe = Probe((torch.randn(8, 3), torch.randn(8, 1)), torch.nn.MSELoss())
+        >>> direction = {name: torch.ones_like(p) for name, p in model.named_parameters()}
+        >>> measure_loss_slice(model, probe, SliceOptions(steps=5), directions=direction).loss.shape
+        torch.Size([5])
+    """
     dirs = _as_direction_list(directions)
     if not 1 <= len(dirs) <= 2:
         raise ValueError(f"directions must hold one or two directions, got {len(dirs)}")
-    batch_points = opts.batch_points
-    coords = opts.coords()
+    batch_points = options.batch_points
+    coords = options.coords()
     names = check_directions(model, dirs)
     dims = len(dirs)
     grid = [coords.clone() for _ in range(dims)]
@@ -301,7 +313,7 @@ def _loss_slice(
             else:
                 accs[done:] = rest.accuracy
 
-    shape = (opts.steps,) * dims
+    shape = (options.steps,) * dims
     loss = losses.view(shape)
     accuracy = accs.view(shape) if classify else None
     center = tuple(int((c == 0).nonzero()[0]) for c in grid)

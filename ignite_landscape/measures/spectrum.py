@@ -63,6 +63,7 @@ __all__ = [
     "SpectrumOptions",
     "LayerCurvature",
     "hessian_eigenvalues",
+    "measure_hessian_eigenvalues",
     "hessian_trace",
     "hessian_density",
     "layerwise_curvature",
@@ -335,7 +336,35 @@ def hessian_eigenvalues(
         TypeError, ValueError: for a bad ``k``, ``which``, ``tol``, ``max_iter``, ``num_random``, ``v0``,
             ``uncertainty`` or ``jackknife_chunks``.
     """
-    SpectrumOptions(k, which, tol, max_iter, curvature, num_random, uncertainty, jackknife_chunks).check_probe(probe)
+    options = SpectrumOptions(k, which, tol, max_iter, curvature, num_random, uncertainty, jackknife_chunks)
+    options.check_probe(probe)
+    return measure_hessian_eigenvalues(
+        model, probe, options, seed, params, v0=v0, return_eigenvectors=return_eigenvectors
+    )
+
+
+def measure_hessian_eigenvalues(
+    model: nn.Module,
+    probe: Probe,
+    options: SpectrumOptions,
+    seed: int = 0,
+    params: ParamsArg = None,
+    *,
+    v0: torch.Tensor | None = None,
+    return_eigenvectors: bool = False,
+) -> HessianEigenvalues:
+    """:func:`hessian_eigenvalues` on validated options (the caller runs ``options.check_probe(probe)``, once).
+
+    The :class:`~ignite_landscape.HessianSpectrum` handler runs it with its warm start as ``v0``.
+
+    Example:
+        >>> probe = Probe((torch.randn(16, 3).double(), torch.randn(16, 1).double()), torch.nn.MSELoss())
+        >>> res = measure_hessian_eigenvalues(torch.nn.Linear(3, 1).double(), probe, SpectrumOptions(k=2))
+        >>> res.eigenvalues.shape, bool(res.eigenvalues[0] >= res.eigenvalues[1])
+        (torch.Size([2]), True)
+    """
+    k, which, tol, max_iter, curvature = options.k, options.which, options.tol, options.max_iter, options.curvature
+    num_random, uncertainty, jackknife_chunks = options.num_random, options.uncertainty, options.jackknife_chunks
     with probe.session(model, params) as s:
         matvec = curvature_operator(s, curvature, seed)
         full = _session_eigenvalues(
@@ -344,20 +373,9 @@ def hessian_eigenvalues(
     full.curvature = curvature
     if uncertainty is None:
         return full
+    single = SpectrumOptions(k, which, tol, max_iter, curvature, num_random)
     loo = [
-        hessian_eigenvalues(
-            model,
-            part,
-            k,
-            which,
-            tol,
-            max_iter=max_iter,
-            params=params,
-            seed=seed,
-            v0=full.eigenvectors,
-            curvature=curvature,
-            num_random=num_random,
-        )
+        measure_hessian_eigenvalues(model, part, single, seed, params, v0=full.eigenvectors)
         for part in leave_one_out_probes(probe, jackknife_chunks)
     ]
     full.stderr = jackknife_stderr(torch.stack([r.eigenvalues for r in loo]))
@@ -392,7 +410,7 @@ def _session_eigenvalues(
         v0=v0,
         seed=seed,
         dtype=s.dtype,
-        device=s.base[0].device,
+        device=s.device,
         return_eigenvectors=return_eigenvectors,
         num_random=num_random,
     )
@@ -504,7 +522,7 @@ def preconditioned_eigenvalues(
             raise ValueError(f"preconditioner must have {s.space.numel} entries, got {flat.numel()}")
         if not bool(torch.isfinite(flat).all()) or not bool((flat > 0).all()):
             raise ValueError("preconditioner entries must be finite and positive")
-        d = flat.detach().to(dtype=s.dtype, device=s.base[0].device).rsqrt()
+        d = flat.detach().to(dtype=s.dtype, device=s.device).rsqrt()
         return _session_eigenvalues(
             s, lambda v: d * s.hvp(d * v), k, which, tol, max_iter, v0, seed, return_eigenvectors
         )

@@ -38,7 +38,7 @@ from ignite_landscape.probe import Probe
 from ignite_landscape.results import Result
 from ignite_landscape.validation import check_choice, check_int
 
-__all__ = ["HessianTraceResult", "TraceOptions", "hessian_trace"]
+__all__ = ["HessianTraceResult", "TraceOptions", "hessian_trace", "measure_hessian_trace"]
 
 
 @dataclass
@@ -208,13 +208,29 @@ def hessian_trace(
         ValueError: for an unknown method or curvature, ``method="exact"`` on an unsupported network, or a bad
             ``uncertainty``/``jackknife_chunks``.
     """
-    TraceOptions(method, num_hvps, curvature, uncertainty, jackknife_chunks).check_probe(probe)
+    options = TraceOptions(method, num_hvps, curvature, uncertainty, jackknife_chunks)
+    options.check_probe(probe)
+    return measure_hessian_trace(model, probe, options, seed, params)
+
+
+def measure_hessian_trace(
+    model: nn.Module, probe: Probe, options: TraceOptions, seed: int = 0, params: ParamsArg = None
+) -> HessianTraceResult:
+    """:func:`hessian_trace` on validated options (the caller runs ``options.check_probe(probe)``, once).
+
+    Example:
+        >>> probe = Probe((torch.randn(16, 3).double(), torch.randn(16, 1).double()), torch.nn.MSELoss())
+        >>> res = measure_hessian_trace(torch.nn.Linear(3, 1).double(), probe, TraceOptions("hutchinson", 8))
+        >>> res.method, res.num_hvps
+        ('hutchinson', 8)
+    """
+    method, num_hvps, curvature = options.method, options.num_hvps, options.curvature
+    uncertainty, jackknife_chunks = options.uncertainty, options.jackknife_chunks
     if uncertainty is not None:
-        full = hessian_trace(
-            model, probe, method=method, num_hvps=num_hvps, params=params, seed=seed, curvature=curvature
-        )
+        single = dataclasses.replace(options, uncertainty=None)
+        full = measure_hessian_trace(model, probe, single, seed, params)
         loo = [
-            hessian_trace(model, part, method=method, num_hvps=num_hvps, params=params, seed=seed, curvature=curvature)
+            measure_hessian_trace(model, part, single, seed, params)
             for part in leave_one_out_probes(probe, jackknife_chunks)
         ]
         stderr = float(jackknife_stderr(torch.tensor([r.value for r in loo], dtype=torch.float64)))
@@ -244,7 +260,7 @@ def hessian_trace(
         ran = "hutchinson" if method == "hutchinson" else "hutch++"
         estimator = hutchpp if ran == "hutch++" else hutchinson
         matvec = curvature_operator(s, curvature, seed)
-        est = estimator(matvec, s.space.numel, num_matvecs=num_hvps, seed=seed, dtype=s.dtype, device=s.base[0].device)
+        est = estimator(matvec, s.space.numel, num_matvecs=num_hvps, seed=seed, dtype=s.dtype, device=s.device)
         return HessianTraceResult(
             est.value, est.stderr, s.num_hvps, ran, s.space.numel, fallback=fallback, curvature=curvature
         )

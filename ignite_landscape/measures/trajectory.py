@@ -39,13 +39,13 @@ import torch
 from torch import nn
 
 from ignite_landscape.measures.directions import pca_directions
-from ignite_landscape.measures.slices import LossSliceResult, SliceOptions, _loss_slice
+from ignite_landscape.measures.slices import LossSliceResult, SliceOptions, measure_loss_slice
 from ignite_landscape.params import ParamsArg, ParamSpace, unwrap_model
 from ignite_landscape.probe import Probe
 from ignite_landscape.results import Curve, Result
 from ignite_landscape.validation import check_positive
 
-__all__ = ["TrajectoryPlaneResult", "TrajectoryOptions", "trajectory_plane"]
+__all__ = ["TrajectoryPlaneResult", "TrajectoryOptions", "trajectory_plane", "measure_trajectory_plane"]
 
 
 @dataclass(frozen=True)
@@ -183,19 +183,30 @@ def trajectory_plane(
         TypeError, ValueError: for bad options, fewer than 3 points, points lacking a parameter or of another
             shape, a path spanning fewer than 2 directions, or ``iterations`` of another length.
     """
-    opts = TrajectoryOptions(steps, margin, batch_points)
-    space = ParamSpace.from_model(model, params)
-    return _trajectory_plane(model, probe, trajectory, opts, space, iterations)
+    options = TrajectoryOptions(steps, margin, batch_points)
+    return measure_trajectory_plane(model, probe, options, trajectory=trajectory, params=params, iterations=iterations)
 
 
-def _trajectory_plane(
+def measure_trajectory_plane(
     model: nn.Module,
     probe: Probe,
+    options: TrajectoryOptions,
+    *,
     trajectory: Sequence[Mapping[str, torch.Tensor] | nn.Module],
-    opts: TrajectoryOptions,
-    space: ParamSpace,
-    iterations: Sequence[int] | None,
+    params: ParamsArg = None,
+    iterations: Sequence[int] | None = None,
 ) -> TrajectoryPlaneResult:
+    """:func:`trajectory_plane` on validated options (the :class:`~ignite_landscape.TrajectoryPlane` handler runs it).
+
+    Example:
+        >>> model = torch.nn.Linear(3, 1)
+        >>> probe = Probe((torch.randn(8, 3), torch.randn(8, 1)), torch.nn.MSELoss())
+        >>> path = [{n: p.detach() + torch.randn_like(p) for n, p in model.named_parameters()} for _ in range(4)]
+        >>> res = measure_trajectory_plane(model, probe, TrajectoryOptions(steps=5), trajectory=path)
+        >>> res.coords.shape, res.slice.loss.shape
+        (torch.Size([4, 2]), torch.Size([5, 5]))
+    """
+    space = ParamSpace.from_model(model, params)
     if isinstance(trajectory, (Mapping, nn.Module)) or not isinstance(trajectory, Sequence):
         raise TypeError("trajectory must be a list of {name: tensor} dicts or models")
     if len(trajectory) < 3:
@@ -219,10 +230,11 @@ def _trajectory_plane(
     explained = (centred @ basis).pow(2).sum(dim=0) / centred.pow(2).sum()
     # Each axis spans the path's extent on that axis plus the margin; the slice runs on [-1, 1] along the
     # scaled directions and its coordinates are converted back to distances.
-    extent = coords.abs().max(dim=0).values * (1.0 + opts.margin)
+    extent = coords.abs().max(dim=0).values * (1.0 + options.margin)
     extent = torch.where(extent > 0, extent, extent.max())
     scaled = [{n: t * float(r) for n, t in d.items()} for d, r in zip(directions, extent)]
-    result = _loss_slice(model, probe, scaled, SliceOptions(opts.steps, (-1.0, 1.0), opts.batch_points))
+    grid = SliceOptions(options.steps, (-1.0, 1.0), options.batch_points)
+    result = measure_loss_slice(model, probe, grid, directions=scaled)
     result.coords = [c * float(r) for c, r in zip(result.coords, extent)]
     return TrajectoryPlaneResult(
         coords=coords,
