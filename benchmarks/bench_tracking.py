@@ -47,8 +47,11 @@ __all__ = ["reference_eigenpairs", "oracle_hvps", "cold_equivalent", "newcomer",
 def reference_eigenpairs(
     model: torch.nn.Module, probe_data: tuple[torch.Tensor, torch.Tensor], k: int
 ) -> tuple[np.ndarray, torch.Tensor]:
-    """Top-k eigenvalues (descending) by ARPACK's ``eigsh`` at tol 1e-10 on a float64 copy of the model, and
-    their eigenvectors (rows, float64)."""
+    """Top-k eigenpairs by ARPACK's ``eigsh`` at tol 1e-10 on a float64 copy of the model.
+
+    Returns:
+        The eigenvalues (descending) and their eigenvectors (rows, float64).
+    """
     from scipy.sparse.linalg import LinearOperator, eigsh
 
     model64 = copy.deepcopy(model).double()
@@ -73,7 +76,8 @@ def oracle_hvps(
 
     A warm start handed the exact new eigenvectors ``U`` (rows) still pays ``k`` HVPs for their Rayleigh–Ritz
     and the exploration that rules out a newcomer: a random vector's Krylov space outside ``U`` grown until
-    its top Ritz pair is resolved to ``guard_tol`` (:func:`lanczos` on ``(I − UUᵀ) H (I − UUᵀ)``, ``k = 1``).
+    its top Ritz pair is resolved to ``guard_tol`` (:func:`lanczos` on ``(I − UUᵀ) H (I − UUᵀ)``, ``k = 1``, one
+    random vector, no guard beyond that pair).
     """
     with probe.session(model) as s:
         U = vectors.to(s.dtype)
@@ -86,7 +90,10 @@ def oracle_hvps(
             w = s.hvp(v)
             return w - U.T @ (U @ w)
 
-        explore = lanczos(deflated, s.space.numel, k=1, tol=guard_tol, num_random=1, dtype=s.dtype).num_matvecs
+        # The top of the rest is the guard here: resolved to guard_tol, with no guard of its own beyond it.
+        explore = lanczos(
+            deflated, s.space.numel, k=1, tol=guard_tol, num_random=1, dtype=s.dtype, guard_tol=1e300
+        ).num_matvecs
     return U.shape[0] + explore, worst
 
 

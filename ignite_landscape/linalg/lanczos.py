@@ -36,8 +36,9 @@ reorthogonalization; from a block of random vectors, block Lanczos. Why this des
   separates members twice as far apart as in one folded vector, whose interpolating polynomial
   amplifies what the old vectors got wrong. Measured tracking the top 5 of the digits CNN
   (``benchmarks/bench_tracking.py``, the README): 0.84× the HVPs of a cold start (one folded vector:
-  0.93×), where the old eigenvectors, 11–40° off the new ones, are worth about 40% of a cold start's
-  HVPs, and a perfect warm start (the new eigenvectors themselves) would cost 0.42–0.44×: k HVPs of
+  0.93×) where the eigenspace turns 11–87° between firings and the old eigenvectors are worth 33–40%
+  of a cold start's HVPs; 0.71× (was 0.87×) where it turns 2–5°. A perfect warm start (handed the new
+  eigenvectors themselves) would cost 0.33–0.39×: k HVPs of
   Rayleigh–Ritz plus the random exploration that rules out a newcomer. The old vectors as a block of
   their own (Rayleigh–Ritz on them, then growth by residuals) cost 1.2–1.3×: refining k vectors at
   once lowers the polynomial degree per HVP.
@@ -111,8 +112,10 @@ class LanczosResult:
 
 
 def tridiagonal_eigh(alphas: list[float], betas: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eigen-decomposition (ascending) of the symmetric tridiagonal matrix with diagonal ``alphas``
-    and off-diagonal ``betas`` (``len(betas) == len(alphas) - 1``), in float64."""
+    """Eigen-decomposition (ascending, float64) of a symmetric tridiagonal matrix.
+
+    The diagonal is ``alphas`` and the off-diagonal ``betas`` (``len(betas) == len(alphas) - 1``).
+    """
     m = len(alphas)
     T = torch.diag(torch.tensor(alphas, dtype=torch.float64))
     if m > 1:
@@ -212,8 +215,11 @@ def _ends(m: int, k: int, which: str) -> list[tuple[list[int], int | None]]:
 
 
 def _fold(block: torch.Tensor, random: torch.Tensor) -> torch.Tensor:
-    """One start vector from a warm block: the sum of its unit rows (unit norm) plus ``_WARM_NOISE`` of a unit
-    random vector; an empty block gives the random vector alone."""
+    """One start vector from a warm block.
+
+    The sum of its unit rows (unit norm) plus ``_WARM_NOISE`` of a unit random vector; an empty block gives the
+    random vector alone.
+    """
     r = random / torch.linalg.vector_norm(random)
     if block.shape[0] == 0:
         return r
@@ -225,8 +231,11 @@ def _fold(block: torch.Tensor, random: torch.Tensor) -> torch.Tensor:
 
 
 def _deal(block: torch.Tensor, randoms: torch.Tensor) -> torch.Tensor:
-    """The start block of a warm start: the usable rows of ``block`` (finite, nonzero) dealt round-robin, in
-    their order, over the random start vectors, each group folded into its vector (:func:`_fold`)."""
+    """The start block of a warm start.
+
+    The usable rows of ``block`` (finite, nonzero) are dealt round-robin, in their order, over the random start
+    vectors, and each group is folded into its vector (:func:`_fold`).
+    """
     norms = torch.linalg.vector_norm(block, dim=1)
     usable = block[torch.isfinite(block).all(dim=1) & torch.isfinite(norms) & (norms > 0)]
     count = randoms.shape[0]
@@ -246,8 +255,11 @@ class _Subspace:
         self.finite = True
 
     def extend(self, block: torch.Tensor, limit: int | None = None) -> int:
-        """Add the directions of ``block`` (rows) that are new to the basis, at most ``limit`` of them;
-        returns how many were added."""
+        """Add the directions of ``block`` (rows) that are new to the basis, at most ``limit`` of them.
+
+        Returns:
+            How many were added.
+        """
         added = 0
         for x in block:
             if self.m >= self.cap or not self.finite or (limit is not None and added >= limit):
