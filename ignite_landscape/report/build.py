@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ignite_landscape.report import curvature, figures, geometry
+from ignite_landscape.report import curvature, figures, generic, geometry
 from ignite_landscape.report.events import ReportError, RunData, find_runs, load_run
 from ignite_landscape.report.markdown import summary_markdown
 from ignite_landscape.report.metrics import correlations, summary_rows
@@ -125,6 +125,8 @@ def write_report(
             skipped[name] = SKIP_REASONS.get(name, "nothing to plot")
         else:
             written[name] = path
+    # Kinds without a figure of their own (a measure added in its own module): every curve, drawn by its kind.
+    written.update(generic.figure_other_curves(runs, out))
     summary = out / "summary.md"
     text = summary_markdown(runs, rows, corrs, written, skipped, num_resamples, seed)
     summary.write_text(text, encoding="utf-8")

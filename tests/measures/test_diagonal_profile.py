@@ -288,3 +288,7 @@ def test_streamed_through_the_generic_handler_log_handler_and_report(tmp_path):
             r for r in summary.splitlines() if r.startswith(f"| run | diagonal_profile | diagonal_profile | {key} |")
         ]
         assert len(rows) == 1 and rows[0].endswith(f"| {definitions[key]} |"), key
+    # Its curves are drawn by kind, with no figure of the report written for this measure.
+    for key in ("layer_traces", "layer_negative_fractions", "histogram"):
+        path = out.figures[f"diagonal_profile_{key}"]
+        assert path.read_bytes()[:4] == b"\x89PNG" and f"({path.name})" in summary, key
