@@ -26,9 +26,8 @@ a loss with class weights or ignored targets is refused with a ``ValueError`` (u
 Example:
     >>> import torch
     >>> from ignite_landscape import Probe
+    >>> probe = Probe((torch.randn(8, 3).double(), torch.randint(0, 2, (8,))), torch.nn.functional.cross_entropy)
     >>> model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2)).double()
-    >>> x, y = torch.randn(8, 3, dtype=torch.float64), torch.randint(0, 2, (8,))
-    >>> probe = Probe((x, y), torch.nn.functional.cross_entropy)
     >>> with probe.session(model) as s:
     ...     ggn = curvature_operator(s, "ggn")
     ...     v = torch.randn(s.space.numel, dtype=torch.float64)

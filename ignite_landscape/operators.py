@@ -47,12 +47,11 @@ class CurvatureOperator:
         name: what the operator is (``"hessian"``, ``"ggn"``, ...).
 
     Example:
-        >>> import torch
         >>> from ignite_landscape import Probe
-        >>> probe = Probe((torch.randn(6, 2), torch.randn(6, 1)), torch.nn.functional.mse_loss)
-        >>> H = probe.session(torch.nn.Linear(2, 1)).hvp_operator()
-        >>> H.shape, H.dtype, H.name
-        ((3, 3), torch.float32, 'hessian')
+        >>> s = Probe((torch.ones(4, 1), torch.zeros(4, 1)), torch.nn.MSELoss()).session(torch.nn.Linear(1, 1))
+        >>> H = s.hvp_operator()  # the loss is (w + b)², so H = 2·[[1, 1], [1, 1]]
+        >>> H(torch.tensor([1.0, 0.0])).tolist(), s.num_hvps
+        ([2.0, 2.0], 1)
     """
 
     def __init__(

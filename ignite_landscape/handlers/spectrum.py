@@ -17,9 +17,6 @@ the optimizer, relates the top eigenvalue to the step size:
   ``preconditioned_threshold``, ``preconditioned_ratio``.
 
 Example:
-    >>> import torch
-    >>> from ignite.engine import Engine, Events
-    >>> from ignite_landscape import Probe
     >>> model = torch.nn.Linear(4, 3)
     >>> opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     >>> probe = Probe((torch.randn(16, 4), torch.randint(0, 3, (16,))), torch.nn.functional.cross_entropy)

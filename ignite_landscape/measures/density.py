@@ -3,12 +3,10 @@
 Example:
     >>> import torch
     >>> from ignite_landscape import Probe
-    >>> model = torch.nn.Linear(3, 1).double()
-    >>> x = torch.randn(16, 3, dtype=torch.float64)
-    >>> probe = Probe((x, torch.zeros(16, 1, dtype=torch.float64)), torch.nn.functional.mse_loss)
-    >>> res = hessian_density(model, probe, num_steps=4, num_runs=2, grid_size=64)
-    >>> res.grid.shape, res.num_params
-    (torch.Size([64]), 4)
+    >>> probe = Probe((torch.randn(16, 3), torch.randint(0, 2, (16,))), torch.nn.functional.cross_entropy)
+    >>> res = hessian_density(torch.nn.Linear(3, 2), probe, num_steps=4, num_runs=2, grid_size=64)
+    >>> res.grid.shape, res.num_params, abs(float(torch.trapezoid(res.density, res.grid)) - 1) < 0.05
+    (torch.Size([64]), 8, True)
 """
 
 from __future__ import annotations

@@ -19,8 +19,6 @@ its own: the generic :class:`~ignite_landscape.handlers.measure.Measure` runs it
     handler.attach(trainer, Events.EPOCH_COMPLETED)  # name "diagonal_profile", scalars landscape/diagonal_profile/...
 
 Example:
-    >>> import torch
-    >>> from ignite_landscape import Probe
     >>> model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.GELU(), torch.nn.Linear(4, 2)).double()
     >>> x, y = torch.randn(8, 3, dtype=torch.float64), torch.randint(0, 2, (8,))
     >>> probe = Probe((x, y), torch.nn.functional.cross_entropy)

@@ -44,11 +44,8 @@ estimates of ``Σ`` and ``G``, made as above with ``gᵀHg`` in place of ``‖g�
 Example:
     >>> import torch
     >>> from ignite_landscape import Probe
-    >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
-    <torch._C.Generator object at ...>
-    >>> model = torch.nn.Linear(4, 3)
     >>> probe = Probe((torch.randn(64, 4), torch.randint(0, 3, (64,))), torch.nn.functional.cross_entropy)
-    >>> res = gradient_noise_scale(model, probe)
+    >>> res = gradient_noise_scale(torch.nn.Linear(4, 3), probe)
     >>> res.estimator, res.population_size, res.b_simple > 0
     ('per_sample', 64.0, True)
 """

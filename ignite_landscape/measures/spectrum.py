@@ -500,8 +500,6 @@ def preconditioned_eigenvalues(
         ValueError: if the preconditioner has the wrong size or a non-positive or non-finite entry.
 
     Example:
-        >>> import torch
-        >>> from ignite_landscape import Probe
         >>> model = torch.nn.Linear(3, 1).double()
         >>> x = torch.randn(16, 3, dtype=torch.float64)
         >>> probe = Probe((x, torch.zeros(16, 1, dtype=torch.float64)), torch.nn.functional.mse_loss)
