@@ -15,33 +15,27 @@ import torch
 
 __all__ = ["generator", "rademacher", "gaussian"]
 
+# A seed, or a generator to continue drawing from (so several vectors come from one stream).
+_Seed = int | torch.Generator
+_Device = torch.device | str | None
+
 
 def generator(seed: int) -> torch.Generator:
     """A private CPU generator seeded with ``seed``."""
     return torch.Generator(device="cpu").manual_seed(int(seed))
 
 
-def rademacher(
-    n: int,
-    seed: int | torch.Generator,
-    *,
-    dtype: torch.dtype = torch.float32,
-    device: torch.device | str | None = None,
-) -> torch.Tensor:
+def _stream(seed: _Seed) -> torch.Generator:
+    return seed if isinstance(seed, torch.Generator) else generator(seed)
+
+
+def rademacher(n: int, seed: _Seed, *, dtype: torch.dtype = torch.float32, device: _Device = None) -> torch.Tensor:
     """A vector of ``n`` independent ±1 entries."""
-    g = seed if isinstance(seed, torch.Generator) else generator(seed)
-    v = torch.randint(0, 2, (n,), generator=g, dtype=torch.int8).to(dtype) * 2 - 1
+    v = torch.randint(0, 2, (n,), generator=_stream(seed), dtype=torch.int8).to(dtype) * 2 - 1
     return v.to(device) if device is not None else v
 
 
-def gaussian(
-    n: int,
-    seed: int | torch.Generator,
-    *,
-    dtype: torch.dtype = torch.float32,
-    device: torch.device | str | None = None,
-) -> torch.Tensor:
+def gaussian(n: int, seed: _Seed, *, dtype: torch.dtype = torch.float32, device: _Device = None) -> torch.Tensor:
     """A vector of ``n`` independent standard normal entries."""
-    g = seed if isinstance(seed, torch.Generator) else generator(seed)
-    v = torch.randn(n, generator=g, dtype=torch.float64).to(dtype)
+    v = torch.randn(n, generator=_stream(seed), dtype=torch.float64).to(dtype)
     return v.to(device) if device is not None else v

@@ -65,18 +65,19 @@ class HessianDensityResult(Result):
     mask: torch.Tensor | None = None
     curvature: str = "hessian"
 
-    def _real(self) -> torch.Tensor:
-        return self.nodes[self.mask] if self.mask is not None else self.nodes.reshape(-1)
+    def _quadrature(self) -> Quadrature:
+        # The extremes read only the real nodes, as the quadrature does (a padded 0 is not an eigenvalue).
+        return Quadrature(self.nodes, self.weights, self.num_hvps, self.mask)
 
     @property
     def lambda_max(self) -> float:
         """Largest node: a lower bound on λ_max that converges fast."""
-        return float(self._real().max())
+        return self._quadrature().lambda_max
 
     @property
     def lambda_min(self) -> float:
         """Smallest node: an upper bound on λ_min."""
-        return float(self._real().min())
+        return self._quadrature().lambda_min
 
     def scalars(self) -> dict[str, float]:
         """Named scalars for logging."""

@@ -39,6 +39,7 @@ from ignite_landscape.measures._definitions import curvature_name, num, products
 from ignite_landscape.params import ParamsArg
 from ignite_landscape.probe import Probe
 from ignite_landscape.results import Result
+from ignite_landscape.samples import num_rows, take_rows
 from ignite_landscape.validation import check_int, check_positive
 
 __all__ = [
@@ -343,16 +344,6 @@ def minibatch_indices(num_samples: int, batch_size: int, num_batches: int, seed:
     return out
 
 
-def _take(obj: Any, idx: torch.Tensor) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return obj.index_select(0, idx.to(obj.device))
-    if isinstance(obj, Mapping):
-        return {k: _take(v, idx) for k, v in obj.items()}
-    if isinstance(obj, (tuple, list)):
-        return type(obj)(_take(v, idx) for v in obj)
-    return obj
-
-
 def batch_sharpness(
     model: nn.Module,
     probe: Probe,
@@ -400,12 +391,11 @@ def measure_batch_sharpness(
     batch_size, num_batches, lr = options.batch_size, options.num_batches, options.lr
     if batch_size is None:
         raise ValueError("options.batch_size is None: give the batch size (the handler reads the trainer's)")
-    num_rows = int(next(iter(_leaves(probe.targets))).shape[0])
-    batches = minibatch_indices(num_rows, batch_size, num_batches, seed)
+    batches = minibatch_indices(num_rows(probe.targets), batch_size, num_batches, seed)
     values: list[float] = []
     with probe.session(model, params) as s:
         for j, idx in enumerate(batches):
-            x, y = _take(probe.inputs, idx), _take(probe.targets, idx)
+            x, y = take_rows(probe.inputs, idx), take_rows(probe.targets, idx)
             leaves = [t.detach().requires_grad_(True) for t in s.base]
             with torch.enable_grad():
                 loss = probe.loss_fn(prediction(s, s.forward(x, leaves, j)), y)
@@ -433,13 +423,3 @@ def measure_batch_sharpness(
         num_hvps=len(batches),
         lr=None if lr is None else float(lr),
     )
-
-
-def _leaves(obj: Any) -> list[torch.Tensor]:
-    if isinstance(obj, torch.Tensor):
-        return [obj]
-    if isinstance(obj, Mapping):
-        return [t for v in obj.values() for t in _leaves(v)]
-    if isinstance(obj, (tuple, list)):
-        return [t for v in obj for t in _leaves(v)]
-    return []
