@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ignite_landscape.report.events import RunData, Series
-from ignite_landscape.report.layout import color, footer, panel_figure, panel_title, save
+from ignite_landscape.report.layout import color, footer, panel_axes, panel_title, save
 from ignite_landscape.report.metrics import probe_note
 
 __all__ = ["figure_curvature"]
@@ -48,9 +48,8 @@ def figure_curvature(runs: Sequence[RunData], path: Path) -> Path | None:
         panels.append("ggn")
     if not panels:
         return None
-    fig, rows, cols = panel_figure(len(panels), footer_lines=3)
-    for k, panel in enumerate(panels):
-        ax = fig.add_subplot(rows, cols, k + 1)
+    fig, axes = panel_axes(len(panels), footer_lines=3)
+    for panel, ax in zip(panels, axes):
         for i, run in enumerate(runs):
             if panel == "overlap":
                 for name, s in _by_kind(run, "overlap", "value"):

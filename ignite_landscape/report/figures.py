@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ignite_landscape.report.events import RunData, Series, eigen_tags, paired
-from ignite_landscape.report.layout import BAND_NOTE, band, color, footer, new_figure, panel_figure, panel_title, save
+from ignite_landscape.report.layout import BAND_NOTE, band, color, footer, new_figure, panel_axes, panel_title, save
 from ignite_landscape.report.metrics import (
     METRICS,
     SUMMARY_COLUMNS,
@@ -61,9 +61,8 @@ def figure_training_curves(runs: Sequence[RunData], path: Path) -> Path | None:
     tags = [t for t in _training_tags(runs) if any(r.series(t) is not None for r in runs)][:6]
     if not tags:
         return None
-    fig, rows, cols = panel_figure(len(tags), footer_lines=1)
-    for k, tag in enumerate(tags):
-        ax = fig.add_subplot(rows, cols, k + 1)
+    fig, axes = panel_axes(len(tags), footer_lines=1)
+    for k, (tag, ax) in enumerate(zip(tags, axes)):
         for i, run in enumerate(runs):
             s = run.series(tag)
             if s is not None:
@@ -199,10 +198,9 @@ def figure_metric_comparison(runs: Sequence[RunData], path: Path) -> Path | None
     present = [m for m in METRICS if any(m.all(r) for r in runs)]
     if not present:
         return None
-    fig, rows, cols = panel_figure(len(present), footer_lines=4)
+    fig, axes = panel_axes(len(present), footer_lines=4)
     banded = False
-    for k, m in enumerate(present):
-        ax = fig.add_subplot(rows, cols, k + 1)
+    for m, ax in zip(present, axes):
         i = 0
         for run in runs:
             found = m.all(run)
@@ -245,9 +243,8 @@ def figure_correlation(
             panels.append((m, pts))
     if not panels:
         return None
-    fig, rows, cols = panel_figure(len(panels), footer_lines=3, width=4.6, height=3.9)
-    for k, (m, pts) in enumerate(panels):
-        ax = fig.add_subplot(rows, cols, k + 1)
+    fig, axes = panel_axes(len(panels), footer_lines=3, width=4.6, height=3.9)
+    for k, ((m, pts), ax) in enumerate(zip(panels, axes)):
         for i, run, x, y in pts:
             ax.plot(x, y, "-", color=color(i), alpha=0.25, lw=0.8)
             ax.scatter(x, y, s=14, color=color(i), label=run.name)

@@ -16,10 +16,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from ignite_landscape.report.events import RunData
-from ignite_landscape.report.layout import footer, panel_figure, panel_title, save
+from ignite_landscape.report.layout import footer, panel_axes, panel_figure, panel_title, save
 from ignite_landscape.report.metrics import connectivity_note, probe_note, slice_note
 from ignite_landscape.results import Curve
 
@@ -91,9 +90,8 @@ def figure_slice1d(runs: Sequence[RunData], path: Path) -> Path | None:
     shown = panels(runs, "slice1d", "slice")
     if not shown:
         return None
-    fig, rows, cols = panel_figure(len(shown), footer_lines=2)
-    for k, (run, name, history) in enumerate(shown):
-        ax = fig.add_subplot(rows, cols, k + 1)
+    fig, axes = panel_axes(len(shown), footer_lines=2)
+    for (run, name, history), ax in zip(shown, axes):
         last = len(history) - 1
         plots.draw_line(ax, [(f"step {s}" if i in (0, last) else "", c) for i, (s, c) in enumerate(history)])
         ax.set_title(f"{panel_title(run.name, name)}: 1D slice", fontsize=10)
@@ -117,9 +115,8 @@ def figure_connectivity(runs: Sequence[RunData], path: Path) -> Path | None:
                 shown.append((run, name, history.get(name, [])))
     if not shown:
         return None
-    fig, rows, cols = panel_figure(len(shown), footer_lines=3)
-    for k, (run, name, history) in enumerate(shown):
-        ax: Any = fig.add_subplot(rows, cols, k + 1)
+    fig, axes = panel_axes(len(shown), footer_lines=3)
+    for (run, name, history), ax in zip(shown, axes):
         if history:
             last = len(history) - 1
             plots.draw_line(ax, [(f"step {s}" if i in (0, last) else "", c) for i, (s, c) in enumerate(history)])

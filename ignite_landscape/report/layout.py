@@ -22,7 +22,7 @@ import numpy as np
 from ignite_landscape.measures.jackknife import INTERVAL_Z
 from ignite_landscape.report.events import Series
 
-__all__ = ["BAND_NOTE", "new_figure", "panel_figure", "footer", "color", "save", "band", "panel_title"]
+__all__ = ["BAND_NOTE", "new_figure", "panel_figure", "panel_axes", "footer", "color", "save", "band", "panel_title"]
 
 BAND_NOTE = (
     "bands: ±2 standard errors where the run logged one (the jackknife over probe chunks with "
@@ -43,6 +43,18 @@ def panel_figure(count: int, footer_lines: int, **size: float) -> tuple[Any, int
     cols = min(3, count)
     rows = math.ceil(count / cols)
     return new_figure(rows, cols, footer_lines=footer_lines, **size), rows, cols
+
+
+def panel_axes(count: int, footer_lines: int, **size: float) -> tuple[Any, list[Any]]:
+    """A :func:`panel_figure` with its ``count`` axes added in reading order: ``(figure, axes)``.
+
+    Example:
+        >>> fig, axes = panel_axes(4, footer_lines=1)
+        >>> len(axes), axes[3].get_subplotspec().get_geometry()[:2]
+        (4, (2, 3))
+    """
+    fig, rows, cols = panel_figure(count, footer_lines, **size)
+    return fig, [fig.add_subplot(rows, cols, k + 1) for k in range(count)]
 
 
 def footer(fig: Any, lines: Sequence[str]) -> None:
