@@ -92,40 +92,46 @@ def summary_markdown(
     return "\n".join(lines)
 
 
+_ERROR_BARS_INTRO = (
+    "Last logged value of each quantity with a standard error, and the interval value ± 2 stderr. "
+    "*jackknife*: over chunks of the probe's samples (`uncertainty='jackknife'`: how much the number would "
+    "move on another probe of the same size); *estimator*: the estimator's own (random vectors or draws)."
+)
+_HANDLERS_INTRO = (
+    "Every quantity each handler defined in its record (written by `LandscapeLogHandler`), with its last "
+    "logged value (`—` for a curve or a quantity not logged as a scalar)."
+)
+
+
 def _error_bars(runs: Sequence[RunData]) -> list[str]:
-    errs = [(r.name, row) for r in runs for row in stderr_rows(r)]
-    if not errs:
-        return []
-    intro = (
-        "Last logged value of each quantity with a standard error, and the interval value ± 2 stderr. "
-        "*jackknife*: over chunks of the probe's samples (`uncertainty='jackknife'`: how much the number would "
-        "move on another probe of the same size); *estimator*: the estimator's own (random vectors or draws)."
-    )
     rows = [
-        f"| {_md(name)} | {tag.removeprefix('landscape/')} | {format_number(v)} | {format_number(e, 3)} | "
+        f"| {_md(r.name)} | {tag.removeprefix('landscape/')} | {format_number(v)} | {format_number(e, 3)} | "
         f"[{format_number(v - INTERVAL_Z * e)}, {format_number(v + INTERVAL_Z * e)}] | {kind} |"
-        for name, (tag, v, e, kind) in errs
+        for r in runs
+        for tag, v, e, kind in stderr_rows(r)
     ]
-    return _table_section("Error bars", intro, ("run", "quantity", "value", "stderr", "value ± 2 stderr", "kind"), rows)
+    columns = ("run", "quantity", "value", "stderr", "value ± 2 stderr", "kind")
+    return _table_section("Error bars", _ERROR_BARS_INTRO, columns, rows)
 
 
 def _handlers(runs: Sequence[RunData]) -> list[str]:
-    found = [(r.name, row) for r in runs for row in handler_rows(r)]
-    if not found:
-        return []
-    intro = (
-        "Every quantity each handler defined in its record (written by `LandscapeLogHandler`), with its last "
-        "logged value (`—` for a curve or a quantity not logged as a scalar)."
-    )
     rows = [
-        f"| {_md(run)} | {_md(name)} | {kind} | {_md(key)} | {cell(value)} | {_md(text)} |"
-        for run, (name, kind, key, value, text) in found
+        f"| {_md(r.name)} | {_md(name)} | {kind} | {_md(key)} | {cell(value)} | {_md(text)} |"
+        for r in runs
+        for name, kind, key, value, text in handler_rows(r)
     ]
-    return _table_section("Handlers", intro, ("run", "handler", "kind", "quantity", "last value", "definition"), rows)
+    return _table_section(
+        "Handlers", _HANDLERS_INTRO, ("run", "handler", "kind", "quantity", "last value", "definition"), rows
+    )
 
 
 def _table_section(title: str, intro: str, columns: Sequence[str], rows: list[str]) -> list[str]:
-    """A ``## title`` section: the ``intro`` paragraph, then a table of ``columns`` with formatted ``rows``."""
+    """A ``## title`` section: the ``intro`` paragraph, then a table of ``columns`` with formatted ``rows``.
+
+    No rows, no section (``[]``).
+    """
+    if not rows:
+        return []
     return [f"## {title}", "", intro, "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns), *rows, ""]
 
 
