@@ -24,6 +24,8 @@ Example:
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import Protocol, TypeVar
 
 import torch
 
@@ -38,6 +40,7 @@ __all__ = [
     "subset_probe",
     "leave_one_out_probes",
     "jackknife_stderr",
+    "jackknife_rerun",
     "warn_if_wide",
     "INTERVAL_Z",
     "interval",
@@ -89,6 +92,36 @@ def jackknife_stderr(values: torch.Tensor) -> torch.Tensor:
     k = values.shape[0]
     centred = values - values.mean(dim=0)
     return ((k - 1) / k * (centred**2).sum(dim=0)).sqrt()
+
+
+class _Valued(Protocol):
+    value: float
+
+
+_R = TypeVar("_R", bound=_Valued)
+
+
+def jackknife_rerun(
+    quantity: str, value: float, measure: Callable[[Probe], _R], probe: Probe, chunks: int
+) -> tuple[float, list[_R]]:
+    """Rerun a scalar measure on each leave-one-chunk-out probe: ``(stderr of its .value, the reruns)``.
+
+    ``value`` is the measure's value on the whole probe; a stderr that is a large share of it is said once
+    per ``quantity`` (:func:`warn_if_wide`).
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> x = torch.arange(4.0, dtype=torch.float64)
+        >>> probe = Probe((x[:, None], torch.zeros(4, 1)), torch.nn.functional.mse_loss)
+        >>> mean_x = lambda p: SimpleNamespace(value=float(p.inputs.mean()))
+        >>> stderr, reruns = jackknife_rerun("mean", 1.5, mean_x, probe, chunks=4)
+        >>> abs(stderr - float(x.std() / 2)) < 1e-12, len(reruns)  # a mean's jackknife stderr is std/√n
+        (True, 4)
+    """
+    reruns = [measure(part) for part in leave_one_out_probes(probe, chunks)]
+    stderr = float(jackknife_stderr(torch.tensor([r.value for r in reruns], dtype=torch.float64)))
+    warn_if_wide(quantity, value, stderr)
+    return stderr, reruns
 
 
 def warn_if_wide(quantity: str, value: float, stderr: float) -> None:

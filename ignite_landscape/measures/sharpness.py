@@ -53,6 +53,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import warnings
 from collections.abc import Callable
@@ -69,10 +70,8 @@ from ignite_landscape.measures.jackknife import (
     check_uncertainty,
     interval,
     interval_scalars,
-    jackknife_stderr,
-    leave_one_out_probes,
+    jackknife_rerun,
     subset_probe,
-    warn_if_wide,
 )
 from ignite_landscape.params import ParamsArg, ParamSpace
 from ignite_landscape.probe import Probe, ProbeSession
@@ -421,9 +420,8 @@ def sharpness(
 def _jackknife(model: nn.Module, probe: Probe, opts: SharpnessOptions, seed: int, params: ParamsArg) -> SharpnessResult:
     one = dataclasses.replace(opts, uncertainty=None)
     full = measure_sharpness(model, probe, one, seed, params)
-    loo = [measure_sharpness(model, p, one, seed, params) for p in leave_one_out_probes(probe, opts.jackknife_chunks)]
-    stderr = float(jackknife_stderr(torch.tensor([r.value for r in loo], dtype=torch.float64)))
-    warn_if_wide("sharpness", full.value, stderr)
+    rerun = functools.partial(measure_sharpness, model, options=one, seed=seed, params=params)
+    stderr, _ = jackknife_rerun("sharpness", full.value, rerun, probe, opts.jackknife_chunks)
     return dataclasses.replace(
         full,
         stderr=stderr,

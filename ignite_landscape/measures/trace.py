@@ -14,10 +14,10 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 from typing import ClassVar
 
-import torch
 from torch import nn
 
 from ignite_landscape.curvature import check_curvature, curvature_operator
@@ -29,9 +29,7 @@ from ignite_landscape.measures.jackknife import (
     check_uncertainty,
     interval,
     interval_scalars,
-    jackknife_stderr,
-    leave_one_out_probes,
-    warn_if_wide,
+    jackknife_rerun,
 )
 from ignite_landscape.params import ParamsArg
 from ignite_landscape.probe import Probe
@@ -219,6 +217,7 @@ def measure_hessian_trace(
     """:func:`hessian_trace` on validated options (the caller runs ``options.check_probe(probe)``, once).
 
     Example:
+        >>> import torch
         >>> probe = Probe((torch.randn(16, 3).double(), torch.randn(16, 1).double()), torch.nn.MSELoss())
         >>> res = measure_hessian_trace(torch.nn.Linear(3, 1).double(), probe, TraceOptions("hutchinson", 8))
         >>> res.method, res.num_hvps
@@ -229,12 +228,8 @@ def measure_hessian_trace(
     if uncertainty is not None:
         single = dataclasses.replace(options, uncertainty=None)
         full = measure_hessian_trace(model, probe, single, seed, params)
-        loo = [
-            measure_hessian_trace(model, part, single, seed, params)
-            for part in leave_one_out_probes(probe, jackknife_chunks)
-        ]
-        stderr = float(jackknife_stderr(torch.tensor([r.value for r in loo], dtype=torch.float64)))
-        warn_if_wide("trace", full.value, stderr)
+        rerun = functools.partial(measure_hessian_trace, model, options=single, seed=seed, params=params)
+        stderr, loo = jackknife_rerun("trace", full.value, rerun, probe, jackknife_chunks)
         return dataclasses.replace(
             full,
             stderr=stderr,
