@@ -12,7 +12,6 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -23,17 +22,13 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import ignite_landscape as il  # noqa: E402
+from benchmarks.common import int_options  # noqa: E402
 from examples.models import DigitsCNN, digits_tensors  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
     """Run the comparison and print one line per measure and setting."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--samples", type=int, default=1024)
-    p.add_argument("--k", type=int, default=5)
-    p.add_argument("--chunks", type=int, default=10)
-    p.add_argument("--epochs", type=int, default=3)
-    args = p.parse_args(argv)
+    args = int_options(__doc__, samples=1024, k=5, chunks=10, epochs=3).parse_args(argv)
     torch.set_num_threads(1)
     torch.manual_seed(0)
     x, y, _, _ = digits_tensors()

@@ -22,7 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import ignite_landscape as il  # noqa: E402
-from benchmarks.common import probe_batch, trained_digits_cnn  # noqa: E402
+from benchmarks.common import int_options, probe_batch, trained_digits_cnn  # noqa: E402
 
 __all__ = ["main"]
 
@@ -43,12 +43,7 @@ def time_hvp(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, args: arg
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--samples", type=int, default=512)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--repeats", type=int, default=21)
-    p.add_argument("--threads", type=int, default=1)
-    args = p.parse_args(argv)
+    args = int_options(__doc__, samples=512, batch_size=128, repeats=21, threads=1).parse_args(argv)
     torch.set_num_threads(args.threads)
     model = trained_digits_cnn(epochs=1)
     x, y = probe_batch(args.samples)

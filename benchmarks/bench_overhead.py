@@ -32,6 +32,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import ignite_landscape as il  # noqa: E402
+from benchmarks.common import int_options  # noqa: E402
 from examples.models import DigitsCNN, digits_loaders  # noqa: E402
 
 __all__ = ["main"]
@@ -163,14 +164,9 @@ def warm_start(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--probe-samples", type=int, default=512)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--k", type=int, default=5)
+    p = int_options(__doc__, epochs=10, probe_samples=512, threads=1, k=5, seed=0)
     p.add_argument("--tol", type=float, default=1e-3)
     p.add_argument("--noise", default="0,0.1,0.5", help="warm_start_noise values to compare")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip-overhead", action="store_true")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)

@@ -44,7 +44,6 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import copy
 import os
 import statistics
@@ -59,7 +58,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import probe_batch, trained_digits_cnn  # noqa: E402
+from benchmarks.common import int_options, probe_batch, trained_digits_cnn  # noqa: E402
 from ignite_landscape import Probe, loss_slice, random_directions  # noqa: E402
 from ignite_landscape.measures.directions import Direction  # noqa: E402
 
@@ -194,11 +193,7 @@ def _ratio(seconds: dict[str, list[float]], a: str, b: str) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     """Run the benchmark and print its figures."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=21)
-    parser.add_argument("--samples", type=int, default=512)
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--rounds", type=int, default=9)
+    parser = int_options(__doc__, steps=21, samples=512, epochs=3, rounds=9)
     parser.add_argument("--seed", type=int, default=0, help="seeds the directions (ours and random_plane's)")
     parser.add_argument(
         "--threads", type=int, default=1, help="torch.set_num_threads; 0 leaves it (1: stable on a shared CPU)"

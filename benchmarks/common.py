@@ -11,6 +11,7 @@ Example:
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import sys
 import time
@@ -26,7 +27,22 @@ if str(ROOT) not in sys.path:
 
 from examples.models import DigitsCNN, digits_loaders, digits_tensors  # noqa: E402
 
-__all__ = ["ROOT", "trained_digits_cnn", "probe_batch", "median_time"]
+__all__ = ["ROOT", "int_options", "trained_digits_cnn", "probe_batch", "median_time"]
+
+
+def int_options(doc: str, **defaults: int) -> argparse.ArgumentParser:
+    """A parser described by the first paragraph of ``doc``, with one integer option per keyword.
+
+    ``probe_samples=512`` adds ``--probe-samples`` (default 512); a script adds its other options itself.
+
+    Example:
+        >>> int_options("Time it.", samples=512, batch_size=128).parse_args(["--batch-size", "64"])
+        Namespace(samples=512, batch_size=64)
+    """
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    for name, default in defaults.items():
+        parser.add_argument("--" + name.replace("_", "-"), type=int, default=default)
+    return parser
 
 
 def trained_digits_cnn(epochs: int = 4, seed: int = 0, lr: float = 3e-3, batch_size: int = 64) -> DigitsCNN:
