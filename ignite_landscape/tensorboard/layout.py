@@ -15,7 +15,7 @@ Example:
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from ignite.engine import Engine
@@ -100,10 +100,9 @@ class LayoutWriter(LandscapeWriter):
     Takes the options of :class:`~ignite_landscape.tensorboard.LandscapeWriter`.
     """
 
-    def __init__(
-        self, names: Sequence[str] | None = None, *, global_step_transform: Callable[[Engine, Any], int] | None = None
-    ) -> None:
-        super().__init__(names, global_step_transform=global_step_transform)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # The options are LandscapeWriter's, validated there; only this writer's state is added.
+        super().__init__(*args, **kwargs)
         self._handlers: dict[str, tuple[str, set[str]]] = {}
         self._written: dict[int, dict[str, Any]] = {}
 

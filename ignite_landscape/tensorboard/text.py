@@ -16,7 +16,7 @@ Example:
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 from ignite.engine import Engine
@@ -49,10 +49,9 @@ class TextWriter(LandscapeWriter):
     Takes the options of :class:`~ignite_landscape.tensorboard.LandscapeWriter`.
     """
 
-    def __init__(
-        self, names: Sequence[str] | None = None, *, global_step_transform: Callable[[Engine, Any], int] | None = None
-    ) -> None:
-        super().__init__(names, global_step_transform=global_step_transform)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # The options are LandscapeWriter's, validated there; only this writer's state is added.
+        super().__init__(*args, **kwargs)
         self._records: dict[tuple[int, str], dict[str, Any]] = {}
 
     def write(self, writer: Any, engine: Engine, fresh: list[Fresh], step: int) -> None:
