@@ -16,8 +16,8 @@ Example:
     >>> _ = DirectionalCurvature(model, probe).attach(trainer)
     >>> _ = BatchSharpness(model, probe, batch_size=8, num_batches=4, lr=0.1).attach(trainer)
     >>> _ = trainer.run([0], max_epochs=1)
-    >>> sorted(trainer.state.landscape)
-    ['batch_sharpness', 'directional']
+    >>> sorted(trainer.state.landscape), trainer.state.metrics["landscape/batch_sharpness/threshold"]  # 2/η
+    (['batch_sharpness', 'directional'], 20.0)
 """
 
 from __future__ import annotations

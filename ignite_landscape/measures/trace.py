@@ -7,8 +7,8 @@ Example:
     >>> probe = Probe((x, torch.zeros(16, 1, dtype=torch.float64)), torch.nn.functional.mse_loss)
     >>> res = hessian_trace(torch.nn.Linear(3, 1).double(), probe, method="hutch++", num_hvps=12)
     >>> # H = 2/N·[XᵀX, Xᵀ1; 1ᵀX, N] has rank 4 = P, which Hutch++'s 4-vector sketch captures exactly
-    >>> abs(res.value - float(2 * (x**2).sum() / 16 + 2)) < 1e-9
-    True
+    >>> res.method, abs(res.value - float(2 * (x**2).sum() / 16 + 2)) < 1e-9
+    ('hutch++', True)
 """
 
 from __future__ import annotations
