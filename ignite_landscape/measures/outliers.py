@@ -26,7 +26,7 @@ Example:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
@@ -73,6 +73,10 @@ def count_outliers(eigenvalues: torch.Tensor, ratio: float = 2.0, zero_tol: floa
     return count
 
 
+# The fields of GGNDecomposition that are not logged as scalars (a tensor, and a flag the definitions state).
+_NOT_SCALARS = ("ggn_eigenvalues", "at_edge")
+
+
 @dataclass
 class GGNDecomposition(Result):
     """``H = G + R`` at the current weights, and the outliers of ``G``'s spectrum.
@@ -111,20 +115,10 @@ class GGNDecomposition(Result):
 
     def scalars(self) -> dict[str, float]:
         """Every scalar field (counts as floats) and the GGN eigenvalues ``ggn_lambda_1`` … ``ggn_lambda_k``."""
-        return {
-            "lambda_max_hessian": self.lambda_max_hessian,
-            "lambda_max_ggn": self.lambda_max_ggn,
-            "lambda_max_residual": self.lambda_max_residual,
-            "lambda_min_residual": self.lambda_min_residual,
-            "trace_hessian": self.trace_hessian,
-            "trace_ggn": self.trace_ggn,
-            "trace_residual": self.trace_residual,
-            "trace_stderr": self.trace_stderr,
-            "num_outliers": float(self.num_outliers),
-            "num_classes": float(self.num_classes),
-            "num_hvps": float(self.num_hvps),
-            **{f"ggn_lambda_{i}": float(v) for i, v in enumerate(self.ggn_eigenvalues.tolist(), 1)},
-        }
+        # In field order; a field added to the decomposition is logged without a second list to keep in step.
+        out = {f.name: float(getattr(self, f.name)) for f in fields(self) if f.name not in _NOT_SCALARS}
+        out.update({f"ggn_lambda_{i}": float(v) for i, v in enumerate(self.ggn_eigenvalues.tolist(), 1)})
+        return out
 
     def definitions(self) -> dict[str, str]:
         """One sentence per scalar key of ``H = G + R`` and the outlier count."""
