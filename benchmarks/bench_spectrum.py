@@ -30,7 +30,6 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import copy
 import statistics
 import sys
@@ -48,7 +47,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import probe_batch, trained_digits_cnn  # noqa: E402
+from benchmarks.common import parse_quick, probe_batch, timing_options, trained_digits_cnn  # noqa: E402
 from ignite_landscape import Probe, hessian_eigenvalues  # noqa: E402
 
 __all__ = ["ToolResult", "main"]
@@ -246,15 +245,10 @@ def _fmt_err(err: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--quick", action="store_true", help="fewer training epochs and timing repeats")
-    parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads for every tool (default 1)")
-    parser.add_argument("--epochs", type=int, default=None, help="training epochs (default 4, quick: 2)")
-    parser.add_argument("--repeats", type=int, default=None, help="timed runs per tool (default 3, quick: 1)")
+    parser = timing_options(__doc__, "fewer training epochs and timing repeats", epochs=(4, 2), repeats=(3, 1))
     parser.add_argument("--samples", type=int, default=512, help="probe size (default 512)")
-    args = parser.parse_args(argv)
-    epochs = args.epochs if args.epochs is not None else (2 if args.quick else 4)
-    repeats = args.repeats if args.repeats is not None else (1 if args.quick else 3)
+    args = parse_quick(parser, argv)
+    epochs, repeats = args.epochs, args.repeats
 
     warnings.filterwarnings("ignore", category=FutureWarning)  # torch.jit deprecation noise from peers
     # PyHessian calls loss.backward(create_graph=True); torch warns about the reference cycle it makes.

@@ -32,7 +32,6 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import copy
 import statistics
 import sys
@@ -49,7 +48,7 @@ from torch.func import functional_call, jacrev, vmap
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import probe_batch, trained_digits_cnn  # noqa: E402
+from benchmarks.common import parse_quick, probe_batch, quick_option, timing_options, trained_digits_cnn  # noqa: E402
 from ignite_landscape import Probe, hessian_trace  # noqa: E402
 
 __all__ = ["Row", "reference_diagonal", "spot_check", "main"]
@@ -245,17 +244,13 @@ def _our_diagonal(model: nn.Module, probe: Probe) -> torch.Tensor:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--quick", action="store_true", help="fewer epochs and repeats, the first probe size only")
-    parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads for every tool (default 1)")
-    parser.add_argument("--epochs", type=int, default=None, help="training epochs (default 4, quick: 1)")
-    parser.add_argument("--repeats", type=int, default=None, help="timed rounds per tool (default 5, quick: 1)")
+    quick = "fewer epochs and repeats, the first probe size only"
+    parser = timing_options(__doc__, quick, epochs=(4, 1), repeats=(5, 1))
     parser.add_argument("--samples", type=int, nargs="+", default=[64, 512], help="probe sizes (default 64 512)")
     parser.add_argument("--spot", type=int, default=16, help="coordinates checked by exact HVPs (default 16)")
-    parser.add_argument("--pairs", type=int, default=None, help="exact/BackPACK timing pairs (default 21, quick: 4)")
-    args = parser.parse_args(argv)
-    epochs = args.epochs if args.epochs is not None else (1 if args.quick else 4)
-    repeats = args.repeats if args.repeats is not None else (1 if args.quick else 5)
+    quick_option(parser, "--pairs", (21, 4), "exact/BackPACK timing pairs")
+    args = parse_quick(parser, argv)
+    epochs, repeats = args.epochs, args.repeats
     sizes = args.samples[:1] if args.quick else args.samples
     warnings.filterwarnings("ignore", message="Full backward hook is firing")  # BackPACK on the first layer
     torch.set_num_threads(args.threads)
@@ -267,9 +262,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{torch.__version__}, threads {torch.get_num_threads()}, timing = median of {repeats} interleaved "
         "rounds after 1 warm-up"
     )
-    pairs = args.pairs if args.pairs is not None else (4 if args.quick else 21)
     for samples in sizes:
-        run_size(model, samples, repeats, args.spot, pairs)
+        run_size(model, samples, repeats, args.spot, args.pairs)
     return 0
 
 

@@ -27,7 +27,16 @@ if str(ROOT) not in sys.path:
 
 from examples.models import DigitsCNN, digits_loaders, digits_tensors  # noqa: E402
 
-__all__ = ["ROOT", "int_options", "trained_digits_cnn", "probe_batch", "median_time"]
+__all__ = [
+    "ROOT",
+    "int_options",
+    "timing_options",
+    "quick_option",
+    "parse_quick",
+    "trained_digits_cnn",
+    "probe_batch",
+    "median_time",
+]
 
 
 def int_options(doc: str, **defaults: int) -> argparse.ArgumentParser:
@@ -43,6 +52,42 @@ def int_options(doc: str, **defaults: int) -> argparse.ArgumentParser:
     for name, default in defaults.items():
         parser.add_argument("--" + name.replace("_", "-"), type=int, default=default)
     return parser
+
+
+def timing_options(doc: str, quick: str, epochs: tuple[int, int], repeats: tuple[int, int]) -> argparse.ArgumentParser:
+    """The options of a benchmark that times tools against each other, described by the first line of ``doc``.
+
+    ``--quick`` (``quick`` says what it cuts), ``--threads``, and ``--epochs``/``--repeats`` with ``(full, quick)``
+    defaults that :func:`parse_quick` applies.
+
+    Example:
+        >>> parser = timing_options("Time it.", "fewer epochs", epochs=(4, 2), repeats=(3, 1))
+        >>> args = parse_quick(parser, ["--quick", "--repeats", "5"])
+        >>> args.epochs, args.repeats, args.threads
+        (2, 5, 1)
+    """
+    parser = argparse.ArgumentParser(description=doc.split("\n", 1)[0])
+    parser.add_argument("--quick", action="store_true", help=quick)
+    parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads for every tool (default 1)")
+    quick_option(parser, "--epochs", epochs, "training epochs")
+    quick_option(parser, "--repeats", repeats, "timed rounds per tool")
+    return parser
+
+
+def quick_option(parser: argparse.ArgumentParser, flag: str, defaults: tuple[int, int], what: str) -> None:
+    """Add an integer option whose default is ``defaults[0]``, or ``defaults[1]`` with ``--quick``."""
+    parser.add_argument(flag, type=int, default=None, help=f"{what} (default {defaults[0]}, quick: {defaults[1]})")
+    quick = parser.get_default("quick_defaults") or {}
+    parser.set_defaults(quick_defaults={**quick, flag.lstrip("-").replace("-", "_"): defaults})
+
+
+def parse_quick(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse ``argv``; every :func:`quick_option` not given takes its full or quick default."""
+    args = parser.parse_args(argv)
+    for name, (full, fast) in args.quick_defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, fast if args.quick else full)
+    return args
 
 
 def trained_digits_cnn(epochs: int = 4, seed: int = 0, lr: float = 3e-3, batch_size: int = 64) -> DigitsCNN:
