@@ -134,6 +134,35 @@ def test_warm_block_with_unusable_rows_is_folded_without_them():
     assert empty.num_matvecs == cold.num_matvecs
 
 
+@pytest.mark.parametrize("which", ["largest", "smallest", "both"])
+def test_guard_vectors_are_the_ritz_vectors_just_beyond_the_wanted_ones(which):
+    # {6, 5, 4.5 | 3.5 | bulk in [1, 2] | -0.5 | -1, -2, -3}: the guard of the top three is 3.5's eigenvector, that of
+    # the bottom three -0.5's; each is resolved to guard_tol (1%), so within ~0.01·θ/gap of the true direction.
+    values = torch.cat([torch.tensor([6.0, 5.0, 4.5, 3.5, -0.5, -1.0, -2.0, -3.0]), torch.linspace(1, 2, 392)]).double()
+    d, perm = _shuffled_diagonal(values, 12)
+    res = lanczos(lambda v: d * v, 400, k=3, which=which, tol=1e-9, dtype=torch.float64, return_eigenvectors=True)
+    assert res.converged.all()
+    guards = {"largest": [3], "smallest": [4], "both": [3, 4]}[which]
+    assert res.guard_vectors.shape == (len(guards), 400)
+    for y, i in zip(res.guard_vectors, guards):
+        assert float(y.norm()) == pytest.approx(1.0, abs=1e-12)
+        assert abs(float(y[perm[i]])) > 0.999
+        assert float((res.eigenvectors @ y).abs().max()) < 1e-10  # a Ritz vector of the same basis
+    assert lanczos(lambda v: d * v, 400, k=3, which=which, dtype=torch.float64).guard_vectors is None
+
+
+def test_a_warm_start_that_carries_the_guard_vector_still_finds_the_newcomer(newcomer):
+    # The old top five and the old guard (the top of the bulk, 7): 8.2's direction is in none of them.
+    d, old_vectors = newcomer
+    bulk_top = torch.zeros(1, 20000, dtype=torch.float64)
+    bulk_top[0, int(torch.argmax(torch.where(d < 7.5, d, torch.zeros_like(d))))] = 1.0
+    warm = lanczos(lambda v: d * v, 20000, k=5, tol=1e-6, dtype=torch.float64, v0=torch.cat([old_vectors, bulk_top]))
+    torch.testing.assert_close(
+        warm.eigenvalues, torch.tensor([10.0, 9.5, 9.0, 8.5, 8.2], dtype=torch.float64), rtol=1e-6, atol=0
+    )
+    assert warm.converged.all()
+
+
 @pytest.mark.parametrize("angle", [0.09, 0.17])
 def test_warm_start_from_turned_eigenvectors_of_a_clustered_top_saves_matvecs(angle):
     # A top-5 clustered like the digits CNN's (0.387–0.465, neighbours at 0.34–0.37), old eigenvectors 5° and

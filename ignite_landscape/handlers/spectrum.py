@@ -190,6 +190,8 @@ class HessianSpectrum(MeasureHandler):
         self.options = dataclasses.replace(self.options, model_mode=mode)
         self._measured_probe = probe.with_model_mode(mode)  # the same samples, shared
         self.eigenvectors: torch.Tensor | None = None
+        # The first Ritz vector beyond the top k: carried into the next warm start after the eigenvectors.
+        self.guard_vectors: torch.Tensor | None = None
         self.preconditioned_eigenvector: torch.Tensor | None = None
         self.preconditioned_result: HessianEigenvalues | None = None
         self._warned_lrs = False
@@ -242,6 +244,14 @@ class HessianSpectrum(MeasureHandler):
             block = block + self.warm_start_noise * noise / torch.linalg.vector_norm(noise, dim=1, keepdim=True)
         return block
 
+    def _warm_block(self) -> torch.Tensor | None:
+        # The guard's vector after the eigenvectors: it holds the direction the top k turns into first.
+        if self.eigenvectors is None or self.guard_vectors is None:
+            return self.eigenvectors
+        if self.guard_vectors.shape[-1] != self.eigenvectors.shape[-1]:
+            return self.eigenvectors
+        return torch.cat([self.eigenvectors, self.guard_vectors])
+
     def compute(self, engine: Engine) -> HessianEigenvalues:
         """The eigenvalues (warm-started when asked), their tracking and, with Adam, the preconditioned sharpness."""
         result = measure_hessian_eigenvalues(
@@ -250,13 +260,15 @@ class HessianSpectrum(MeasureHandler):
             self.options,
             self.seed,
             self.params,
-            v0=self._v0(self.eigenvectors, 0),
+            v0=self._v0(self._warm_block(), 0),
             return_eigenvectors=True,
         )
         ok = bool(torch.isfinite(result.eigenvalues).all()) and result.eigenvectors is not None
         current = result.eigenvectors.detach().clone() if ok else None
         self._tracking = self._track(self.eigenvectors, current)
         self.eigenvectors = current
+        guard = result.guard_vectors if ok else None
+        self.guard_vectors = guard.detach().clone() if guard is not None else None
         self.preconditioned_result = None
         if self.preconditioned:
             assert self.optimizer is not None
@@ -371,14 +383,18 @@ class HessianSpectrum(MeasureHandler):
 
     def _history_copy(self, result: HessianEigenvalues) -> HessianEigenvalues:
         # Eigenvectors are P floats each: keep the latest (for the warm start), not one set per firing.
-        return dataclasses.replace(result, eigenvectors=None)
+        return dataclasses.replace(result, eigenvectors=None, guard_vectors=None)
 
     def _extra_state(self) -> dict[str, Any]:
-        return {"eigenvectors": self.eigenvectors, "preconditioned_eigenvector": self.preconditioned_eigenvector}
+        return {
+            "eigenvectors": self.eigenvectors,
+            "guard_vectors": self.guard_vectors,
+            "preconditioned_eigenvector": self.preconditioned_eigenvector,
+        }
 
     def _load_extra_state(self, state: Mapping[str, Any]) -> None:
         device = next(unwrap_model(self.model).parameters()).device
-        for key in ("eigenvectors", "preconditioned_eigenvector"):
+        for key in ("eigenvectors", "guard_vectors", "preconditioned_eigenvector"):
             value = state.get(key)
             setattr(self, key, value.to(device) if isinstance(value, torch.Tensor) else None)
 

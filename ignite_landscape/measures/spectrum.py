@@ -93,6 +93,9 @@ class HessianEigenvalues(Result):
         uncertainty_hvps: Hessian-vector products spent on ``stderr`` (not in ``num_hvps``).
         curvature: the matrix (``"hessian"``, ``"ggn"``, ``"fisher"``, ``"empirical_fisher"``).
         jackknife_chunks: the probe chunks of the jackknife behind ``stderr`` (0 without it).
+        guard_vectors: with ``eigenvectors``, the Ritz vector of the first pair beyond the wanted ones at each
+            end (rows): a warm start passes them after the eigenvectors as ``v0``, which saves HVPs where the
+            spectrum moves slowly (:class:`~ignite_landscape.HessianSpectrum` does).
     """
 
     kind: ClassVar[str] = "spectrum"
@@ -109,6 +112,7 @@ class HessianEigenvalues(Result):
     uncertainty_hvps: int = 0
     curvature: str = "hessian"
     jackknife_chunks: int = 0
+    guard_vectors: torch.Tensor | None = None
 
     @property
     def lambda_max(self) -> float:
@@ -382,7 +386,7 @@ def measure_hessian_eigenvalues(
     full.uncertainty_hvps = sum(r.num_hvps for r in loo)
     full.jackknife_chunks = jackknife_chunks
     if not return_eigenvectors:
-        full.eigenvectors = None
+        full.eigenvectors = full.guard_vectors = None
     if which != "smallest":
         warn_if_wide("lambda_max", full.lambda_max, float(full.stderr[0]))
     return full
@@ -423,6 +427,7 @@ def _session_eigenvalues(
         space=s.space,
         eigenvectors=res.eigenvectors,
         tol=tol,
+        guard_vectors=res.guard_vectors,
     )
 
 
