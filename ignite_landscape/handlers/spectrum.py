@@ -84,8 +84,9 @@ class HessianSpectrumOptions(SpectrumOptions):
     edge-of-stability view and eigenspace tracking.
 
     Attributes:
-        warm_start: deal the previous firing's eigenvectors over the random start vectors every start
-            holds, folded into them. It changes the cost, not the answer: convergence also asks the
+        warm_start: deal the previous firing's eigenvectors, then its guard Ritz vector (the first beyond
+            them, ``guard_vectors``), over the random start vectors every start holds, folded into them.
+            It changes the cost, not the answer: convergence also asks the
             random exploration beyond the wanted eigenvalues to be resolved, so an eigenvalue that has
             overtaken the old k-th is found at the firing where it does (see :func:`hessian_eigenvalues`).
             What it saves depends on how far the eigenvectors move between firings: measured in
