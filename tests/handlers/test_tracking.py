@@ -1,9 +1,6 @@
 """HessianSpectrum's warm start against dense ground truth, and the tracking benchmark end to end."""
 
 import math
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,9 +10,7 @@ from ignite.engine import Engine
 import ignite_landscape as il
 import ignite_landscape.handlers.spectrum as spectrum_handlers
 from ignite_landscape.measures.spectrum import eigenspace_overlap
-from tests.helpers import classification_data, dense_hessian, mlp
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import classification_data, dense_hessian, mlp, run_script
 
 
 def test_warm_start_without_noise_finds_a_direction_the_old_eigenvectors_miss():
@@ -71,14 +66,7 @@ def test_handler_carries_the_guard_vector_into_the_next_warm_start_and_its_state
 
 
 def test_tracking_benchmark_runs():
-    out = subprocess.run(
-        [sys.executable, "benchmarks/bench_tracking.py", "--quick"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
+    out = run_script("benchmarks/bench_tracking.py", "--quick")
     assert "8.2 found: True" in out.stdout
     errors = [line for line in out.stdout.splitlines() if line.startswith("max rel error")]
     assert len(errors) == 1
