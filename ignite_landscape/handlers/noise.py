@@ -16,7 +16,8 @@ Example:
     >>> _ = GradientNoiseScale(logistic, Probe(data, torch.nn.CrossEntropyLoss()), smoothing=0.9).attach(engine)
     >>> _ = engine.run([0], max_epochs=1)
     >>> raw = engine.state.metrics["landscape/noise_scale/b_simple"]
-    >>> raw > 0, engine.state.metrics["landscape/noise_scale/b_simple_smoothed"] == raw  # one firing: the same
+    >>> smoothed = engine.state.metrics["landscape/noise_scale/b_simple_smoothed"]
+    >>> raw > 0, abs(smoothed - raw) <= 1e-6 * raw  # one firing: the same (up to rounding of the averages)
     (True, True)
 """
 
