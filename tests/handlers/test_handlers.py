@@ -521,33 +521,40 @@ def test_every_zero_is_rejected(small):
         il.Sharpness(model, probe).attach(trainer, Events.EPOCH_COMPLETED(every=2), every=3)
 
 
-def test_unknown_names_are_rejected(small):
+BAD_CONSTRUCTIONS = [
+    (ValueError, "params", lambda m, p: il.HessianTrace(m, p, params="conv9")),
+    (TypeError, "kk", lambda m, p: il.HessianSpectrum(m, p, kk=3)),
+    (ValueError, "which", lambda m, p: il.HessianSpectrum(m, p, which="biggest")),
+    (ValueError, "method", lambda m, p: il.Sharpness(m, p, method="worst")),
+    (ValueError, "reference", lambda m, p: il.ModeConnectivity(m, p, reference="initial")),
+    (ValueError, "directions", lambda m, p: il.LossSlice(m, p, directions="pca")),
+    (ValueError, "name", lambda m, p: il.Sharpness(m, p, name="")),
+    (ValueError, "name", lambda m, p: il.Sharpness(m, p, name="a/b")),
+    (ValueError, "on_error", lambda m, p: il.Sharpness(m, p, on_error="ignore")),
+]
+
+
+@pytest.mark.parametrize("error, match, build", BAD_CONSTRUCTIONS)
+def test_unknown_names_and_choices_are_rejected_at_construction(small, error, match, build):
     model, probe = small
-    trainer = Engine(lambda e, b: None)
-    with pytest.raises(ValueError, match="params"):
-        il.HessianTrace(model, probe, params="conv9")
-    with pytest.raises(TypeError, match="kk"):
-        il.HessianSpectrum(model, probe, kk=3)
-    with pytest.raises(ValueError, match="not a valid event"):
-        il.Sharpness(model, probe).attach(trainer, "epoch_finished")
-    with pytest.raises(TypeError, match="event"):
-        il.Sharpness(model, probe).attach(trainer, 5)
+    with pytest.raises(error, match=match):
+        build(model, probe)
+
+
+@pytest.mark.parametrize(
+    "error, match, event",
+    [(ValueError, "not a valid event", "epoch_finished"), (TypeError, "event", 5)],
+)
+def test_unknown_events_are_rejected_at_attach(small, error, match, event):
+    model, probe = small
+    with pytest.raises(error, match=match):
+        il.Sharpness(model, probe).attach(Engine(lambda e, b: None), event)
+
+
+def test_attach_needs_an_engine(small):
+    model, probe = small
     with pytest.raises(TypeError, match="engine"):
         il.Sharpness(model, probe).attach(object())
-    with pytest.raises(ValueError, match="which"):
-        il.HessianSpectrum(model, probe, which="biggest")
-    with pytest.raises(ValueError, match="method"):
-        il.Sharpness(model, probe, method="worst")
-    with pytest.raises(ValueError, match="reference"):
-        il.ModeConnectivity(model, probe, reference="initial")
-    with pytest.raises(ValueError, match="directions"):
-        il.LossSlice(model, probe, directions="pca")
-    with pytest.raises(ValueError, match="name"):
-        il.Sharpness(model, probe, name="")
-    with pytest.raises(ValueError, match="name"):
-        il.Sharpness(model, probe, name="a/b")
-    with pytest.raises(ValueError, match="on_error"):
-        il.Sharpness(model, probe, on_error="ignore")
 
 
 def test_model_without_trainable_parameters_is_rejected(small):

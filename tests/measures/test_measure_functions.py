@@ -19,7 +19,7 @@ import ignite_landscape.measures as m
 from ignite_landscape import Probe
 from ignite_landscape.handlers.measure import MeasureHandler
 from ignite_landscape.measures.layerwise import layerwise_curvature_result
-from tests.helpers import dense_hessian, mlp
+from tests.helpers import classification_data, dense_hessian, mlp
 
 N = 20
 HANDLERS_DIR = Path(handlers_pkg.__file__).parent
@@ -29,9 +29,7 @@ MEASURE_FUNCTIONS = sorted(n for n in m.__all__ if n.startswith("measure_"))
 @pytest.fixture(scope="module")
 def setup():
     model = mlp(0, d_in=4, hidden=5, d_out=3)
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(N, 4, generator=g, dtype=torch.float64)
-    y = torch.randint(0, 3, (N,), generator=g)
+    x, y = classification_data(N, (4,), seed=0)
     return model, Probe((x, y), torch.nn.functional.cross_entropy, population_size=500), x, y
 
 

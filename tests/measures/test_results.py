@@ -33,7 +33,7 @@ from ignite_landscape.measures.slices import loss_slice
 from ignite_landscape.measures.spectrum import hessian_density, hessian_eigenvalues, hessian_trace
 from ignite_landscape.measures.trajectory import trajectory_plane
 from ignite_landscape.results import KINDS, Curve, Result, record_of
-from tests.helpers import dense_hessian, mlp
+from tests.helpers import classification_data, dense_hessian, mlp
 
 N = 24
 CHUNKS = 4
@@ -45,9 +45,7 @@ MODULE_KINDS = ("diagonal_profile",)
 @pytest.fixture(scope="module")
 def setup():
     model = mlp(0, d_in=4, hidden=5, d_out=3)
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(N, 4, generator=g, dtype=torch.float64)
-    y = torch.randint(0, 3, (N,), generator=g)
+    x, y = classification_data(N, (4,), seed=0)
     probe = Probe((x, y), torch.nn.functional.cross_entropy, population_size=1000)
     return model, probe, x, y
 
