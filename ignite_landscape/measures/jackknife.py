@@ -37,7 +37,6 @@ __all__ = [
     "UNCERTAINTIES",
     "JACKKNIFE_CHUNKS",
     "check_uncertainty",
-    "subset_probe",
     "leave_one_out_probes",
     "jackknife_stderr",
     "jackknife_rerun",
@@ -76,15 +75,10 @@ def check_uncertainty(uncertainty: str | None, chunks: int, probe: Probe | None 
         raise ValueError("uncertainty='jackknife' needs every rank to hold all the probe's samples (one shared probe)")
 
 
-def subset_probe(probe: Probe, index: torch.Tensor) -> Probe:
-    """A probe of the samples ``index`` of ``probe`` (in that order), with its loss, transform, mode and seed."""
-    return probe.subset(index)
-
-
 def leave_one_out_probes(probe: Probe, chunks: int) -> list[Probe]:
     """The ``chunks`` probes that each leave out one contiguous chunk of ``probe``'s samples."""
     parts = torch.arange(probe.num_samples).tensor_split(chunks)
-    return [subset_probe(probe, torch.cat([p for i, p in enumerate(parts) if i != j])) for j in range(chunks)]
+    return [probe.subset(torch.cat([p for i, p in enumerate(parts) if i != j])) for j in range(chunks)]
 
 
 def jackknife_stderr(values: torch.Tensor) -> torch.Tensor:

@@ -71,7 +71,6 @@ from ignite_landscape.measures.jackknife import (
     interval,
     interval_scalars,
     jackknife_rerun,
-    subset_probe,
 )
 from ignite_landscape.params import ParamsArg, ParamSpace
 from ignite_landscape.probe import Probe, ProbeSession
@@ -441,7 +440,7 @@ def _m_sharpness(
         raise ValueError("m-sharpness needs every rank to hold all the probe's samples (one shared probe)")
     whole = dataclasses.replace(opts, m=None)
     chunks = [
-        measure_sharpness(model, subset_probe(probe, torch.arange(lo, lo + m)), whole, seed, params)
+        measure_sharpness(model, probe.subset(torch.arange(lo, lo + m)), whole, seed, params)
         for lo in range(0, probe.num_samples - m + 1, m)
     ]
     values = torch.tensor([c.value for c in chunks], dtype=torch.float64)
