@@ -14,7 +14,7 @@ from typing import Any
 from ignite.engine import Engine
 
 from ignite_landscape.tensorboard.base import LandscapeWriter
-from ignite_landscape.tensorboard.common import Fresh, check_writer_options
+from ignite_landscape.tensorboard.common import Fresh
 from ignite_landscape.tensorboard.figures import FiguresWriter, HistogramsWriter
 from ignite_landscape.tensorboard.layout import LayoutWriter
 from ignite_landscape.tensorboard.mesh import MeshWriter
@@ -69,20 +69,18 @@ class LandscapeLogHandler(LandscapeWriter):
         log_scale: bool = True,
     ) -> None:
         super().__init__(names, global_step_transform=global_step_transform)
-        check_writer_options(None, None, max_slice_curves)
-        # Validates max_mesh_faces even when the mesh is off.
-        mesh_writer = MeshWriter(self.names, max_mesh_faces=max_mesh_faces, log_scale=log_scale)
         self.histograms, self.figures, self.mesh, self.text = histograms, figures, mesh, text
         self.custom_scalars = custom_scalars
         self.max_mesh_faces, self.max_slice_curves, self.log_scale = max_mesh_faces, max_slice_curves, log_scale
-        # This handler selects the firings and the step once; the parts only write them.
+        # This handler selects the firings and the step once; the parts only write them. Every part is built,
+        # on or off, so its constructor validates its options (max_slice_curves, max_mesh_faces).
         parts: list[tuple[bool, LandscapeWriter]] = [
             (custom_scalars, LayoutWriter(self.names)),
             (True, ScalarsWriter(self.names)),
             (text, TextWriter(self.names)),
             (histograms, HistogramsWriter(self.names)),
             (figures, FiguresWriter(self.names, max_slice_curves=max_slice_curves, log_scale=log_scale)),
-            (mesh, mesh_writer),
+            (mesh, MeshWriter(self.names, max_mesh_faces=max_mesh_faces, log_scale=log_scale)),
         ]
         self.parts = [part for on, part in parts if on]
 
