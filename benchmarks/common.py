@@ -12,12 +12,8 @@ Example:
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -35,7 +31,6 @@ __all__ = [
     "parse_quick",
     "trained_digits_cnn",
     "probe_batch",
-    "median_time",
 ]
 
 
@@ -124,14 +119,3 @@ def probe_batch(num_samples: int = 512, seed: int = 0) -> tuple[torch.Tensor, to
     """The first ``num_samples`` samples of the (fixed-permutation) digits training split."""
     x_train, y_train, _, _ = digits_tensors(seed=seed)
     return x_train[:num_samples].clone(), y_train[:num_samples].clone()
-
-
-def median_time(fn: Callable[[], Any], repeats: int = 3) -> tuple[float, Any]:
-    """Median wall time of ``repeats`` calls of ``fn`` (seconds) and the last call's result."""
-    times = []
-    out = None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
