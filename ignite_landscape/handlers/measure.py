@@ -216,9 +216,13 @@ class MeasureHandler(LandscapeHandler):
         del bound["model"], bound["probe"]
         self.options = self.options_type(**bound)
         super().__init__(model, probe, **own)
-        for check, arg in (("check_probe", probe), ("check_space", self.space)):
+        self._check_options()
+
+    def _check_options(self) -> None:
+        # What the options cannot check alone: that they work with this probe and parameter selection.
+        for check, arg in (("check_probe", self.probe), ("check_space", self.space)):
             method = getattr(self.options, check, None)
-            if method is not None:
+            if callable(method):
                 method(arg)
 
     def __getattr__(self, name: str) -> Any:
@@ -319,10 +323,7 @@ class Measure(MeasureHandler):
             taken = set(self.__dict__) | set(dir(type(self)))
             self._option_names = frozenset(f.name for f in dataclasses.fields(options)) - taken
         self.options = options
-        for check, arg in (("check_probe", probe), ("check_space", self.space)):
-            method = getattr(options, check, None)
-            if callable(method):
-                method(arg)
+        self._check_options()
 
     def compute(self, engine: Engine) -> Any:
         """Run the measure function with the options on the current weights."""
