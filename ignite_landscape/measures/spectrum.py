@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import torch
@@ -377,7 +377,7 @@ def measure_hessian_eigenvalues(
     full.curvature = curvature
     if uncertainty is None:
         return full
-    single = SpectrumOptions(k, which, tol, max_iter, curvature, num_random)
+    single = replace(options, uncertainty=None)
     loo = [
         measure_hessian_eigenvalues(model, part, single, seed, params, v0=full.eigenvectors)
         for part in leave_one_out_probes(probe, jackknife_chunks)
