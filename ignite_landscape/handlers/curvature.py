@@ -117,9 +117,13 @@ class DirectionalCurvature(MeasureHandler):
     def __init__(self, model: nn.Module, probe: Probe, *args: Any, **kwargs: Any) -> None:
         super().__init__(model, probe, *args, **kwargs)
         direction = self.options.direction
-        if not isinstance(direction, str):  # a copy: later changes to the caller's tensors do not leak in
-            copy = {k: v.detach().clone() for k, v in direction.items()} if isinstance(direction, Mapping) else None
-            object.__setattr__(self, "options", dataclasses.replace(self.options, direction=copy or direction.clone()))
+        # A copy of a given direction: later changes to the caller's tensors do not leak in.
+        if isinstance(direction, Mapping):
+            self.options = dataclasses.replace(
+                self.options, direction={k: v.detach().clone() for k, v in direction.items()}
+            )
+        elif isinstance(direction, torch.Tensor):
+            self.options = dataclasses.replace(self.options, direction=direction.clone())
         self._before: list[torch.Tensor] | None = None
 
     def _on_attach(self, engine: Engine) -> None:
