@@ -173,12 +173,12 @@ class LandscapeArtifactHandler(BaseHandler):
             self._records[f.name] = record
         if self.data and f.curves:
             sink.json(curve_data(f.curves), f"landscape/{f.name}/data/step_{step:09d}.json")
+        if not self.figures:
+            return  # the curve history serves the figures only
         for key, curve in f.curves.items():
-            shown = self._history.add(f.name, key, firing_label(f.firing), curve)
-            if not self.figures:
-                continue
             from ignite_landscape import plots  # matplotlib is imported only when a figure is drawn
 
+            shown = self._history.add(f.name, key, firing_label(f.firing), curve)
             figures = [(key, curve_figure(f.name, key, shown, log_scale=self.log_scale))]
             if curve.kind == "grid":
                 title = f"{f.name}: {key} ({firing_label(f.firing)})"
