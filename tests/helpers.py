@@ -72,6 +72,12 @@ def classification_data(n: int, shape, classes: int = 3, seed: int = 1):
     return x, y
 
 
+def moved(model: nn.Module, scale: float, seed: int) -> dict[str, torch.Tensor]:
+    """``model``'s state dict, every entry plus ``scale`` times a Gaussian draw seeded with ``seed``."""
+    g = torch.Generator().manual_seed(seed)
+    return {k: v + scale * torch.randn(v.shape, generator=g, dtype=v.dtype) for k, v in model.state_dict().items()}
+
+
 # Real data for the tests that train: scikit-learn's 1,797 handwritten 8×8 digits (shipped with it, offline).
 # The tests own these (examples/models.py serves the examples); same split, shuffling and initialisation.
 

@@ -19,7 +19,7 @@ import ignite_landscape.measures as m
 from ignite_landscape import Probe
 from ignite_landscape.handlers.measure import MeasureHandler
 from ignite_landscape.measures.layerwise import layerwise_curvature_result
-from tests.helpers import classification_data, dense_hessian, mlp
+from tests.helpers import classification_data, dense_hessian, mlp, moved
 
 N = 20
 HANDLERS_DIR = Path(handlers_pkg.__file__).parent
@@ -31,11 +31,6 @@ def setup():
     model = mlp(0, d_in=4, hidden=5, d_out=3)
     x, y = classification_data(N, (4,), seed=0)
     return model, Probe((x, y), torch.nn.functional.cross_entropy, population_size=500), x, y
-
-
-def _moved(model: torch.nn.Module, scale: float, seed: int) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return {k: v + scale * torch.randn(v.shape, generator=g, dtype=v.dtype) for k, v in model.state_dict().items()}
 
 
 # name: (keyword call, measure_<f> call) on the same inputs, seed 3 wherever a seed is taken.
@@ -88,10 +83,10 @@ PAIRS = {
     ),
     "directional_curvature": (
         lambda mod, p: m.directional_curvature(
-            mod, p, "update", previous=_moved(mod, 0.1, 1), curvature="fisher", seed=3
+            mod, p, "update", previous=moved(mod, 0.1, 1), curvature="fisher", seed=3
         ),
         lambda mod, p: m.measure_directional_curvature(
-            mod, p, m.DirectionalOptions("update", "fisher"), 3, previous=_moved(mod, 0.1, 1)
+            mod, p, m.DirectionalOptions("update", "fisher"), 3, previous=moved(mod, 0.1, 1)
         ),
     ),
     "batch_sharpness": (
@@ -99,9 +94,9 @@ PAIRS = {
         lambda mod, p: m.measure_batch_sharpness(mod, p, m.BatchSharpnessOptions(5, 3, 0.1), 3),
     ),
     "gradient_statistics": (
-        lambda mod, p: m.gradient_statistics(mod, p, initial=_moved(mod, 0.1, 1), previous=_moved(mod, 0.01, 2)),
+        lambda mod, p: m.gradient_statistics(mod, p, initial=moved(mod, 0.1, 1), previous=moved(mod, 0.01, 2)),
         lambda mod, p: m.measure_gradient_statistics(
-            mod, p, m.GradStatsOptions(), initial=_moved(mod, 0.1, 1), previous=_moved(mod, 0.01, 2)
+            mod, p, m.GradStatsOptions(), initial=moved(mod, 0.1, 1), previous=moved(mod, 0.01, 2)
         ),
     ),
     "loss_slice": (
@@ -111,15 +106,15 @@ PAIRS = {
         ),
     ),
     "trajectory_plane": (
-        lambda mod, p: m.trajectory_plane(mod, p, [_moved(mod, 0.1, s) for s in range(4)], steps=5),
+        lambda mod, p: m.trajectory_plane(mod, p, [moved(mod, 0.1, s) for s in range(4)], steps=5),
         lambda mod, p: m.measure_trajectory_plane(
-            mod, p, m.TrajectoryOptions(steps=5), trajectory=[_moved(mod, 0.1, s) for s in range(4)]
+            mod, p, m.TrajectoryOptions(steps=5), trajectory=[moved(mod, 0.1, s) for s in range(4)]
         ),
     ),
     "interpolate": (
-        lambda mod, p: m.interpolate(mod, _moved(mod, 0.3, 1), mod, p, steps=5),
+        lambda mod, p: m.interpolate(mod, moved(mod, 0.3, 1), mod, p, steps=5),
         lambda mod, p: m.measure_interpolate(
-            mod, p, m.InterpolationOptions(steps=5), weights_a=_moved(mod, 0.3, 1), weights_b=mod
+            mod, p, m.InterpolationOptions(steps=5), weights_a=moved(mod, 0.3, 1), weights_b=mod
         ),
     ),
 }

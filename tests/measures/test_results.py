@@ -33,7 +33,7 @@ from ignite_landscape.measures.slices import loss_slice
 from ignite_landscape.measures.spectrum import hessian_density, hessian_eigenvalues, hessian_trace
 from ignite_landscape.measures.trajectory import trajectory_plane
 from ignite_landscape.results import KINDS, Curve, Result, record_of
-from tests.helpers import classification_data, dense_hessian, mlp
+from tests.helpers import classification_data, dense_hessian, mlp, moved
 
 N = 24
 CHUNKS = 4
@@ -48,11 +48,6 @@ def setup():
     x, y = classification_data(N, (4,), seed=0)
     probe = Probe((x, y), torch.nn.functional.cross_entropy, population_size=1000)
     return model, probe, x, y
-
-
-def _moved(model, scale: float, seed: int) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return {k: v + scale * torch.randn(v.shape, generator=g, dtype=v.dtype) for k, v in model.state_dict().items()}
 
 
 # One builder per result (and per variant whose scalars or definitions differ).
@@ -76,15 +71,15 @@ BUILDERS = {
     "sharpness_m": lambda m, p: sharpness(m, p, rho=0.05, method="sam", m=6),
     "slice1d": lambda m, p: loss_slice(m, p, random_directions(m, 1, seed=0), steps=5),
     "slice2d": lambda m, p: loss_slice(m, p, random_directions(m, 2, seed=0), steps=4, span=(-1.0, 0.5)),
-    "connectivity": lambda m, p: interpolate(m, m.state_dict(), _moved(m, 0.3, 1), p, steps=5),
+    "connectivity": lambda m, p: interpolate(m, m.state_dict(), moved(m, 0.3, 1), p, steps=5),
     "noise_scale": lambda m, p: gradient_noise_scale(m, p),
     "noise_scale_two_batch": lambda m, p: gradient_noise_scale(m, p, method="two_batch", small_batch=4),
     "trajectory": lambda m, p: trajectory_plane(
-        m, p, [_moved(m, 0.1 * i, i) for i in range(1, 5)], steps=5, iterations=[10, 20, 30, 40]
+        m, p, [moved(m, 0.1 * i, i) for i in range(1, 5)], steps=5, iterations=[10, 20, 30, 40]
     ),
     "layerwise": lambda m, p: layerwise_curvature_result(m, p, trace_method="hutch++", exact_below=8),
     "gradstats": lambda m, p: gradient_statistics(
-        m, p, initial=_moved(m, 0.2, 2), previous=_moved(m, 0.01, 3), uncertainty="jackknife", jackknife_chunks=CHUNKS
+        m, p, initial=moved(m, 0.2, 2), previous=moved(m, 0.01, 3), uncertainty="jackknife", jackknife_chunks=CHUNKS
     ),
     "overlap": lambda m, p: gradient_overlap(m, p, k=2),
     "directional": lambda m, p: directional_curvature(m, p, curvature="ggn"),
