@@ -38,6 +38,7 @@ from torch import nn
 
 from ignite_landscape.linalg.random import generator, rademacher
 from ignite_landscape.measures.diagonal import ExactUnsupportedError, session_hessian_diagonal
+from ignite_landscape.measures.gradstats import layer_label
 from ignite_landscape.params import ParamsArg, ParamSpace
 from ignite_landscape.probe import Probe
 from ignite_landscape.results import Curve, Result
@@ -370,7 +371,7 @@ def diagonal_profile(
     edges, counts, below, above = _histogram(diag, options.bins, options.histogram_range)
     return DiagonalProfile(
         method=method,
-        layers=tuple(name or "root" for name in groups),
+        layers=tuple(layer_label(name) for name in groups),
         layer_sizes=tuple(p.numel() for p in parts),
         layer_traces=tuple(float(p.sum()) for p in parts),
         layer_stderrs=tuple(float(e) for e in layer_stderrs),

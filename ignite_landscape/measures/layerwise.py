@@ -25,6 +25,7 @@ from torch import nn
 from ignite_landscape.linalg import hutchpp, lanczos
 from ignite_landscape.measures._definitions import num
 from ignite_landscape.measures.diagonal import ExactUnsupportedError, diagonal_result, session_hessian_diagonal
+from ignite_landscape.measures.gradstats import layer_label
 from ignite_landscape.params import ParamSpace
 from ignite_landscape.probe import Probe
 from ignite_landscape.results import Curve, Result
@@ -186,7 +187,7 @@ class LayerwiseCurvatureResult(Result):
 
     def labels(self) -> list[str]:
         """The layer names (``"root"`` for parameters of the model itself)."""
-        return [layer.name or "root" for layer in self.layers]
+        return [layer_label(layer.name) for layer in self.layers]
 
     def values(self, quantity: str = "trace") -> torch.Tensor:
         """The ``quantity`` (``"trace"`` or ``"lambda_max"``) of each layer, float64, in :meth:`labels` order."""
