@@ -46,6 +46,7 @@ from ignite_landscape.tensorboard.common import (
     default_step,
     firing_label,
     firing_step,
+    latest_firings,
     summary_table,
 )
 from ignite_landscape.tensorboard.figures import curve_figure
@@ -150,7 +151,6 @@ class LandscapeArtifactHandler(BaseHandler):
         sink = _sink_for(logger)
         if idist.get_rank() != 0:
             return
-        firings: dict[str, Firing] = getattr(engine.state, "landscape_firings", None) or {}
         fresh = collect_fresh(engine, self.names, self._logged, type(self).__name__)
         if not fresh:
             return
@@ -163,8 +163,7 @@ class LandscapeArtifactHandler(BaseHandler):
             except Exception as exc:  # noqa: BLE001 - a drawing problem must not stop training
                 _log.warning("LandscapeArtifactHandler: could not send %r (%s: %s)", f.name, type(exc).__name__, exc)
         if self.text and any(not f.firing.skipped for f in fresh):
-            shown = {n: v for n, v in firings.items() if self.names is None or n in self.names}
-            sink.text(summary_table(shown), f"landscape/summary/step_{step:09d}.md")
+            sink.text(summary_table(latest_firings(engine, self.names)), f"landscape/summary/step_{step:09d}.md")
 
     def _send(self, sink: _MLflowSink, f: Fresh, step: int) -> None:
         record = firing_record(f.firing)

@@ -33,6 +33,7 @@ __all__ = [
     "check_writer_options",
     "default_step",
     "firing_step",
+    "latest_firings",
     "fresh_firings",
     "collect_fresh",
     "firing_label",
@@ -88,10 +89,15 @@ def check_writer_options(names: Any, global_step_transform: Any, max_slice_curve
     return names
 
 
+def latest_firings(engine: Engine, names: list[str] | None) -> dict[str, Firing]:
+    """The latest firing of every landscape handler of ``engine`` (restricted to ``names``)."""
+    firings: dict[str, Firing] = getattr(engine.state, "landscape_firings", None) or {}
+    return {n: f for n, f in firings.items() if names is None or n in names}
+
+
 def fresh_firings(engine: Engine, names: list[str] | None, logged: dict[str, Firing]) -> list[tuple[str, Firing]]:
     """The ``(name, firing)`` pairs of ``engine`` not yet in ``logged`` (restricted to ``names``)."""
-    firings: dict[str, Firing] = getattr(engine.state, "landscape_firings", None) or {}
-    return [(n, f) for n, f in firings.items() if (names is None or n in names) and logged.get(n) is not f]
+    return [(n, f) for n, f in latest_firings(engine, names).items() if logged.get(n) is not f]
 
 
 def collect_fresh(engine: Engine, names: list[str] | None, logged: dict[str, Firing], who: str) -> list[Fresh]:

@@ -24,7 +24,7 @@ from ignite.engine import Engine
 from ignite_landscape.handlers.base import Firing
 from ignite_landscape.results import Curve
 from ignite_landscape.tensorboard.base import LandscapeWriter
-from ignite_landscape.tensorboard.common import Fresh, summary_table
+from ignite_landscape.tensorboard.common import Fresh, latest_firings, summary_table
 
 __all__ = ["TextWriter", "SUMMARY_TAG", "curve_data", "firing_record"]
 
@@ -64,6 +64,4 @@ class TextWriter(LandscapeWriter):
             if f.curves:
                 writer.add_text(f"landscape/{f.name}/data", json.dumps(curve_data(f.curves)), step)
         if any(not f.firing.skipped for f in fresh):
-            firings = getattr(engine.state, "landscape_firings", None) or {}
-            shown = {n: v for n, v in firings.items() if self.names is None or n in self.names}
-            writer.add_text(SUMMARY_TAG, summary_table(shown), step)
+            writer.add_text(SUMMARY_TAG, summary_table(latest_firings(engine, self.names)), step)
