@@ -21,8 +21,7 @@ import torch
 from torch import nn
 
 from ignite_landscape.params import ParamSpace, unwrap_model
-from ignite_landscape.probe import MODEL_MODES, Probe
-from ignite_landscape.validation import check_choice
+from ignite_landscape.probe import Probe
 
 __all__ = ["adam_preconditioner", "stability_threshold", "threshold_definition"]
 
@@ -106,9 +105,9 @@ def adam_preconditioner(
 def measured_mode(
     model_mode: str | None, model: nn.Module, probe: Probe, optimizer: torch.optim.Optimizer | None, name: str
 ) -> str:
-    """The mode HessianSpectrum measures in (see its ``model_mode`` argument)."""
+    """The mode HessianSpectrum measures in (see its ``model_mode`` argument, checked by its options)."""
     if model_mode is not None:
-        return check_choice("model_mode", model_mode, MODEL_MODES)
+        return model_mode
     if optimizer is None or probe.model_mode == "train":
         return probe.model_mode
     norms = [
