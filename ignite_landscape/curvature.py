@@ -179,11 +179,9 @@ class _OutputSpaceCurvature:
 
 def _sample_weight(probe: Probe) -> float:
     """The weight ``w`` of one sample's loss in the probe objective: ``1/N`` for a mean, ``1`` for a sum."""
-    n = float(probe.num_samples)
-    scale = getattr(probe, "objective_scale", None)
     # objective_scale(1) is 1 for a normalised loss and 1/N for a sum (see Probe.objective_scale), so
     # 1/(N·objective_scale(1)) is 1/N for the one and 1 for the other.
-    return 1.0 / n if scale is None else 1.0 / (n * float(scale(1)))
+    return 1.0 / (float(probe.num_samples) * float(probe.objective_scale(1)))
 
 
 def _jvp(out: torch.Tensor, leaves: list[torch.Tensor], vs: list[torch.Tensor]) -> torch.Tensor:
