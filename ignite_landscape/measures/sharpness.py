@@ -177,9 +177,15 @@ class SharpnessOptions:
             raise ValueError("uncertainty='jackknife' with m=: m-sharpness has its own standard error over chunks")
 
     def check_probe(self, probe: Probe) -> None:
-        """Raise if these options cannot work on ``probe`` (an ``m`` or ``jackknife_chunks`` above its samples)."""
+        """Raise if these options cannot work on ``probe``.
+
+        An ``m`` or ``jackknife_chunks`` above its samples, or either on a probe sharded over ranks.
+        """
         if self.m is not None and self.m > probe.num_samples:
             raise ValueError(f"m must be at most the probe's {probe.num_samples} samples, got {self.m}")
+        if self.m is not None and num_rows(probe.targets) != probe.num_samples:
+            # Chunks are cut by global sample index from the samples this rank holds.
+            raise ValueError("m-sharpness needs every rank to hold all the probe's samples (one shared probe)")
         check_uncertainty(self.uncertainty, self.jackknife_chunks, probe)
 
 
@@ -435,9 +441,6 @@ def _m_sharpness(
 ) -> SharpnessResult:
     m = opts.m
     assert m is not None
-    if num_rows(probe.targets) != probe.num_samples:
-        # Chunks are cut by global sample index from the samples this rank holds.
-        raise ValueError("m-sharpness needs every rank to hold all the probe's samples (one shared probe)")
     whole = dataclasses.replace(opts, m=None)
     chunks = [
         measure_sharpness(model, probe.subset(torch.arange(lo, lo + m)), whole, seed, params)
