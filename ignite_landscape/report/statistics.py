@@ -45,11 +45,7 @@ def pearson(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) ->
         raise ValueError(f"x and y must be 1-D of equal length, got shapes {x.shape} and {y.shape}")
     if x.size < 2:
         return math.nan
-    dx, dy = x - x.mean(), y - y.mean()
-    denom = math.sqrt(float(dx @ dx) * float(dy @ dy))
-    if denom == 0.0:
-        return math.nan
-    return float(np.clip((dx @ dy) / denom, -1.0, 1.0))
+    return float(_pearson_rows(x[None], y[None])[0])
 
 
 def kendall_tau(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -> float:
@@ -65,18 +61,9 @@ def kendall_tau(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     if x.shape != y.shape or x.ndim != 1:
         raise ValueError(f"x and y must be 1-D of equal length, got shapes {x.shape} and {y.shape}")
-    n = x.size
-    if n < 2:
+    if x.size < 2:
         return math.nan
-    iu = np.triu_indices(n, k=1)
-    sx = np.sign(x[:, None] - x[None, :])[iu]
-    sy = np.sign(y[:, None] - y[None, :])[iu]
-    n0 = iu[0].size
-    n1, n2 = int((sx == 0).sum()), int((sy == 0).sum())
-    denom = math.sqrt(float(n0 - n1) * float(n0 - n2))
-    if denom == 0.0:
-        return math.nan
-    return float(np.clip((sx * sy).sum() / denom, -1.0, 1.0))
+    return float(_kendall_rows(x[None], y[None])[0])
 
 
 def bootstrap_ci(
