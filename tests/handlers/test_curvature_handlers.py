@@ -24,8 +24,6 @@ from tests.helpers import classification_data, dense_hessian, full_batch_trainer
 
 F = nn.functional
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 def curvature_handlers(model, probe, optimizer):
     spectrum = il.HessianSpectrum(model, probe, k=3, optimizer=optimizer)

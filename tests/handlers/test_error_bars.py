@@ -30,9 +30,6 @@ from tests.measures.test_gradstats import loop_grads
 K = 4
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
 def jackknife(values: list[float]) -> float:
     """The delete-a-group jackknife standard error, written out."""
     k = len(values)

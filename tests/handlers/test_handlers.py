@@ -39,9 +39,6 @@ N_TRAIN = 640  # 10 iterations of 64 per epoch
 PROBE_SAMPLES = 128
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
 def digits_subset() -> tuple[torch.Tensor, torch.Tensor]:
     x, y, _, _ = digits_tensors()
     return x[:N_TRAIN], y[:N_TRAIN]
@@ -158,17 +155,12 @@ def shared_full_run(tmp_path_factory) -> tuple[Run, Path]:
         from ignite.handlers import TensorboardLogger
 
         logdir = tmp_path_factory.mktemp("tb_full")
-        before = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            run = Run()
-            tb = TensorboardLogger(log_dir=str(logdir))
-            tb.attach(run.trainer, log_handler=il.LandscapeLogHandler(), event_name=Events.EPOCH_COMPLETED)
-            run.writer_module = type(tb.writer).__module__
-            run.run(4)
-            tb.close()
-        finally:
-            torch.set_num_threads(before)
+        run = Run()
+        tb = TensorboardLogger(log_dir=str(logdir))
+        tb.attach(run.trainer, log_handler=il.LandscapeLogHandler(), event_name=Events.EPOCH_COMPLETED)
+        run.writer_module = type(tb.writer).__module__
+        run.run(4)
+        tb.close()
         _SHARED["full"] = (run, logdir)
     return _SHARED["full"]
 

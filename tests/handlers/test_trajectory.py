@@ -18,8 +18,6 @@ from ignite_landscape.handlers.base import to_plain
 from tests.handlers.test_handlers import Run, assert_same_state
 from tests.helpers import assert_same_tree, classification_data, full_batch_trainer, mlp
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 def sgd_path(model, x, y, steps: int, lr: float = 0.3) -> list[dict[str, torch.Tensor]]:
     """Weights before and after each of ``steps`` full-batch SGD steps (the model ends at the last one)."""

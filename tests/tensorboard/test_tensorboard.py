@@ -31,9 +31,6 @@ from tests.handlers.test_handlers import Run, shared_full_run
 EVERY_KIND = {"size_guidance": {"scalars": 0, "histograms": 0, "images": 0, "tensors": 0}}
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
 def read(logdir: Path) -> EventAccumulator:
     (event_file,) = Path(logdir).glob("events.out.tfevents.*")
     acc = EventAccumulator(str(event_file), **EVERY_KIND)
