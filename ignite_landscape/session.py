@@ -46,7 +46,7 @@ from ignite_landscape.objective import ObjectiveError
 from ignite_landscape.operators import CurvatureOperator, HessianProduct, flatten_grads
 from ignite_landscape.params import ParamsArg, ParamSpace, model_device, unwrap_model
 from ignite_landscape.restore import preserved_state
-from ignite_landscape.samples import rows, tree_cat, tree_map
+from ignite_landscape.samples import rows, take_rows, tree_cat, tree_map
 
 if TYPE_CHECKING:
     from ignite_landscape.probe import Probe
@@ -495,8 +495,7 @@ class ProbeSession:
         leaves = [t.detach().requires_grad_(True) for t in self.base]
         for j, idx in enumerate(subsets):
             with self._scope(), torch.enable_grad():
-                x = tree_map(lambda t, idx=idx: t[idx], x_all)
-                y = tree_map(lambda t, idx=idx: t[idx], y_all)
+                x, y = take_rows(x_all, idx), take_rows(y_all, idx)
                 loss = self.batch_objective(self._forward(x, leaves, j), y, j) * (n_total / int(idx.numel()))
                 gs = torch.autograd.grad(loss, leaves, allow_unused=True)
             yield flatten_grads(gs, leaves)
