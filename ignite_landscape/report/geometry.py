@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from ignite_landscape.report.events import RunData
 from ignite_landscape.report.layout import footer, panel_axes, panel_figure, panel_title, save
@@ -83,17 +84,22 @@ def figure_trajectory(runs: Sequence[RunData], path: Path) -> Path | None:
     return _last_grid_figure(runs, path, "trajectory", "plane", False, title, note)
 
 
-def figure_slice1d(runs: Sequence[RunData], path: Path) -> Path | None:
-    """Per 1D-slice handler of each run: the slices along its fixed direction, the last drawn over the earlier."""
+def _draw_history(ax: Any, history: Sequence[tuple[int, Curve]]) -> None:
+    """Every firing's line, the last over the earlier; only the first and last steps in the legend."""
     from ignite_landscape import plots
 
+    last = len(history) - 1
+    plots.draw_line(ax, [(f"step {s}" if i in (0, last) else "", c) for i, (s, c) in enumerate(history)])
+
+
+def figure_slice1d(runs: Sequence[RunData], path: Path) -> Path | None:
+    """Per 1D-slice handler of each run: the slices along its fixed direction, the last drawn over the earlier."""
     shown = panels(runs, "slice1d", "slice")
     if not shown:
         return None
     fig, axes = panel_axes(len(shown), footer_lines=2)
     for (run, name, history), ax in zip(shown, axes):
-        last = len(history) - 1
-        plots.draw_line(ax, [(f"step {s}" if i in (0, last) else "", c) for i, (s, c) in enumerate(history)])
+        _draw_history(ax, history)
         ax.set_title(f"{panel_title(run.name, name)}: 1D slice", fontsize=10)
         ax.set_xlabel("coordinate along the direction")
         ax.set_ylabel("probe loss")
@@ -105,8 +111,6 @@ def figure_slice1d(runs: Sequence[RunData], path: Path) -> Path | None:
 
 def figure_connectivity(runs: Sequence[RunData], path: Path) -> Path | None:
     """Per connectivity handler of each run: loss along the linear path from its reference (α = 0) to now (α = 1)."""
-    from ignite_landscape import plots
-
     shown: list[tuple[RunData, str, list[tuple[int, Curve]]]] = []
     for run in runs:
         history = dict(run.curve_history("connectivity", "interpolation"))
@@ -118,8 +122,7 @@ def figure_connectivity(runs: Sequence[RunData], path: Path) -> Path | None:
     fig, axes = panel_axes(len(shown), footer_lines=3)
     for (run, name, history), ax in zip(shown, axes):
         if history:
-            last = len(history) - 1
-            plots.draw_line(ax, [(f"step {s}" if i in (0, last) else "", c) for i, (s, c) in enumerate(history)])
+            _draw_history(ax, history)
             ax.set_xlabel("α (0: reference, 1: current)")
             ax.set_ylabel("probe loss")
         else:  # only the barrier was logged: its value over training
