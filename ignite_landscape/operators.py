@@ -100,6 +100,7 @@ class HessianProduct:
         self._graph: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None
         self._graph_failed = False
         self._cached_batches = 0
+        self._partial = False  # the kept graph covers only the first _cached_batches probe batches
         self.saved_graph_bytes = 0
 
     @property
@@ -127,7 +128,7 @@ class HessianProduct:
                     allow_unused=True,
                 )
                 hv = flatten_grads(out, leaves)
-                if self._cached_batches < len(self.s.probe.batches()):
+                if self._partial:
                     hv = hv + self._recompute(v, start=self._cached_batches)
             else:
                 hv = self._recompute(v)
@@ -187,6 +188,7 @@ class HessianProduct:
             logger.debug("Probe: %d of %d batches' gradient graph kept (%d bytes)", cached, len(batches), kept_bytes)
         self._graph = (leaves, weighted)
         self._cached_batches = cached
+        self._partial = cached < len(batches)
         self.saved_graph_bytes = kept_bytes
         return self._graph
 
