@@ -32,16 +32,15 @@ reorthogonalization; from a block of random vectors, block Lanczos. Why this des
   eigenvectors are worth the first HVPs of a cold start, those that reach their quality, not the
   late ones that separate the top of the spectrum from its neighbours. Dealing the old block over
   the start vectors keeps the polynomial degree per HVP of a cold start, and splitting the old top
-  k over two chains (neighbours in eigenvalue order in different chains) means each chain only
-  separates members twice as far apart as in one folded vector, whose interpolating polynomial
-  amplifies what the old vectors got wrong. Measured tracking the top 5 of the digits CNN
-  (``benchmarks/bench_tracking.py``, the README): 0.84× the HVPs of a cold start (one folded vector:
-  0.93×) where the eigenspace turns 11–87° between firings and the old eigenvectors are worth 33–40%
-  of a cold start's HVPs; 0.71× (was 0.87×) where it turns 2–5°. A perfect warm start (handed the new
-  eigenvectors themselves) would cost 0.33–0.39×: k HVPs of
-  Rayleigh–Ritz plus the random exploration that rules out a newcomer. The old vectors as a block of
-  their own (Rayleigh–Ritz on them, then growth by residuals) cost 1.2–1.3×: refining k vectors at
-  once lowers the polynomial degree per HVP.
+  k over two chains (neighbours in eigenvalue order in different chains) means each chain only separates
+  members twice as far apart as in one folded vector, whose interpolating polynomial amplifies what the old
+  vectors got wrong. Dealing alone (before the guard vector below), tracking the top 5 of the digits CNN
+  (``benchmarks/bench_tracking.py``, the README): 0.84× the HVPs of a cold start (one folded vector: 0.93×)
+  where the eigenspace turns 11–87° between firings and the old eigenvectors are worth 33–40% of a cold
+  start's HVPs; 0.71× (was 0.87×) where it turns 2–5°. A perfect warm start (handed the new eigenvectors
+  themselves) would cost 0.33–0.39×: k HVPs of Rayleigh–Ritz plus the random exploration that rules out a
+  newcomer. The old vectors as a block of their own (Rayleigh–Ritz on them, then growth by residuals) cost
+  1.2–1.3×: refining k vectors at once lowers the polynomial degree per HVP.
 * **The guard's vector travels with the eigenvectors.** What slows a warm start where the spectrum moves
   slowly is separating the k-th eigenvalue from the next (0.384 from 0.369 on the digits CNN), the
   direction the top k turns into first. ``guard_vectors`` returns the guard pair's Ritz vector; dealt
