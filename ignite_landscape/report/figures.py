@@ -32,8 +32,8 @@ from ignite_landscape.report.metrics import (
     sharpness_note,
     slice_note,
     threshold,
+    threshold_definition,
     threshold_label,
-    threshold_tag,
 )
 from ignite_landscape.report.statistics import Correlation, format_number
 
@@ -115,11 +115,9 @@ def spectrum_panels(runs: Sequence[RunData]) -> list[SpectrumPanel]:
                     values.append((label, s, run.series(tag + "_stderr")))
             if not values:
                 continue
-            thr = threshold(run, name)
-            tag = threshold_tag(run, name)
-            text = run.definitions(name).get(tag.rsplit("/", 1)[-1], "") if tag else ""
+            thr, label, text = threshold(run, name), threshold_label(run, name), threshold_definition(run, name)
             lmin = run.series(f"landscape/{name}/lambda_min")
-            out.append(SpectrumPanel(run, name, values, thr, threshold_label(run, name), text, lmin))
+            out.append(SpectrumPanel(run, name, values, thr, label, text, lmin))
     return out
 
 

@@ -40,6 +40,7 @@ __all__ = [
     "accuracy_tag_of",
     "threshold",
     "threshold_tag",
+    "threshold_definition",
     "threshold_label",
     "probe_note",
     "sharpness_note",
@@ -123,11 +124,15 @@ def threshold(run: RunData, name: str) -> Series | None:
     return run.series(tag) if tag else None
 
 
+def threshold_definition(run: RunData, name: str) -> str:
+    """Handler ``name``'s record sentence defining its stability threshold (``""`` when it logged none)."""
+    tag = threshold_tag(run, name)
+    return run.definitions(name).get(tag.rsplit("/", 1)[-1], "") if tag else ""
+
+
 def threshold_label(run: RunData, name: str) -> str:
     """A legend label for handler ``name``'s stability threshold from its definition (``"2/η with η = 0.1"``)."""
-    tag = threshold_tag(run, name)
-    text = run.definitions(name).get(tag.rsplit("/", 1)[-1], "") if tag else ""
-    text = text or run.legacy_definition("stability threshold") or "stability threshold"
+    text = threshold_definition(run, name) or run.legacy_definition("stability threshold") or "stability threshold"
     # The legend takes the formula and its numbers ("(2+2β)/η with η = 0.05, β = 0.9"); the footer has the sentence.
     short = re.split(r":\s|,\sthe\s|\s\((?=[A-Z])", text, maxsplit=1)[0].strip()
     return short if len(short) <= 48 else short[:47] + "…"
