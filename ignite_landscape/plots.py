@@ -30,6 +30,7 @@ from matplotlib.figure import Figure
 from ignite_landscape.results import Curve
 
 __all__ = [
+    "curve_figure",
     "finite_grid",
     "loss_scale",
     "series_of",
@@ -296,6 +297,26 @@ def histogram_figure(curve: Curve, *, title: str = "", bins: int = 64) -> Figure
     ax.set_ylabel(curve.ylabel or "count")
     ax.set_title(title)
     return fig
+
+
+def curve_figure(
+    shown: Sequence[tuple[str, Curve]], *, title: str = "", log_scale: bool = True, bins: int = 64
+) -> Figure:
+    """The figure of a curve by its kind: ``shown`` holds ``(label, curve)`` pairs, the current curve last.
+
+    Earlier pairs are the overlay lines of a ``line`` curve or the earlier columns of a ``bars`` heatmap;
+    the other kinds draw the current curve alone.
+    """
+    curve = shown[-1][1]
+    if curve.kind == "line":
+        return line_figure(shown, title=title)
+    if curve.kind == "grid":
+        return grid_contour_figure(curve, title=title, log_scale=log_scale)
+    if curve.kind == "path":
+        return path_figure(curve, title=title, log_scale=log_scale)
+    if curve.kind == "bars":
+        return bars_heatmap_figure(shown, title=title, quantity=curve.ylabel)
+    return histogram_figure(curve, title=title, bins=bins)
 
 
 def spectrum_figure(

@@ -33,18 +33,15 @@ MAX_LINES = 8
 
 def _figure(name: str, key: str, history: Sequence[tuple[int, Curve]]) -> object:
     step, last = history[-1]
-    title = f"{name}: {key} at step {step}"
     if last.kind == "line":
         shown = history[-MAX_LINES:] if last.overlay else history[-1:]
-        return plots.line_figure([(f"step {s}", c) for s, c in shown if c.kind == "line"], title=title)
-    if last.kind == "grid":
-        return plots.grid_contour_figure(last, title=title)
-    if last.kind == "path":
-        return plots.path_figure(last, title=title)
-    if last.kind == "histogram":
-        return plots.histogram_figure(last, title=title)
-    columns = [(f"step {s}", c) for s, c in history if c.kind == "bars"]
-    return plots.bars_heatmap_figure(columns, title=f"{name}: {key} over firings")
+    elif last.kind == "bars":
+        shown = history
+    else:
+        shown = history[-1:]
+    pairs = [(f"step {s}", c) for s, c in shown if c.kind == last.kind]
+    title = f"{name}: {key} over firings" if last.kind == "bars" else f"{name}: {key} at step {step}"
+    return plots.curve_figure(pairs, title=title)
 
 
 def _file_name(*parts: str) -> str:

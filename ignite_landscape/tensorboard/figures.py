@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -43,15 +44,10 @@ def curve_figure(name: str, key: str, shown: Sequence[tuple[str, Curve]], *, log
 
     label, curve = shown[-1]
     title = f"{name}: {key}" + (f" ({label})" if label and len(shown) == 1 else "")
-    if curve.kind == "line":
-        return plots.line_figure(shown, title=title)
-    if curve.kind == "grid":
-        return plots.grid_contour_figure(curve, title=title, log_scale=log_scale)
-    if curve.kind == "path":
-        return plots.path_figure(curve, title=title, log_scale=log_scale)
-    if curve.kind == "bars":
-        return plots.bars_heatmap_figure(shown, title=title, quantity=curve.ylabel or key)
-    return plots.histogram_figure(curve, title=title, bins=HISTOGRAM_BINS)
+    if curve.kind == "bars" and not curve.ylabel:  # the heatmap's colour bar names the curve
+        curve = dataclasses.replace(curve, ylabel=key)
+        shown = [*shown[:-1], (label, curve)]
+    return plots.curve_figure(shown, title=title, log_scale=log_scale, bins=HISTOGRAM_BINS)
 
 
 def write_histogram(writer: Any, tag: str, curve: Curve, step: int, bins: int = HISTOGRAM_BINS) -> None:
