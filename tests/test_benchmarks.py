@@ -30,3 +30,25 @@ def test_slice_benchmark_runs():
     assert "centre exact: True" in out.stdout
     assert "allocator: freed memory reused" in out.stdout  # the script re-executed itself with the settings
     assert "ours / floor, our plane:" in out.stdout and "beyond the forward" in out.stdout
+
+
+def test_products_benchmark_times_every_matrix_against_the_hvp():
+    out = run_script("benchmarks/bench_products.py", "--quick", "--samples", "16")
+    rows = {line.split()[1]: float(line.split()[-1]) for line in out.stdout.splitlines() if line.startswith("    16")}
+    assert set(rows) == {"hessian", "ggn", "fisher", "empirical_fisher", "gradient"}
+    assert rows["hessian"] == 1.0 and all(r > 0 for r in rows.values())
+
+
+def test_state_benchmark_no_handler_grows_by_a_parameter_vector_per_firing_but_the_trajectory():
+    out = run_script("benchmarks/bench_state.py", "--firings", "2", "--samples", "32")
+    lines = out.stdout.splitlines()
+    params = int(lines[0].split("P = ")[1].split()[0])
+    rows = {line.split()[0]: [float(x) for x in line.split()[1:]] for line in lines[2:]}
+    assert len(rows) == 15
+    for name, (_, _, growth, history) in rows.items():
+        assert history < 4 * params / 8, name  # a history record is far smaller than one parameter vector
+        if name != "trajectory":  # the path keeps one point per firing, up to max_points
+            assert growth < 4 * params / 8, name
+    # The spectrum keeps its warm start: the 5 eigenvectors and the guard vector, 6 float32 vectors of P.
+    assert rows["hessian"][0] * 1024 >= 6 * 4 * params
+    assert rows["trajectory"][2] >= 4 * params
