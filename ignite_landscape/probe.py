@@ -403,10 +403,15 @@ class Probe:
     def subset(self, index: torch.Tensor) -> Probe:
         """A probe of the samples ``index`` of this one (in that order), with its loss, transform, mode and seed.
 
+        The subset is drawn from the same data set, so it keeps ``population_size``.
+
         Example:
-            >>> p = Probe((torch.randn(6, 2), torch.randint(0, 2, (6,))), torch.nn.functional.cross_entropy)
-            >>> p.subset(torch.tensor([5, 0, 1])).num_samples
-            3
+            >>> p = Probe(
+            ...     (torch.randn(6, 2), torch.randint(0, 2, (6,))), torch.nn.functional.cross_entropy, population_size=100
+            ... )
+            >>> sub = p.subset(torch.tensor([5, 0, 1]))
+            >>> sub.num_samples, sub.population_size
+            (3, 100)
         """
         x, y = take_rows(self.inputs, index), take_rows(self.targets, index)
         n = int(index.numel())
@@ -420,6 +425,7 @@ class Probe:
             max_graph_bytes=self.max_graph_bytes,
             seed=self.seed,
             output_transform=self.output_transform,
+            population_size=self.population_size,
         )
         sub.objective_checked = self.objective_checked  # the same loss_fn: checked once is checked
         return sub

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-__all__ = ["check_int", "check_choice", "check_positive", "check_bool", "check_fraction"]
+__all__ = ["check_int", "check_choice", "check_positive", "check_nonnegative", "check_bool", "check_fraction"]
 
 
 def check_int(name: str, value: Any, minimum: int) -> int:
@@ -44,6 +44,25 @@ def check_positive(name: str, value: Any, *, allow_inf: bool = False) -> float:
         raise TypeError(f"{name} must be a number, got {type(value).__name__}")
     if not (value > 0 and (math.isfinite(value) or (allow_inf and value == math.inf))):
         raise ValueError(f"{name} must be a positive {'' if allow_inf else 'finite '}number, got {value}")
+    return float(value)
+
+
+def check_nonnegative(name: str, value: Any, *, allow_inf: bool = False, unit: str = "") -> float:
+    """``value`` as a float if it is a number ``≥ 0`` (finite unless ``allow_inf``); ``unit`` ends the message.
+
+    Example:
+        >>> check_nonnegative("warm_start_noise", 0)
+        0.0
+        >>> check_nonnegative("zero_tol", -1.0)
+        Traceback (most recent call last):
+        ...
+        ValueError: zero_tol must be a non-negative finite number, got -1.0
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    if not (value >= 0 and (math.isfinite(value) or (allow_inf and value == math.inf))):
+        kind = "number" if allow_inf else "finite number"
+        raise ValueError(f"{name} must be a non-negative {kind}{unit}, got {value}")
     return float(value)
 
 

@@ -55,7 +55,7 @@ from ignite_landscape.params import ParamsArg, ParamSpace, model_device, unwrap_
 from ignite_landscape.probe import Probe
 from ignite_landscape.restore import preserved_state
 from ignite_landscape.results import record_of
-from ignite_landscape.validation import check_choice, check_int
+from ignite_landscape.validation import check_choice, check_int, check_nonnegative
 
 __all__ = ["Firing", "LandscapeHandler", "ON_ERROR", "to_plain", "from_plain"]
 
@@ -265,8 +265,7 @@ class LandscapeHandler:
         check_int("seed", seed, 0)
         if progress is not None and not isinstance(progress, bool):
             raise TypeError(f"progress must be a bool or None, got {type(progress).__name__}")
-        if isinstance(progress_after, bool) or not isinstance(progress_after, (int, float)) or not progress_after >= 0:
-            raise ValueError(f"progress_after must be a non-negative number of seconds, got {progress_after!r}")
+        check_nonnegative("progress_after", progress_after, allow_inf=True, unit=" of seconds")
         # ParamSpace raises ValueError for a model without trainable parameters and for a selection
         # that names parameters the model does not have.
         self.space = ParamSpace.from_model(model, params)

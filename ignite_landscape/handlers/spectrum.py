@@ -62,7 +62,7 @@ from ignite_landscape.measures.spectrum import (
 from ignite_landscape.measures.trace import TraceOptions, measure_hessian_trace
 from ignite_landscape.params import unwrap_model
 from ignite_landscape.probe import MODEL_MODES, Probe
-from ignite_landscape.validation import check_bool, check_choice, check_int
+from ignite_landscape.validation import check_bool, check_choice, check_int, check_nonnegative
 
 __all__ = [
     "HessianSpectrum",
@@ -125,10 +125,7 @@ class HessianSpectrumOptions(SpectrumOptions):
         """Check the spectrum, warm-start and optimizer options once, naming the one that cannot work."""
         super().__post_init__()
         check_bool("warm_start", self.warm_start)
-        noise = self.warm_start_noise
-        if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not noise >= 0:
-            raise ValueError(f"warm_start_noise must be a non-negative number, got {noise!r}")
-        object.__setattr__(self, "warm_start_noise", float(noise))
+        object.__setattr__(self, "warm_start_noise", check_nonnegative("warm_start_noise", self.warm_start_noise))
         optimizer = self.optimizer
         if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")

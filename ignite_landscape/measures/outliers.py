@@ -38,7 +38,7 @@ from ignite_landscape.measures._definitions import ranked
 from ignite_landscape.params import ParamsArg
 from ignite_landscape.probe import Probe
 from ignite_landscape.results import Result
-from ignite_landscape.validation import check_int, check_positive
+from ignite_landscape.validation import check_int, check_nonnegative, check_positive
 
 __all__ = ["GGNDecomposition", "GGNOptions", "count_outliers", "ggn_decomposition", "measure_ggn_decomposition"]
 
@@ -53,11 +53,11 @@ def count_outliers(eigenvalues: torch.Tensor, ratio: float = 2.0, zero_tol: floa
 
     Raises:
         ValueError: if ``ratio ≤ 1``, ``zero_tol < 0`` or ``eigenvalues`` is not a non-empty 1-D tensor.
+        TypeError: if ``zero_tol`` is not a number.
     """
     if not (isinstance(ratio, (int, float)) and ratio > 1):
         raise ValueError(f"ratio must be a number above 1, got {ratio!r}")
-    if not (isinstance(zero_tol, (int, float)) and zero_tol >= 0):
-        raise ValueError(f"zero_tol must be a non-negative number, got {zero_tol!r}")
+    check_nonnegative("zero_tol", zero_tol)
     if not isinstance(eigenvalues, torch.Tensor) or eigenvalues.dim() != 1 or eigenvalues.numel() == 0:
         raise ValueError("eigenvalues must be a non-empty 1-D tensor")
     lam = eigenvalues.detach().double().cpu().sort(descending=True).values

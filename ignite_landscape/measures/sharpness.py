@@ -76,7 +76,7 @@ from ignite_landscape.params import ParamsArg, ParamSpace
 from ignite_landscape.probe import Probe, ProbeSession
 from ignite_landscape.results import Result
 from ignite_landscape.samples import num_rows
-from ignite_landscape.validation import check_choice, check_int, check_positive
+from ignite_landscape.validation import check_choice, check_int, check_nonnegative, check_positive
 
 __all__ = [
     "SharpnessResult",
@@ -165,11 +165,7 @@ class SharpnessOptions:
         check_int("num_samples", self.num_samples, 2)
         set_(self, "step_size", check_positive("step_size", self.step_size, allow_inf=True))
         check_choice("schedule", self.schedule, SCHEDULES)
-        if isinstance(self.adaptive_eta, bool) or not isinstance(self.adaptive_eta, (int, float)):
-            raise TypeError(f"adaptive_eta must be a number, got {type(self.adaptive_eta).__name__}")
-        if not (math.isfinite(self.adaptive_eta) and self.adaptive_eta >= 0):
-            raise ValueError(f"adaptive_eta must be a non-negative finite number, got {self.adaptive_eta}")
-        set_(self, "adaptive_eta", float(self.adaptive_eta))
+        set_(self, "adaptive_eta", check_nonnegative("adaptive_eta", self.adaptive_eta))
         if self.m is not None:
             check_int("m", self.m, 1)
         check_uncertainty(self.uncertainty, self.jackknife_chunks)

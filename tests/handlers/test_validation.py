@@ -28,6 +28,8 @@ CASES = [
     (il.HessianSpectrum, dict(max_iter=0), ValueError, "max_iter"),
     (il.HessianSpectrum, dict(warm_start="yes"), TypeError, "warm_start"),
     (il.HessianSpectrum, dict(warm_start_noise=-0.1), ValueError, "warm_start_noise"),
+    (il.HessianSpectrum, dict(warm_start_noise="0.1"), TypeError, "warm_start_noise"),
+    (il.HessianSpectrum, dict(warm_start_noise=float("inf")), ValueError, "warm_start_noise"),
     (il.HessianTrace, dict(num_hvps=4), ValueError, "num_hvps"),  # Hutch++ needs 6
     (il.HessianTrace, dict(method="hutchinson", num_hvps=1), ValueError, "num_hvps"),  # no standard error
     (il.HessianTrace, dict(num_hvps=6.0), TypeError, "num_hvps"),
