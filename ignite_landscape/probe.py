@@ -406,9 +406,8 @@ class Probe:
         The subset is drawn from the same data set, so it keeps ``population_size``.
 
         Example:
-            >>> p = Probe(
-            ...     (torch.randn(6, 2), torch.randint(0, 2, (6,))), torch.nn.functional.cross_entropy, population_size=100
-            ... )
+            >>> data = (torch.randn(6, 2), torch.randint(0, 2, (6,)))
+            >>> p = Probe(data, torch.nn.functional.cross_entropy, population_size=100)
             >>> sub = p.subset(torch.tensor([5, 0, 1]))
             >>> sub.num_samples, sub.population_size
             (3, 100)
