@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import logging
 import re
 import typing
 from collections.abc import Callable
@@ -58,11 +59,39 @@ from ignite_landscape.handlers.base import LandscapeHandler
 from ignite_landscape.params import ParamSpace, unwrap_model
 from ignite_landscape.probe import Probe
 
-__all__ = ["Measure", "MeasureHandler", "copy_weights", "option_docs"]
+__all__ = ["Measure", "MeasureHandler", "copy_weights", "option_docs", "bulky_fields"]
+
+logger = logging.getLogger(__name__)
+
+# Below this many numbers a field costs too little per firing to be worth a warning, even on a tiny model.
+_BULKY_MIN = 1024
 
 # The keywords LandscapeHandler.__init__ takes itself (everything after model and probe).
 _BASE = [p for p in inspect.signature(LandscapeHandler.__init__).parameters.values() if p.kind is p.KEYWORD_ONLY]
 BASE_KEYWORDS = tuple(p.name for p in _BASE)
+
+
+def bulky_fields(result: Any, size: int) -> list[str]:
+    """The attributes of ``result`` that hold an array of at least ``size`` numbers (directly or in a list/dict).
+
+    Example:
+        >>> class R:
+        ...     def __init__(self):
+        ...         self.value, self.direction, self.parts = 1.0, torch.zeros(100), [torch.zeros(3), torch.zeros(200)]
+        >>> bulky_fields(R(), 100)
+        ['direction', 'parts']
+    """
+    attributes = vars(result) if hasattr(result, "__dict__") else {}
+
+    def large(value: Any) -> bool:
+        if isinstance(value, (list, tuple)):
+            return any(large(v) for v in value)
+        if isinstance(value, dict):
+            return any(large(v) for v in value.values())
+        count = value.numel() if isinstance(value, torch.Tensor) else getattr(value, "size", None)
+        return isinstance(count, int) and count >= size
+
+    return sorted(name for name, value in attributes.items() if large(value))
 
 
 def copy_weights(buffers: list[torch.Tensor] | None, space: ParamSpace, model: nn.Module) -> list[torch.Tensor]:
@@ -259,6 +288,8 @@ class Measure(MeasureHandler):
     ``LandscapeLogHandler`` and the report.
     The options' fields read as ``handler.<field>``; ``options.check_probe(probe)`` and
     ``options.check_space(space)`` run at construction where the options define them.
+    The history keeps each result as returned (its curves may read any field); a result that holds a
+    parameter-sized array is logged as a warning, once, since the history would grow by it at every firing.
 
     Args:
         model: the trained model (never modified).
@@ -324,8 +355,26 @@ class Measure(MeasureHandler):
             self._option_names = frozenset(f.name for f in dataclasses.fields(options)) - taken
         self.options = options
         self._check_options()
+        self._warned_bulky = False
 
     def compute(self, engine: Engine) -> Any:
         """Run the measure function with the options on the current weights."""
         kwargs = {k: getattr(self, k) for k in self._passed}
         return self.function(self.model, self.probe, self.options, **kwargs)
+
+    def _history_copy(self, result: Any) -> Any:
+        # The result is the user's and its curves may read any field, so it is kept as returned; but a
+        # parameter-sized array in it would make the history grow by P numbers a firing: say so, once.
+        if not self._warned_bulky:
+            bulky = bulky_fields(result, max(self.space.numel, _BULKY_MIN))
+            if bulky:
+                self._warned_bulky = True
+                logger.warning(
+                    "Measure %r keeps every firing's result, and this one holds parameter-sized arrays in %s "
+                    "(%d parameters): the history grows by that much a firing; return a compact result "
+                    "(scalars and small curves) and keep what the next firing needs in the options or a closure",
+                    self.name,
+                    ", ".join(bulky),
+                    self.space.numel,
+                )
+        return result

@@ -251,3 +251,45 @@ def test_every_handler_every_iteration_keeps_memory_flat():
             assert not isinstance(obj, (nn.Module, torch.optim.Optimizer, il.Probe)), h.name
             if isinstance(obj, torch.Tensor):
                 assert obj.numel() < num_params // 4, f"{h.name}: a tensor of {obj.numel()} entries in the history"
+
+
+def test_measure_warns_once_about_a_result_holding_a_parameter_sized_array(caplog):
+    import logging
+
+    from ignite_landscape.handlers.measure import Measure
+    from ignite_landscape.results import Result
+
+    @dataclasses.dataclass
+    class Bulky(Result):
+        value: float
+        direction: torch.Tensor
+
+        def scalars(self):
+            return {"value": self.value}
+
+    @dataclasses.dataclass
+    class Compact(Result):
+        value: float
+
+        def scalars(self):
+            return {"value": self.value}
+
+    model = torch.nn.Linear(64, 32)  # 2,080 parameters
+    probe = il.Probe((torch.randn(8, 64), torch.randn(8, 32)), torch.nn.functional.mse_loss)
+    numel = sum(p.numel() for p in model.parameters())
+
+    def bulky(model, probe, options):
+        return Bulky(probe.evaluate(model).loss, torch.zeros(numel))
+
+    def compact(model, probe, options):
+        return Compact(probe.evaluate(model).loss)
+
+    trainer = Engine(lambda engine, batch: None)
+    handlers = [Measure(model, probe, bulky, None), Measure(model, probe, compact, None)]
+    for h in handlers:
+        h.attach(trainer, Events.ITERATION_COMPLETED)
+    with caplog.at_level(logging.WARNING, logger="ignite_landscape.handlers.measure"):
+        trainer.run([0, 1, 2], max_epochs=1)
+    warned = [r.getMessage() for r in caplog.records if r.name == "ignite_landscape.handlers.measure"]
+    assert len(warned) == 1 and "'bulky'" in warned[0] and "direction" in warned[0], warned
+    assert [len(h.history) for h in handlers] == [3, 3]  # kept as returned: its curves may read any field
