@@ -57,7 +57,7 @@ from ignite_landscape.measures.jackknife import (
     jackknife_stderr,
     warn_if_wide,
 )
-from ignite_landscape.measures.persample import check_per_sample_mode, per_sample_moments
+from ignite_landscape.measures.persample import check_per_sample_mode, merge_moments, per_sample_moments
 from ignite_landscape.params import ParamsArg, ParamSpace, unwrap_model
 from ignite_landscape.probe import Probe
 from ignite_landscape.results import Curve, Result
@@ -408,7 +408,7 @@ class _GroupMoments:
         if self.mean[j] is None:
             self.count[j], self.mean[j], self.m2[j] = c, mu, m2
             return
-        self.count[j], self.mean[j], self.m2[j] = _merge(self.count[j], self.mean[j], self.m2[j], c, mu, m2)
+        self.count[j], self.mean[j], self.m2[j] = merge_moments(self.count[j], self.mean[j], self.m2[j], c, mu, m2)
 
     def leave_one_out(self, sq_norms: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(gsnr, fisher_trace)`` of each leave-one-chunk-out set of samples, as float64 ``(K,)`` tensors."""
@@ -422,21 +422,12 @@ class _GroupMoments:
                 if mean is None:
                     n, mean, m2 = self.count[i], self.mean[i], self.m2[i]
                 else:
-                    n, mean, m2 = _merge(n, mean, m2, self.count[i], self.mean[i], self.m2[i])
+                    n, mean, m2 = merge_moments(n, mean, m2, self.count[i], self.mean[i], self.m2[i])
             assert mean is not None and m2 is not None
             gsnr.append(_gsnr(mean, m2, n))
             keep = torch.cat([sq_norms[: self.bounds[j]], sq_norms[self.bounds[j + 1] :]])
             fisher.append(float(keep.mean()))
         return torch.tensor(gsnr, dtype=torch.float64), torch.tensor(fisher, dtype=torch.float64)
-
-
-def _merge(
-    na: int, ma: torch.Tensor, m2a: torch.Tensor, nb: int, mb: torch.Tensor, m2b: torch.Tensor
-) -> tuple[int, torch.Tensor, torch.Tensor]:
-    # Chan et al.'s pairwise update: exact, without the cancellation of Σg² − n·ḡ².
-    n = na + nb
-    delta = mb - ma
-    return n, ma + delta * (nb / n), m2a + m2b + delta * delta * (na * nb / n)
 
 
 def _flat(space: ParamSpace, weights: Mapping[str, torch.Tensor], like: torch.Tensor) -> torch.Tensor:

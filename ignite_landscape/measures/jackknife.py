@@ -46,6 +46,9 @@ __all__ = [
     "interval_scalars",
 ]
 
+# A float or a tensor of them: an interval is elementwise.
+Number = TypeVar("Number", float, torch.Tensor)
+
 logger = logging.getLogger(__name__)
 
 UNCERTAINTIES = ("jackknife",)
@@ -131,8 +134,8 @@ def warn_if_wide(quantity: str, value: float, stderr: float) -> None:
     )
 
 
-def interval(value: float, stderr: float) -> tuple[float, float]:
-    """The interval ``value ± INTERVAL_Z·stderr`` as ``(lo, hi)``."""
+def interval(value: Number, stderr: Number) -> tuple[Number, Number]:
+    """The interval ``value ± INTERVAL_Z·stderr`` as ``(lo, hi)``, of floats or elementwise of tensors."""
     return value - INTERVAL_Z * stderr, value + INTERVAL_Z * stderr
 
 

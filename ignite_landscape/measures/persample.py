@@ -42,6 +42,7 @@ __all__ = [
     "PerSampleMoments",
     "check_per_sample_mode",
     "chunk_size_for",
+    "merge_moments",
     "per_sample_gradients",
     "per_sample_moments",
 ]
@@ -102,6 +103,25 @@ class PerSampleMoments:
     chunk_size: int
 
 
+def merge_moments(
+    na: int, ma: torch.Tensor, m2a: torch.Tensor, nb: int, mb: torch.Tensor, m2b: torch.Tensor
+) -> tuple[int, torch.Tensor, torch.Tensor]:
+    """Count, mean and centred sum of squares of two groups merged: Chan et al.'s pairwise update.
+
+    Exact, without the cancellation of ``Σg² − n·ḡ²``.
+
+    Example:
+        >>> a, b = torch.tensor([1.0, 2.0], dtype=torch.float64), torch.tensor([4.0, 5.0, 6.0], dtype=torch.float64)
+        >>> moments = lambda x: (len(x), x.mean(), ((x - x.mean()) ** 2).sum())
+        >>> n, mean, m2 = merge_moments(*moments(a), *moments(b))
+        >>> n, round(float(mean), 12), round(float(m2), 12), round(float(moments(torch.cat([a, b]))[2]), 12)
+        (5, 3.6, 17.2, 17.2)
+    """
+    n = na + nb
+    delta = mb - ma
+    return n, ma + delta * (nb / n), m2a + (m2b + delta * delta * (na * nb / n))
+
+
 def per_sample_moments(
     s: ProbeSession,
     chunk_size: int | None = None,
@@ -146,11 +166,7 @@ def per_sample_moments(
             del gs
             if norms:
                 local_sq.append(sq)
-            delta = torch.cat(mu_parts) - mean
-            total = count + c
-            m2 += torch.cat(m2_parts) + delta * delta * (count * c / total)
-            mean += delta * (c / total)
-            count = total
+            count, mean, m2 = merge_moments(count, mean, m2, c, torch.cat(mu_parts), torch.cat(m2_parts))
     (weighted,) = step.all_reduce(mean * count)
     g_bar = weighted / n_total
     # Between ranks: each rank's mean against the global one (zero in one process).

@@ -39,9 +39,9 @@ from ignite_landscape.measures._definitions import (
 )
 from ignite_landscape.measures.density import DensityOptions, HessianDensityResult, hessian_density
 from ignite_landscape.measures.jackknife import (
-    INTERVAL_Z,
     JACKKNIFE_CHUNKS,
     check_uncertainty,
+    interval,
     interval_scalars,
     jackknife_stderr,
     leave_one_out_probes,
@@ -131,9 +131,7 @@ class HessianEigenvalues(Result):
     @property
     def interval(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """``(lo, hi)``: each eigenvalue ± ``INTERVAL_Z``·its standard error (``None`` without ``stderr``)."""
-        if self.stderr is None:
-            return None
-        return self.eigenvalues - INTERVAL_Z * self.stderr, self.eigenvalues + INTERVAL_Z * self.stderr
+        return None if self.stderr is None else interval(self.eigenvalues, self.stderr)
 
     def eigenvector(self, i: int) -> dict[str, torch.Tensor]:
         """Eigenvector ``i`` as ``{parameter name: tensor}``."""
