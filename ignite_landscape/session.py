@@ -108,6 +108,20 @@ class ProbeEvaluations:
         return None if self.accuracy is None else 1.0 - self.accuracy
 
 
+def _reduced(
+    step: distributed.Lockstep, loss_sum: torch.Tensor, correct: torch.Tensor, counted: torch.Tensor, classify: bool
+) -> ProbeEvaluations:
+    """Per-point losses and accuracies summed over ranks; no accuracy unless every rank's outputs classify.
+
+    ``loss_sum`` and ``correct`` hold one entry per point (float64), ``counted`` the targets counted once.
+    """
+    flags = torch.stack([counted, torch.tensor(0.0 if classify else 1.0, dtype=torch.float64, device=counted.device)])
+    stats, flags = step.all_reduce(torch.stack([loss_sum, correct]), flags)
+    stats, flags = stats.cpu(), flags.cpu()
+    ok = float(flags[1]) == 0 and float(flags[0]) > 0
+    return ProbeEvaluations(stats[0], stats[1] / float(flags[0]) if ok else None)
+
+
 class ProbeSession:
     """Exact computations of one model on one probe, at the weights the model has at construction.
 
@@ -376,16 +390,13 @@ class ProbeSession:
             functional_call(_Sweep(self.model), tensors, (sweep,), strict=False)
         self.num_forwards += count
         # Summed over batches in order, as evaluate() does: the same point gives the same bits.
-        stats = torch.zeros(count, 2, dtype=torch.float64, device=self.device)
+        loss_sum = torch.zeros(count, dtype=torch.float64, device=self.device)
+        correct = torch.zeros(count, dtype=torch.float64, device=self.device)
         for i in range(len(batches) if count else 0):
-            stats[:, 0] += torch.stack(losses[i]).double()
+            loss_sum += torch.stack(losses[i]).double()
             if classify:
-                stats[:, 1] += torch.stack(corrects[i]).double()
-        flags = torch.stack([counted, torch.tensor(0.0 if classify else 1.0, dtype=torch.float64, device=self.device)])
-        stats, flags = step.all_reduce(stats, flags)
-        stats, flags = stats.cpu(), flags.cpu()
-        ok = float(flags[1]) == 0 and float(flags[0]) > 0
-        return ProbeEvaluations(stats[:, 0], stats[:, 1] / float(flags[0]) if ok else None)
+                correct += torch.stack(corrects[i]).double()
+        return _reduced(step, loss_sum, correct, counted, classify)
 
     def evaluate_stacked(self, points: torch.Tensor) -> ProbeEvaluations:
         """Loss and accuracy at each row of ``points`` (a ``(B, P)`` stack), with one ``vmap`` per probe batch.
@@ -424,12 +435,7 @@ class ProbeSession:
                     if b == 0:
                         counted = counted + cc[1].double()
         self.num_forwards += points.shape[0]
-        flags = torch.stack(
-            [counted, torch.tensor(0.0 if classify else 1.0, dtype=torch.float64, device=points.device)]
-        )
-        stats, flags = step.all_reduce(torch.stack([loss_sum, correct]), flags)
-        ok = float(flags[1]) == 0 and float(flags[0]) > 0
-        return ProbeEvaluations(stats[0].cpu(), (stats[1] / float(flags[0])).cpu() if ok else None)
+        return _reduced(step, loss_sum, correct, counted, classify)
 
     # -- gradients ------------------------------------------------------------------------------
     def loss_and_grad(self, point: Point = None) -> tuple[float, torch.Tensor]:
