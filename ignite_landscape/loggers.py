@@ -33,7 +33,6 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import ignite.distributed as idist
 from ignite.engine import Engine
 from ignite.handlers.base_logger import BaseHandler
 
@@ -42,10 +41,9 @@ from ignite_landscape.tensorboard.common import (
     CurveHistory,
     Fresh,
     check_writer_options,
-    collect_fresh,
     default_step,
     firing_label,
-    firing_step,
+    fresh_at_step,
     latest_firings,
     summary_table,
 )
@@ -149,12 +147,10 @@ class LandscapeArtifactHandler(BaseHandler):
     def __call__(self, engine: Engine, logger: Any, event_name: Any) -> None:
         """Send the fresh firings' scalars, records, curves and figures to the logger (rank 0 only)."""
         sink = _sink_for(logger)
-        if idist.get_rank() != 0:
-            return
-        fresh = collect_fresh(engine, self.names, self._logged, type(self).__name__)
+        who = type(self).__name__
+        fresh, step = fresh_at_step(engine, event_name, self.names, self._logged, self.global_step_transform, who)
         if not fresh:
             return
-        step = firing_step(self.global_step_transform, engine, event_name)
         metrics = {f"landscape/{f.name}/{k}": float(v) for f in fresh for k, v in f.firing.scalars.items()}
         sink.metrics(metrics, step)
         for f in fresh:

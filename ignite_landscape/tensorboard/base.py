@@ -20,13 +20,12 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import ignite.distributed as idist
 from ignite.engine import Engine
 from ignite.handlers.base_logger import BaseHandler
 from ignite.handlers.tensorboard_logger import TensorboardLogger
 
 from ignite_landscape.handlers.base import Firing
-from ignite_landscape.tensorboard.common import Fresh, check_writer_options, collect_fresh, default_step, firing_step
+from ignite_landscape.tensorboard.common import Fresh, check_writer_options, default_step, fresh_at_step
 
 __all__ = ["LandscapeWriter"]
 
@@ -59,12 +58,10 @@ class LandscapeWriter(BaseHandler):
         """Write every firing of ``engine`` since the previous call (rank 0 only)."""
         if not isinstance(logger, TensorboardLogger):
             raise RuntimeError(f"{type(self).__name__} works only with ignite's TensorboardLogger")
-        if idist.get_rank() != 0:
-            return
-        fresh = collect_fresh(engine, self.names, self._logged, type(self).__name__)
+        who = type(self).__name__
+        fresh, step = fresh_at_step(engine, event_name, self.names, self._logged, self.global_step_transform, who)
         if not fresh:
             return
-        step = firing_step(self.global_step_transform, engine, event_name)
         if not self._warned_order and any(f.firing.iteration != engine.state.iteration for f in fresh):
             _log.warning(
                 "%s: logging results computed at an earlier iteration; attach it after the landscape handlers "

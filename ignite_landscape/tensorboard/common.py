@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import ignite.distributed as idist
 from ignite.engine import Engine
 
 from ignite_landscape.handlers.base import Firing
@@ -36,6 +37,7 @@ __all__ = [
     "latest_firings",
     "fresh_firings",
     "collect_fresh",
+    "fresh_at_step",
     "firing_label",
     "summary_table",
 ]
@@ -132,6 +134,24 @@ def firing_step(transform: Callable[[Engine, Any], int], engine: Engine, event_n
     if not isinstance(step, int):
         raise TypeError(f"global_step must be an int, got {type(step).__name__}: check global_step_transform")
     return step
+
+
+def fresh_at_step(
+    engine: Engine,
+    event_name: Any,
+    names: list[str] | None,
+    logged: dict[str, Firing],
+    transform: Callable[[Engine, Any], int],
+    who: str,
+) -> tuple[list[Fresh], int]:
+    """What a log handler writes at a call: the fresh firings (:func:`collect_fresh`) and their step.
+
+    Nothing (and no step) off rank 0 or when no firing is fresh: under ``ignite.distributed`` only rank 0 writes.
+    """
+    if idist.get_rank() != 0:
+        return [], 0
+    fresh = collect_fresh(engine, names, logged, who)
+    return (fresh, firing_step(transform, engine, event_name)) if fresh else ([], 0)
 
 
 def firing_label(firing: Firing) -> str:
