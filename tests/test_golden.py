@@ -14,7 +14,7 @@ numbers, by 1.4e-3. So:
   after that the weights differ and so would every number; the firings left out are named in a warning, and
   the test is skipped, not passed, when not even the first firing can be compared;
 * its values are compared within ``RTOL`` (30x the spread between machines, far below any change of a method),
-  residuals within ``RTOL_RESIDUAL``, counts and everything else exactly.
+  residuals within ``RTOL_RESIDUAL``; counts (HVPs: integers far below 1/RTOL) thus exactly, strings exactly.
 """
 
 from __future__ import annotations
