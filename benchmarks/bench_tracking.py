@@ -11,8 +11,8 @@ Two parts, in one process:
    (largest principal angle between eigsh's eigenvectors), and what a perfect warm start would cost (the
    oracle: ``k`` HVPs for a Rayleigh–Ritz on eigsh's new eigenvectors themselves, plus what ruling out a
    newcomer costs, a random vector explored outside them until the top of the rest is resolved to 1%).
-   A last column hands eigsh's new top k + 1 eigenvectors to the warm start itself as ``v0`` (the (k+1)-th where it
-   deals its guard vector): the floor of its start block.
+   A last column hands eigsh's new top k eigenvectors to the warm start itself as ``v0``: the floor of its start
+   block.
 2. A newcomer: a diagonal operator with old top five {10, 9.5, 9, 8.5, 8}, a bulk up to 7 and a new
    eigenvalue 8.2 on a direction the old eigenvectors do not contain, warm-started from the old
    eigenvectors with no noise: 8.2 must be found at that call.
@@ -94,7 +94,7 @@ def oracle_hvps(
 
         # The top of the rest is the guard here: resolved to guard_tol, with no guard of its own beyond it.
         explore = lanczos(
-            deflated, s.space.numel, k=1, tol=guard_tol, num_random=1, dtype=s.dtype, guard_tol=1e300
+            deflated, s.space.numel, k=1, tol=guard_tol, num_random=1, dtype=s.dtype, guard_tol=math.inf
         ).num_matvecs
     return U.shape[0] + explore, worst
 
@@ -102,8 +102,8 @@ def oracle_hvps(
 def oracle_fold_hvps(model: torch.nn.Module, probe: il.Probe, vectors: torch.Tensor, k: int, tol: float) -> int:
     """HVPs of the handler's own warm start handed the exact new eigenvectors ``vectors`` (rows) as ``v0``.
 
-    Given the top ``k + 1`` (the last in the guard vector's place), this is the floor of the handler's start block:
-    no old eigenvectors and guard vector dealt into it can do better.
+    Given the exact top ``k``, this is the floor of the handler's start block: no old eigenvectors dealt into it
+    can do better.
     """
     with probe.session(model) as s:
         lanczos(s.hvp, s.space.numel, k=k, tol=tol, max_iter=400, v0=vectors.to(s.dtype), dtype=s.dtype)
@@ -202,15 +202,13 @@ def main(argv: list[str] | None = None) -> None:
     cold.attach(trainer, event)
     errors: list[tuple[float, float]] = []
     # (turn since the last firing in degrees, oracle HVPs, its residual, old eigenvectors' worth in cold HVPs,
-    # HVPs of the warm start handed eigsh's new top k + 1)
+    # HVPs of the warm start handed eigsh's new top k)
     limits: list[tuple[float, int, float, int, int]] = []
     previous: list[torch.Tensor] = []
 
     @trainer.on(event)
     def check(engine: Engine) -> None:
-        # One more than k: the (k+1)-th stands where the handler deals its guard vector.
-        ref, with_next = reference_eigenpairs(model, (x_probe, y_probe), args.k + 1)
-        ref, vectors = ref[: args.k], with_next[: args.k]
+        ref, vectors = reference_eigenpairs(model, (x_probe, y_probe), args.k)
         out = []
         for h in (warm, cold):
             got = h.history[-1].result.eigenvalues.numpy()
@@ -221,7 +219,7 @@ def main(argv: list[str] | None = None) -> None:
             turn = math.degrees(eigenspace_overlap(previous[-1], vectors)[1])
             worth = cold_equivalent(model, probe, previous[-1], args.k, args.tol)[0]
         previous[:] = [vectors]
-        fold = oracle_fold_hvps(model, probe, with_next, args.k, args.tol)
+        fold = oracle_fold_hvps(model, probe, vectors, args.k, args.tol)
         limits.append((turn, *oracle_hvps(model, probe, vectors), worth, fold))
         if len(errors) == args.firings:
             engine.terminate()
@@ -233,7 +231,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(
         "firing  iteration  HVPs warm  HVPs cold  max rel err warm  max rel err cold  converged warm/cold  "
-        "turned (deg)  HVPs oracle  old worth (cold HVPs)  HVPs fold of eigsh's k+1"
+        "turned (deg)  HVPs oracle  old worth (cold HVPs)  HVPs fold of eigsh's top k"
     )
     tw = tc = to = 0
     rows = zip(warm.history, cold.history, errors, limits)
@@ -244,7 +242,7 @@ def main(argv: list[str] | None = None) -> None:
         conv = f"{bool(fw.result.converged.all())}/{bool(fc.result.converged.all())}"
         print(
             f"{i:6d}  {fw.iteration:9d}  {fw.result.num_hvps:9d}  {fc.result.num_hvps:9d}  "
-            f"{ew:16.2e}  {ec:16.2e}  {conv:>19}  {turn:12.1f}  {oracle:11d}  {worth:21d}  {fold:20d}"
+            f"{ew:16.2e}  {ec:16.2e}  {conv:>19}  {turn:12.1f}  {oracle:11d}  {worth:21d}  {fold:26d}"
         )
     later_w = sum(f.result.num_hvps for f in warm.history[1:])
     later_c = sum(f.result.num_hvps for f in cold.history[1:])
@@ -267,7 +265,7 @@ def main(argv: list[str] | None = None) -> None:
 
     folds = sum(x[4] for x in limits[1:])
     print(
-        f"the same warm start handed eigsh's new top {args.k + 1} (its floor, firings 2..): {folds} HVPs = "
+        f"the same warm start handed eigsh's new top {args.k} (its floor, firings 2..): {folds} HVPs = "
         f"{folds / max(later_c, 1):.3f} of cold; over the run with a cold first firing: "
         f"{(cold.history[0].result.num_hvps + folds) / tc:.3f}"
     )

@@ -84,8 +84,8 @@ class HessianSpectrumOptions(SpectrumOptions):
     edge-of-stability view and eigenspace tracking.
 
     Attributes:
-        warm_start: deal the previous firing's eigenvectors, then its guard Ritz vector (the first beyond
-            them, ``guard_vectors``), over the random start vectors every start holds, folded into them.
+        warm_start: deal the previous firing's eigenvectors over the random start vectors every start holds,
+            folded into them.
             It changes the cost, not the answer: convergence also asks the
             random exploration beyond the wanted eigenvalues to be resolved, so an eigenvalue that has
             overtaken the old k-th is found at the firing where it does (see :func:`hessian_eigenvalues`).
@@ -188,8 +188,6 @@ class HessianSpectrum(MeasureHandler):
         self.options = dataclasses.replace(self.options, model_mode=mode)
         self._measured_probe = probe.with_model_mode(mode)  # the same samples, shared
         self.eigenvectors: torch.Tensor | None = None
-        # The first Ritz vector beyond the top k: carried into the next warm start after the eigenvectors.
-        self.guard_vectors: torch.Tensor | None = None
         self.preconditioned_eigenvector: torch.Tensor | None = None
         self.preconditioned_result: HessianEigenvalues | None = None
         self._warned_lrs = False
@@ -242,14 +240,6 @@ class HessianSpectrum(MeasureHandler):
             block = block + self.warm_start_noise * noise / torch.linalg.vector_norm(noise, dim=1, keepdim=True)
         return block
 
-    def _warm_block(self) -> torch.Tensor | None:
-        # The guard's vector after the eigenvectors: it holds the direction the top k turns into first.
-        if self.eigenvectors is None or self.guard_vectors is None:
-            return self.eigenvectors
-        if self.guard_vectors.shape[-1] != self.eigenvectors.shape[-1]:
-            return self.eigenvectors
-        return torch.cat([self.eigenvectors, self.guard_vectors])
-
     def compute(self, engine: Engine) -> HessianEigenvalues:
         """The eigenvalues (warm-started when asked), their tracking and, with Adam, the preconditioned sharpness."""
         result = measure_hessian_eigenvalues(
@@ -258,15 +248,13 @@ class HessianSpectrum(MeasureHandler):
             self.options,
             self.seed,
             self.params,
-            v0=self._v0(self._warm_block(), 0),
+            v0=self._v0(self.eigenvectors, 0),
             return_eigenvectors=True,
         )
         ok = bool(torch.isfinite(result.eigenvalues).all()) and result.eigenvectors is not None
         current = result.eigenvectors.detach().clone() if ok else None
         self._tracking = self._track(self.eigenvectors, current)
         self.eigenvectors = current
-        guard = result.guard_vectors if ok else None
-        self.guard_vectors = guard.detach().clone() if guard is not None else None
         self.preconditioned_result = None
         if self.preconditioned:
             assert self.optimizer is not None
@@ -381,18 +369,18 @@ class HessianSpectrum(MeasureHandler):
 
     def _history_copy(self, result: HessianEigenvalues) -> HessianEigenvalues:
         # Eigenvectors are P floats each: keep the latest (for the warm start), not one set per firing.
-        return dataclasses.replace(result, eigenvectors=None, guard_vectors=None)
+        return dataclasses.replace(result, eigenvectors=None)
 
     def _extra_state(self) -> dict[str, Any]:
         return {
             "eigenvectors": self.eigenvectors,
-            "guard_vectors": self.guard_vectors,
             "preconditioned_eigenvector": self.preconditioned_eigenvector,
         }
 
     def _load_extra_state(self, state: Mapping[str, Any]) -> None:
         device = next(unwrap_model(self.model).parameters()).device
-        for key in ("eigenvectors", "guard_vectors", "preconditioned_eigenvector"):
+        # A state saved by an earlier version may also hold "guard_vectors", no longer dealt (see lanczos): not read.
+        for key in ("eigenvectors", "preconditioned_eigenvector"):
             value = state.get(key)
             setattr(self, key, value.to(device) if isinstance(value, torch.Tensor) else None)
 

@@ -93,9 +93,6 @@ class HessianEigenvalues(Result):
         uncertainty_hvps: Hessian-vector products spent on ``stderr`` (not in ``num_hvps``).
         curvature: the matrix (``"hessian"``, ``"ggn"``, ``"fisher"``, ``"empirical_fisher"``).
         jackknife_chunks: the probe chunks of the jackknife behind ``stderr`` (0 without it).
-        guard_vectors: with ``eigenvectors``, the Ritz vector of the first pair beyond the wanted ones at each
-            end (rows): a warm start passes them after the eigenvectors as ``v0``, which saves HVPs where the
-            spectrum moves slowly (:class:`~ignite_landscape.HessianSpectrum` does).
     """
 
     kind: ClassVar[str] = "spectrum"
@@ -112,7 +109,6 @@ class HessianEigenvalues(Result):
     uncertainty_hvps: int = 0
     curvature: str = "hessian"
     jackknife_chunks: int = 0
-    guard_vectors: torch.Tensor | None = None
 
     @property
     def lambda_max(self) -> float:
@@ -384,7 +380,7 @@ def measure_hessian_eigenvalues(
     full.uncertainty_hvps = sum(r.num_hvps for r in loo)
     full.jackknife_chunks = jackknife_chunks
     if not return_eigenvectors:
-        full.eigenvectors = full.guard_vectors = None
+        full.eigenvectors = None
     if which != "smallest":
         warn_if_wide("lambda_max", full.lambda_max, float(full.stderr[0]))
     return full
@@ -425,7 +421,6 @@ def _session_eigenvalues(
         space=s.space,
         eigenvectors=res.eigenvectors,
         tol=tol,
-        guard_vectors=res.guard_vectors,
     )
 
 
