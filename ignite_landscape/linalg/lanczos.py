@@ -56,7 +56,7 @@ reorthogonalization; from a block of random vectors, block Lanczos. Why this des
   members twice as far apart as in one folded vector, whose interpolating polynomial amplifies what the old
   vectors got wrong. Tracking the top 5 of the digits CNN (``benchmarks/bench_tracking.py``, the README
   has the current figures) cost 0.84× the HVPs of a cold start (one folded vector: 0.93×) where the
-  eigenspace turns 12–87° between firings, 0.88× after two epochs of training, and 0.71–0.73× where it
+  eigenspace turns 12–87° between firings, 0.85× after two epochs of training, and 0.71–0.73× where it
   turns 2–5°. A perfect warm start
   (handed the new eigenvectors themselves) would cost 0.30–0.39×: k HVPs of Rayleigh–Ritz plus the
   random exploration that rules out a newcomer. Measured and dropped: the old vectors as a block of their
