@@ -306,8 +306,9 @@ def hessian_eigenvalues(
     :func:`ignite_landscape.linalg.lanczos`): the start block holds two random vectors (``v0``'s rows
     dealt over them and folded in), so an eigenvalue of multiplicity two is reported twice; ``residuals``
     are recomputed from the products and floored at the working precision, and ``converged`` also requires
-    the first Ritz pair beyond the wanted ones to be resolved to 1%, so a warm start cannot stop before an
-    eigenvalue it never saw would show up.
+    the first Ritz pair beyond the wanted ones to be resolved (to 1%, and well clear of the k-th) and a warm
+    start to have explored far enough, so a warm start does not stop before an eigenvalue it never saw would
+    show up.
 
     Args:
         model: the model; left exactly as it was.
@@ -319,7 +320,8 @@ def hessian_eigenvalues(
         params: restrict to a subset of parameters (e.g. ``"conv1"``), see :class:`ParamSpace`.
         seed: seed of the random start vectors.
         v0: start vector or block of them (rows, flat in the order of the selected parameters), e.g.
-            last time's eigenvectors; random vectors are always added, so it changes the cost, not the answer.
+            last time's eigenvectors; its first ``k`` rows (``2k`` for ``"both"``) are used and random vectors are
+            always added, so it changes the cost, not the answer.
         return_eigenvectors: also return the Ritz vectors.
         curvature: the matrix: ``"hessian"``, ``"ggn"``, ``"fisher"`` or ``"empirical_fisher"`` (see
             :mod:`ignite_landscape.curvature`; ``num_hvps`` then counts its products).
