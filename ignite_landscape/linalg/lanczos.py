@@ -476,15 +476,18 @@ def lanczos(
         scale = float(theta.abs().max())
         floor = PRECISION_FACTOR * eps * scale
         tiny = 1e-12 * scale
-        # Unconverged pairs with their residual relative to what they must reach.
+        # Unconverged pairs with their residual relative to what they must reach, and per wanted end its
+        # indices, residuals and whether its guard lets it stop (what the result reports if this is the last step).
         active: dict[int, float] = {}
+        ends: list[tuple[list[int], list[float], bool]] = []
         for wanted, guard in _ends(m, k, which):
             _, res = space.residuals(theta, S, wanted)
-            res = res.clamp_min(floor)
-            for i, r in zip(wanted, res.tolist()):
+            res_list = res.clamp_min(floor).tolist()
+            for i, r in zip(wanted, res_list):
                 need_i = tol * max(abs(float(theta[i])), tiny)
                 if not r <= need_i:
                     active[i] = r / need_i
+            guard_ok = m >= n  # with the whole space in the basis nothing is left to find
             if guard is not None and m < n:
                 _, gres = space.residuals(theta, S, [guard])
                 if not _guard_resolved(theta, guard, wanted[-1], max(float(gres[0]), floor), tol, guard_tol, tiny):
@@ -495,15 +498,18 @@ def lanczos(
                     for j in range(num_random):
                         if 0 <= guard + inward * j < m:
                             active.setdefault(guard + inward * j, 1.0 - j / (num_random + 1))
+                else:
+                    guard_ok = True
             elif m < n:
                 active[-1] = math.inf  # not enough Ritz values yet: keep growing
+            ends.append((wanted, res_list, guard_ok))
         if not active or m >= cap:
             break
         steps += 1
         # Grow by at most num_random directions a step, the least converged first: from a random block
         # that is block Lanczos; from a warm block it refines k old vectors for the price of a few.
-        idx = sorted((i for i in active if i >= 0), key=lambda i: -active[i]) or list(range(m - 1, -1, -1))
-        block, _ = space.residuals(theta, S, idx)
+        grow = sorted((i for i in active if i >= 0), key=lambda i: -active[i]) or list(range(m - 1, -1, -1))
+        block, _ = space.residuals(theta, S, grow)
         if space.extend(block, limit=num_random) == 0:
             # The residuals lie in the basis (an invariant subspace, or rounding): explore a fresh
             # random direction instead, so eigenvalues it did not reach can still be found.
@@ -511,35 +517,21 @@ def lanczos(
             fresh = gaussian(n, seed + 7919 * (num_random + restarts), dtype=dtype, device=device)
             if space.extend(fresh[None]) == 0:
                 break
-    m = space.m
     count = need
     if not space.finite:
         warnings.warn(
             "lanczos: the operator returned non-finite values; eigenvalues are NaN", RuntimeWarning, stacklevel=2
         )
         nan = torch.full((count,), float("nan"), dtype=torch.float64)
-        return LanczosResult(nan, nan.clone(), torch.zeros(count, dtype=torch.bool), m)
-    theta, S = space.ritz()
-    scale = float(theta.abs().max())
-    floor = PRECISION_FACTOR * eps * scale
-    tiny = 1e-12 * scale
+        return LanczosResult(nan, nan.clone(), torch.zeros(count, dtype=torch.bool), space.m)
+    # Every exit of a finite loop leaves the basis its last assessment saw: report that assessment.
     idx: list[int] = []
     conv: list[bool] = []
     residuals: list[float] = []
-    for wanted, guard in _ends(m, k, which):
-        _, res = space.residuals(theta, S, wanted)
-        res = res.clamp_min(floor)
-        guard_ok = True
-        if guard is not None and m < n:
-            _, gres = space.residuals(theta, S, [guard])
-            guard_ok = _guard_resolved(theta, guard, wanted[-1], max(float(gres[0]), floor), tol, guard_tol, tiny) and (
-                not dealt or _explored(theta, guard, wanted[-1], steps, guard_tol)
-            )
-        elif m < n:
-            guard_ok = False
+    for wanted, res_list, guard_ok in ends:
         idx += wanted
-        residuals += res.tolist()
-        conv += [guard_ok and r <= tol * max(abs(float(theta[i])), tiny) for i, r in zip(wanted, res.tolist())]
+        residuals += res_list
+        conv += [guard_ok and r <= tol * max(abs(float(theta[i])), tiny) for i, r in zip(wanted, res_list)]
     if which == "both" and m < 2 * k:
         idx = idx[:k] + idx[-k:] if len(idx) >= 2 * k else idx
     eig = theta[idx]
