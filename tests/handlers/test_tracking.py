@@ -74,6 +74,7 @@ def test_handler_warm_starts_from_its_eigenvectors_alone_and_keeps_them_in_its_s
 def test_tracking_benchmark_runs():
     out = run_script("benchmarks/bench_tracking.py", "--quick")
     assert "8.2 found: True" in out.stdout
+    assert "refining eigsh's previous top 5 alone" in out.stdout
     errors = [line for line in out.stdout.splitlines() if line.startswith("max rel error")]
     assert len(errors) == 1
     worst = max(float(tok.rstrip(",")) for tok in errors[0].split()[-3::2])
