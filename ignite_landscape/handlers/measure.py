@@ -72,26 +72,32 @@ BASE_KEYWORDS = tuple(p.name for p in _BASE)
 
 
 def bulky_fields(result: Any, size: int) -> list[str]:
-    """The attributes of ``result`` that hold an array of at least ``size`` numbers (directly or in a list/dict).
+    """The attributes of ``result`` that hold at least ``size`` numbers, counted through lists, tuples and dicts.
+
+    What counts is what the field adds to a history: a parameter-sized tensor, but also a long Python list of
+    floats or many small tensors.
 
     Example:
         >>> class R:
         ...     def __init__(self):
         ...         self.value, self.direction, self.parts = 1.0, torch.zeros(100), [torch.zeros(3), torch.zeros(200)]
+        ...         self.curve, self.pieces = [0.5] * 150, {"a": [torch.zeros(60)] * 2}
         >>> bulky_fields(R(), 100)
-        ['direction', 'parts']
+        ['curve', 'direction', 'parts', 'pieces']
     """
     attributes = vars(result) if hasattr(result, "__dict__") else {}
 
-    def large(value: Any) -> bool:
+    def count(value: Any) -> int:
+        if isinstance(value, (bool, int, float, complex)):
+            return 1
         if isinstance(value, (list, tuple)):
-            return any(large(v) for v in value)
+            return sum(count(v) for v in value)
         if isinstance(value, dict):
-            return any(large(v) for v in value.values())
-        count = value.numel() if isinstance(value, torch.Tensor) else getattr(value, "size", None)
-        return isinstance(count, int) and count >= size
+            return sum(count(v) for v in value.values())
+        numbers = value.numel() if isinstance(value, torch.Tensor) else getattr(value, "size", None)
+        return numbers if isinstance(numbers, int) else 0
 
-    return sorted(name for name, value in attributes.items() if large(value))
+    return sorted(name for name, value in attributes.items() if count(value) >= size)
 
 
 def copy_weights(buffers: list[torch.Tensor] | None, space: ParamSpace, model: nn.Module) -> list[torch.Tensor]:

@@ -293,3 +293,22 @@ def test_measure_warns_once_about_a_result_holding_a_parameter_sized_array(caplo
     warned = [r.getMessage() for r in caplog.records if r.name == "ignite_landscape.handlers.measure"]
     assert len(warned) == 1 and "'bulky'" in warned[0] and "direction" in warned[0], warned
     assert [len(h.history) for h in handlers] == [3, 3]  # kept as returned: its curves may read any field
+
+
+def test_bulky_fields_counts_numbers_through_containers():
+    # A parameter-sized field need not be one tensor: a long list of floats or many small tensors grow a
+    # history as much.
+    class R:
+        def __init__(self, n):
+            self.value = 1.0
+            self.curve = [0.5] * n
+            self.pieces = {"a": [torch.zeros(n // 4)] * 4, "b": (1, 2)}
+            self.points = [(float(i), float(i)) for i in range(n // 2)]
+            self.small = [torch.zeros(3)] * 10
+            self.label = "x" * (2 * n)  # a string is not a count of numbers
+
+    from ignite_landscape.handlers.measure import bulky_fields
+
+    assert bulky_fields(R(400), 400) == ["curve", "pieces", "points"]
+    assert bulky_fields(R(400), 401) == ["pieces"]  # 400 + 2: the tuple's two ints count too
+    assert bulky_fields(R(400), 10_000) == []
