@@ -63,6 +63,8 @@ logger = logging.getLogger(__name__)
 
 ON_ERROR = ("warn", "raise")
 _STATE_VERSION = 1
+# Distinct definition dicts a handler remembers to share between firings (they change rarely and come back).
+_DEFINITIONS_KEPT = 8
 
 
 @dataclass
@@ -290,6 +292,7 @@ class LandscapeHandler:
             raise TypeError(f"guard must be a bool, got {type(guard).__name__}")
         self.guard = guard
         self.history: list[Firing] = []
+        self._definitions_seen: list[dict[str, str]] = []
         self.budget: Budget | None = None
         self.skipped = 0
         self._pending_budget_state: Mapping[str, Any] | None = None
@@ -483,11 +486,15 @@ class LandscapeHandler:
         state.landscape_firings[self.name] = firing
 
     def _shared_definitions(self, definitions: Mapping[str, str]) -> dict[str, str]:
-        # Definitions rarely change between firings: every firing shares one dict until they do, so a long
-        # history holds its scalars, not thousands of copies of the same sentences.
-        if self.history and self.history[-1].definitions == definitions:
-            return self.history[-1].definitions
-        return dict(definitions)
+        # Definitions say what a number means, not its value: they rarely change, and when they do they tend to
+        # come back (firings before and after a plane can be fitted). Every firing shares one dict per distinct
+        # content, so a long history holds its scalars, not thousands of copies of the same sentences.
+        for seen in self._definitions_seen:
+            if seen == definitions:
+                return seen
+        fresh = dict(definitions)
+        self._definitions_seen = [fresh, *self._definitions_seen[: _DEFINITIONS_KEPT - 1]]
+        return fresh
 
     def _budget_allows(self, engine: Engine) -> bool:
         if engine.last_event_name == Events.COMPLETED or not self.history:
@@ -553,7 +560,10 @@ class LandscapeHandler:
         if state_dict.get("seed", self.seed) != self.seed:
             logger.info("%s: using the saved seed %s instead of %s", self.name, state_dict["seed"], self.seed)
             self.seed = int(state_dict["seed"])
+        self._definitions_seen = []
         self.history = [_firing_from_plain(f) for f in state_dict["history"]]
+        for firing in self.history:
+            firing.definitions = self._shared_definitions(firing.definitions)
         self.skipped = int(state_dict.get("skipped", 0))
         budget_state = state_dict.get("budget")
         if budget_state is not None:

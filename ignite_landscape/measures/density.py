@@ -19,7 +19,7 @@ from torch import nn
 
 from ignite_landscape.curvature import check_curvature, curvature_operator
 from ignite_landscape.linalg import Quadrature, gaussian_density, stochastic_lanczos_quadrature
-from ignite_landscape.measures._definitions import curvature_name, num, products
+from ignite_landscape.measures._definitions import curvature_name, products
 from ignite_landscape.params import ParamsArg
 from ignite_landscape.probe import Probe
 from ignite_landscape.results import Curve, Result
@@ -121,12 +121,16 @@ class HessianDensityResult(Result):
         }
 
     def definitions(self) -> dict[str, str]:
-        """One sentence per scalar and curve key, with the matrix and the quadrature's runs and steps."""
+        """One sentence per scalar and curve key, with the matrix and the quadrature's runs and steps.
+
+        Only what the configuration fixes goes into them (no per-firing values such as σ or the product count,
+        which are the curve's ``sigma`` and the ``num_hvps`` scalar), so a handler's history shares one copy.
+        """
         runs, steps = (int(self.nodes.shape[0]), int(self.nodes.shape[1])) if self.nodes.dim() == 2 else (1, 0)
         matrix = curvature_name(self.curvature)
         slq = (
             f"of the {matrix} of the probe loss by stochastic Lanczos quadrature ({runs} random start vectors × "
-            f"{steps} Lanczos steps, {self.num_hvps} products)"
+            f"up to {steps} Lanczos steps; how many products: num_hvps)"
         )
         return {
             "negative_mass": f"share of the absolute spectral mass at negative eigenvalues, Σ_(λ<0)|λ| / Σ|λ|, {slq}",
@@ -136,8 +140,8 @@ class HessianDensityResult(Result):
             "lambda_min": f"smallest quadrature node (Ritz value), an upper bound on λ_min, {slq}",
             "num_hvps": f"{products(self.curvature)} used by the quadrature",
             "density": (
-                f"eigenvalue density {slq}, smoothed by Gaussians of width σ = {num(self.sigma)} "
-                "(integrates to about 1)"
+                f"eigenvalue density {slq}, smoothed by Gaussians of width σ (the curve's sigma: 1% of the "
+                "node range unless set; integrates to about 1)"
             ),
             "spectrum": (
                 f"quadrature nodes {slq}, each weighted by the number of the {self.num_params} eigenvalues it "

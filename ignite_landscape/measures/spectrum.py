@@ -183,11 +183,15 @@ class HessianEigenvalues(Result):
         return {"eigenvalues": Curve("histogram", x=values[torch.isfinite(values)], xlabel="eigenvalue")}
 
     def definitions(self) -> dict[str, str]:
-        """One sentence per scalar and curve key, with the matrix, the tolerance and the products used."""
+        """One sentence per scalar and curve key, with the matrix, the tolerance and the products used.
+
+        The sentences do not change from firing to firing (how many products a firing used is its own scalar,
+        ``num_hvps``), so a handler's history shares one copy of them.
+        """
         matrix = curvature_name(self.curvature)
         how = (
             f"of the {matrix} of the probe loss, by block Lanczos with full reorthogonalisation on "
-            f"{self.num_hvps} exact {products(self.curvature)} (tol {num(self.tol)})"
+            f"exact {products(self.curvature)} (tol {num(self.tol)}; how many: num_hvps)"
         )
         values = self.eigenvalues.tolist()
         k = len(values) // 2 if self.which == "both" else len(values)

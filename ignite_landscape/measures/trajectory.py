@@ -123,8 +123,12 @@ class TrajectoryPlaneResult(Result):
         }
 
     def definitions(self) -> dict[str, str]:
-        """One sentence per scalar and curve key, with the number of recorded points and the grid."""
-        pca = f"of the {self.num_points} recorded weights around θ (PCA of the path)"
+        """One sentence per scalar and curve key, with the grid.
+
+        How many recorded weights the plane was fitted to is the ``num_points`` scalar, not part of the sentences:
+        they stay the same as the path grows, so a handler's history shares one copy of them.
+        """
+        pca = "of the recorded weights around θ (PCA of the path; how many: num_points)"
         grid = "×".join(str(c.numel()) for c in self.slice.coords)
         return {
             "explained_variance_1": f"share of the path's variance along the first principal direction d₁ {pca}",
