@@ -57,13 +57,15 @@ reorthogonalization; from a block of random vectors, block Lanczos. Why this des
   vectors got wrong. Tracking the top 5 of the digits CNN (``benchmarks/bench_tracking.py``, the README
   has the current figures) cost 0.84× the HVPs of a cold start (one folded vector: 0.93×) where the
   eigenspace turns 12–87° between firings, 0.85× after two epochs of training, and 0.71–0.73× where it
-  turns 2–5°. A perfect warm start
-  (handed the new eigenvectors themselves) would cost 0.30–0.39×: k HVPs of Rayleigh–Ritz plus the
-  random exploration that rules out a newcomer. Measured and dropped: the old vectors as a block of their
-  own (Rayleigh–Ritz on them, then growth by residuals) cost 1.2–1.3×, since refining k vectors at once
-  lowers the polynomial degree per HVP; as a two-phase method (that block until converged, then random
-  chains deflated against it until their top pair is resolved to 1%), 51–60 HVPs for the first phase and
-  24–44 for the second, over the 75 of a cold start.
+  turns 2–5°. A perfect warm start (handed the new eigenvectors themselves) would cost 0.30–0.39×: k HVPs
+  of Rayleigh–Ritz plus the random exploration that rules out a newcomer. Refining the old vectors alone,
+  in one chain with no guard (so finding neither a newcomer nor a second copy of an eigenvalue), already
+  costs 0.56–0.70× there: their error is spread over the spectrum, and removing it near the top cluster
+  takes the degree a cold start spends. Measured and dropped: the old vectors as a block of their own
+  (Rayleigh–Ritz on them, then growth by residuals) cost 1.2–1.3×, since refining k vectors at once lowers
+  the polynomial degree per HVP; as a two-phase method (that block until converged, then random chains
+  deflated against it until their top pair is resolved to 1%), 51–60 HVPs for the first phase and 24–44
+  for the second, over the 75 of a cold start.
 * **Honest residuals.** The residuals are recomputed from the stored products, not read off a
   recurrence (which keeps shrinking below what the arithmetic can deliver), and floored at
   ``16·ε·max|θ|`` (ε of the working dtype), so ``converged`` never claims more than float32 gives.
