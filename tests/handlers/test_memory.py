@@ -182,20 +182,11 @@ def _walk(obj, seen=None):
         yield from _walk(child, seen)
 
 
-FIRINGS = 220
 WARMUP = 20
 
 
-@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="RSS is read from /proc/self/statm (Linux)")
-def test_every_handler_every_iteration_keeps_memory_flat():
-    torch.manual_seed(0)
-    model = Net()
-    num_params = sum(p.numel() for p in model.parameters())
-    g = torch.Generator().manual_seed(0)
-    x, y = torch.randn(64, 1, 12, 12, generator=g), torch.randint(0, 3, (64,), generator=g)
-    probe = il.Probe((x[:8], y[:8]), F.cross_entropy)  # the whole population: a finite noise scale
-    opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    handlers = [
+def _basic_handlers(model: nn.Module, probe: il.Probe, opt: torch.optim.Optimizer) -> list:
+    return [
         il.HessianSpectrum(model, probe, k=1, max_iter=4, optimizer=opt, model_mode="eval"),
         il.HessianTrace(model, probe, num_hvps=6),
         il.HessianDensity(model, probe, num_steps=3, num_runs=1, grid_size=32),
@@ -205,6 +196,39 @@ def test_every_handler_every_iteration_keeps_memory_flat():
         il.ModeConnectivity(model, probe, steps=2),
         il.GradientNoiseScale(model, probe),
     ]
+
+
+def _instrument_handlers(model: nn.Module, probe: il.Probe, opt: torch.optim.Optimizer) -> list:
+    # The measures added after the first version; the trajectory keeps at most max_points weights by design,
+    # so few enough that it holds all of them before the warm-up ends.
+    spectrum = il.HessianSpectrum(model, probe, k=2, max_iter=8, track_eigenspace=True)
+    return [
+        spectrum,
+        il.DirectionalCurvature(model, probe, optimizer=opt),
+        il.BatchSharpness(model, probe, 8, optimizer=opt),
+        il.GradientOverlap(model, probe, k=2, spectrum=spectrum),
+        il.LayerwiseCurvature(model, probe),
+        il.GGNOutliers(model, probe, k=2),
+        il.GradientStatistics(model, probe),
+        il.TrajectoryPlane(model, probe, steps=3, max_points=4),
+    ]
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="RSS is read from /proc/self/statm (Linux)")
+# The instruments cost more a firing; 120 iterations still make 800 firings after the warm-up, where a leaked
+# probe graph would show as tens of MB.
+@pytest.mark.parametrize(
+    ("build", "iterations"), [(_basic_handlers, 220), (_instrument_handlers, 120)], ids=["basic", "instruments"]
+)
+def test_every_handler_every_iteration_keeps_memory_flat(build, iterations):
+    torch.manual_seed(0)
+    model = Net()
+    num_params = sum(p.numel() for p in model.parameters())
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 1, 12, 12, generator=g), torch.randint(0, 3, (64,), generator=g)
+    probe = il.Probe((x[:8], y[:8]), F.cross_entropy)  # the whole population: a finite noise scale
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    handlers = build(model, probe, opt)
 
     def step(engine, i):
         opt.zero_grad()
@@ -217,14 +241,14 @@ def test_every_handler_every_iteration_keeps_memory_flat():
         h.attach(trainer, Events.ITERATION_COMPLETED)
     marks: dict[int, tuple[int, dict[str, int]]] = {}
 
-    @trainer.on(Events.ITERATION_COMPLETED(once=[WARMUP, FIRINGS]))
+    @trainer.on(Events.ITERATION_COMPLETED(once=[WARMUP, iterations]))
     def mark(engine):
         gc.collect()
         marks[engine.state.iteration] = (_rss(), {h.name: len(pickle.dumps(h.history)) for h in handlers})
 
-    trainer.run(range(FIRINGS), max_epochs=1)
+    trainer.run(range(iterations), max_epochs=1)
 
-    growth = marks[FIRINGS][0] - marks[WARMUP][0]
+    growth = marks[iterations][0] - marks[WARMUP][0]
     # What the history legitimately adds (records of ~1 KB small tensors and scalar dicts): the RSS a
     # copy of the records made after the warm-up takes.
     before = _rss()
@@ -232,15 +256,18 @@ def test_every_handler_every_iteration_keeps_memory_flat():
     history_bytes = _rss() - before
     del copies
     leak = growth - history_bytes
-    firings = (FIRINGS - WARMUP) * len(handlers)
-    per_firing = {n: (marks[FIRINGS][1][n] - marks[WARMUP][1][n]) / (FIRINGS - WARMUP) for n in marks[FIRINGS][1]}
+    firings = (iterations - WARMUP) * len(handlers)
+    end, start = marks[iterations][1], marks[WARMUP][1]
+    per_firing = {n: (end[n] - start[n]) / (iterations - WARMUP) for n in end}
     print(
         f"\n{firings} firings after the warm-up: RSS +{growth / 1e6:.2f} MB, of which the history records "
         f"{history_bytes / 1e6:.2f} MB, the rest {leak / 1e6:.2f} MB; pickled history bytes per firing: "
         + ", ".join(f"{n} {b:.0f}" for n, b in per_firing.items())
     )
-    assert all(len(h.history) == FIRINGS and not any(f.failed for f in h.history) for h in handlers)
-    # A leaked probe graph here is >= 60 kB per HVP firing (> 40 MB over this run).
+    for h in handlers:  # the trajectory fits its plane once more, at COMPLETED
+        assert len(h.history) == iterations + isinstance(h, il.TrajectoryPlane), h.name
+        assert not any(f.failed for f in h.history), h.name
+    # A leaked probe graph here is >= 60 kB per HVP firing (> 40 MB over either run).
     assert leak < 3e6, f"RSS grew by {leak / 1e6:.1f} MB beyond the history over {firings} firings"
     # Compact records: each below one float32 parameter-sized vector, nothing in them parameter-sized
     # or referencing the model.
