@@ -187,7 +187,11 @@ class Result:
         return {}
 
     def definitions(self) -> dict[str, str]:
-        """One sentence per scalar key (and curve key): what the number is, with the options it used."""
+        """One sentence per scalar key (and curve key): what the number is, with the options it used.
+
+        Not the firing's values (a count, a width found from the data): a handler keeps, and a log handler writes,
+        one copy per distinct set of sentences, so sentences that change every firing cost memory every firing.
+        """
         return {}
 
     def record(self) -> dict[str, Any]:
