@@ -483,16 +483,18 @@ def lanczos(
         active: dict[int, float] = {}
         ends: list[tuple[list[int], list[float], bool]] = []
         for wanted, guard in _ends(m, k, which):
-            _, res = space.residuals(theta, S, wanted)
-            res_list = res.clamp_min(floor).tolist()
+            # The guard's residual in the same pass over the basis as the wanted ones' (the last entry).
+            looked_at = wanted + [guard] if guard is not None and m < n else wanted
+            _, res = space.residuals(theta, S, looked_at)
+            res_all = res.clamp_min(floor).tolist()
+            res_list = res_all[: len(wanted)]
             for i, r in zip(wanted, res_list):
                 need_i = tol * max(abs(float(theta[i])), tiny)
                 if not r <= need_i:
                     active[i] = r / need_i
             guard_ok = m >= n  # with the whole space in the basis nothing is left to find
             if guard is not None and m < n:
-                _, gres = space.residuals(theta, S, [guard])
-                if not _guard_resolved(theta, guard, wanted[-1], max(float(gres[0]), floor), tol, guard_tol, tiny):
+                if not _guard_resolved(theta, guard, wanted[-1], res_all[-1], tol, guard_tol, tiny):
                     active[guard] = math.inf  # the exploration goes first: it is what finds newcomers
                 elif dealt and not _explored(theta, guard, wanted[-1], steps, guard_tol):
                     # Resolved, but not yet looked far enough: grow from the guard and the pairs beyond it.
