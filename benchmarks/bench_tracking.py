@@ -110,15 +110,20 @@ def oracle_hvps(
     return U.shape[0] + explore, worst
 
 
+def _warm_start_hvps(model: torch.nn.Module, probe: il.Probe, v0: torch.Tensor, k: int, tol: float, **options) -> int:
+    """HVPs of :func:`lanczos` to ``tol`` started from ``v0`` (rows), with ``options`` passed on."""
+    with probe.session(model) as s:
+        lanczos(s.hvp, s.space.numel, k=k, tol=tol, max_iter=400, v0=v0.to(s.dtype), dtype=s.dtype, **options)
+        return s.num_hvps
+
+
 def oracle_fold_hvps(model: torch.nn.Module, probe: il.Probe, vectors: torch.Tensor, k: int, tol: float) -> int:
     """HVPs of the handler's own warm start handed the exact new eigenvectors ``vectors`` (rows) as ``v0``.
 
     Given the exact top ``k``, this is the floor of the handler's start block: no old eigenvectors dealt into it
     can do better.
     """
-    with probe.session(model) as s:
-        lanczos(s.hvp, s.space.numel, k=k, tol=tol, max_iter=400, v0=vectors.to(s.dtype), dtype=s.dtype)
-        return s.num_hvps
+    return _warm_start_hvps(model, probe, vectors, k, tol)
 
 
 def refinement_hvps(model: torch.nn.Module, probe: il.Probe, old: torch.Tensor, k: int, tol: float) -> int:
@@ -128,19 +133,7 @@ def refinement_hvps(model: torch.nn.Module, probe: il.Probe, old: torch.Tensor, 
     (no exploration for a newcomer) and ``num_random=1`` (no second copy of an eigenvalue): the handler's warm
     start asks for both, so it cannot be expected to cost less than this from the same vectors.
     """
-    with probe.session(model) as s:
-        lanczos(
-            s.hvp,
-            s.space.numel,
-            k=k,
-            tol=tol,
-            max_iter=400,
-            v0=old.to(s.dtype),
-            dtype=s.dtype,
-            num_random=1,
-            guard_tol=math.inf,
-        )
-        return s.num_hvps
+    return _warm_start_hvps(model, probe, old, k, tol, num_random=1, guard_tol=math.inf)
 
 
 def cold_equivalent(
