@@ -180,3 +180,22 @@ class TinyEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.encoder(self.embed(x)).mean(1))
+
+
+def later_instruments(model: nn.Module, probe: Any, optimizer: torch.optim.Optimizer, spectrum: Any) -> list:
+    """The handlers of the measures added after the first version, on small settings.
+
+    The overlap reads ``spectrum``; the trajectory keeps at most 4 weights, so it holds all it will before a long
+    run's warm-up ends.
+    """
+    import ignite_landscape as il
+
+    return [
+        il.DirectionalCurvature(model, probe, optimizer=optimizer),
+        il.BatchSharpness(model, probe, 8, optimizer=optimizer),
+        il.GradientOverlap(model, probe, k=2, spectrum=spectrum),
+        il.LayerwiseCurvature(model, probe),
+        il.GGNOutliers(model, probe, k=2),
+        il.GradientStatistics(model, probe),
+        il.TrajectoryPlane(model, probe, steps=3, max_points=4),
+    ]

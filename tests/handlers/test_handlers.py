@@ -31,6 +31,7 @@ from tests.helpers import (
     digits_cnn,
     digits_tensors,
     full_batch_trainer,
+    later_instruments,
     mlp,
 )
 
@@ -641,13 +642,7 @@ def test_every_scalar_a_handler_logs_has_a_definition():
         il.LossSlice(model, probe, dims=1, steps=5),
         il.ModeConnectivity(model, probe, steps=3),
         il.GradientNoiseScale(model, probe),
-        il.DirectionalCurvature(model, probe, optimizer=optimizer),
-        il.BatchSharpness(model, probe, 8, optimizer=optimizer),
-        il.GradientOverlap(model, probe, k=2, spectrum=spectrum),
-        il.LayerwiseCurvature(model, probe),
-        il.GGNOutliers(model, probe, k=3),
-        il.GradientStatistics(model, probe),
-        il.TrajectoryPlane(model, probe, steps=5),
+        *later_instruments(model, probe, optimizer, spectrum),
     ]
     for h in handlers:
         h.attach(trainer, Events.ITERATION_COMPLETED)

@@ -25,7 +25,7 @@ from torch import nn
 
 import ignite_landscape as il
 from ignite_landscape import operators as operators_module
-from tests.helpers import dense_hessian
+from tests.helpers import dense_hessian, later_instruments
 
 
 class Residual(nn.Module):
@@ -199,19 +199,8 @@ def _basic_handlers(model: nn.Module, probe: il.Probe, opt: torch.optim.Optimize
 
 
 def _instrument_handlers(model: nn.Module, probe: il.Probe, opt: torch.optim.Optimizer) -> list:
-    # The measures added after the first version; the trajectory keeps at most max_points weights by design,
-    # so few enough that it holds all of them before the warm-up ends.
     spectrum = il.HessianSpectrum(model, probe, k=2, max_iter=8, track_eigenspace=True)
-    return [
-        spectrum,
-        il.DirectionalCurvature(model, probe, optimizer=opt),
-        il.BatchSharpness(model, probe, 8, optimizer=opt),
-        il.GradientOverlap(model, probe, k=2, spectrum=spectrum),
-        il.LayerwiseCurvature(model, probe),
-        il.GGNOutliers(model, probe, k=2),
-        il.GradientStatistics(model, probe),
-        il.TrajectoryPlane(model, probe, steps=3, max_points=4),
-    ]
+    return [spectrum, *later_instruments(model, probe, opt, spectrum)]
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="RSS is read from /proc/self/statm (Linux)")
